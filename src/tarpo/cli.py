@@ -1,0 +1,150 @@
+"""One entry point: `tarpo prepare | backbone | train | evaluate | summarise | schema`.
+
+Every workflow rule calls one of these subcommands; each can also be run by
+hand. The configuration comes from a YAML file (`--config`) or, as the
+workflow passes it, a JSON string (`--config-json`) holding the part of the
+config the job needs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tarpo.config import Config, ConfigError, load_config, load_config_json
+from tarpo.io import MissingInputError
+
+
+def _config(args: argparse.Namespace) -> Config:
+    if args.config_json:
+        return load_config_json(args.config_json)
+    return load_config(args.config)
+
+
+def cmd_schema(args: argparse.Namespace) -> None:
+    from tarpo.config import schema_yaml
+
+    text = schema_yaml()
+    if args.out:
+        from tarpo.io import atomic_write_text
+
+        atomic_write_text(args.out, text)
+    else:
+        sys.stdout.write(text)
+
+
+def cmd_prepare(args: argparse.Namespace) -> None:
+    from tarpo.data.synthetic import prepare_dataset
+
+    cfg = _config(args)
+    if args.dataset not in cfg.datasets:
+        raise ConfigError(f"unknown dataset '{args.dataset}'; configured: {sorted(cfg.datasets)}")
+    prepare_dataset(cfg.datasets[args.dataset], Path(args.out))
+
+
+def cmd_backbone(args: argparse.Namespace) -> None:
+    from tarpo.backbone import build_backbone
+
+    cfg = _config(args)
+    build_backbone(cfg, args.backbone, Path(args.data) if args.data else None, Path(args.out))
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from tarpo.trainer import train
+
+    cfg = _config(args)
+    train(cfg, args.backbone, args.method, Path(args.backbone_dir), Path(args.data), Path(args.out))
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from tarpo.evaluate import evaluate
+
+    cfg = _config(args)
+    evaluate(
+        cfg,
+        backbone=args.backbone,
+        method=args.method,
+        backbone_dir=Path(args.backbone_dir),
+        checkpoint=Path(args.checkpoint) if args.checkpoint else None,
+        benchmark=args.benchmark,
+        data_root=Path(args.data_root),
+        out_json=Path(args.out),
+    )
+
+
+def cmd_summarise(args: argparse.Namespace) -> None:
+    from tarpo.plots import summarise
+
+    cfg = _config(args)
+    summarise(cfg, Path(args.results), Path(args.out))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tarpo",
+        description="TARPO reproduction pipeline. Normally driven by Snakemake (`snakemake --cores 2 all`); "
+        "every step can also be run by hand.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    conf = argparse.ArgumentParser(add_help=False)
+    group = conf.add_mutually_exclusive_group()
+    group.add_argument("--config", default="config/config.yaml", help="YAML config file (default: %(default)s)")
+    group.add_argument("--config-json", help="the config as a JSON string (what the workflow passes)")
+
+    p = sub.add_parser("schema", help="print the config's JSON schema (YAML)")
+    p.add_argument("--out", help="write to this file instead of stdout")
+    p.set_defaults(func=cmd_schema)
+
+    p = sub.add_parser("prepare", parents=[conf], help="generate a synthetic dataset's splits as JSONL")
+    p.add_argument("--dataset", default="synthetic", help="dataset name in the config (default: %(default)s)")
+    p.add_argument("--out", required=True, help="output directory (train/test_id/test_ood .jsonl)")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("backbone", parents=[conf], help="build + warm-start the embedded model, or snapshot a hub model")
+    p.add_argument("--backbone", required=True, help="backbone name in the config")
+    p.add_argument("--data", help="prepared dataset directory (embedded backbones warm-start on its train split)")
+    p.add_argument("--out", required=True, help="output directory (save_pretrained layout)")
+    p.set_defaults(func=cmd_backbone)
+
+    p = sub.add_parser("train", parents=[conf], help="RL-train one method on one backbone")
+    p.add_argument("--backbone", required=True)
+    p.add_argument("--method", required=True, help="grpo | hrpo | lepo | tarpo")
+    p.add_argument("--backbone-dir", required=True, help="directory written by `tarpo backbone`")
+    p.add_argument("--data", required=True, help="prepared training dataset directory")
+    p.add_argument("--out", required=True, help="checkpoint directory; a rerun resumes from it")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", parents=[conf], help="sample k completions per problem and score them")
+    p.add_argument("--backbone", required=True)
+    p.add_argument("--method", required=True, help="cot (the bare backbone) or a trained method")
+    p.add_argument("--backbone-dir", required=True)
+    p.add_argument("--checkpoint", help="checkpoint directory of the trained method (omit for cot)")
+    p.add_argument("--benchmark", required=True)
+    p.add_argument("--data-root", default="results/data", help="where prepared datasets live (default: %(default)s)")
+    p.add_argument("--out", required=True, help="result JSON; samples go beside it")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("summarise", parents=[conf], help="tables and figures from every evaluation")
+    p.add_argument("--results", default="results", help="results root (default: %(default)s)")
+    p.add_argument("--out", required=True, help="output directory for figures and tables")
+    p.set_defaults(func=cmd_summarise)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except ConfigError as err:
+        print(f"tarpo: config error: {err}", file=sys.stderr)
+        return 2
+    except MissingInputError as err:
+        print(f"tarpo: missing input: {err}", file=sys.stderr)
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

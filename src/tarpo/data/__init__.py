@@ -1,0 +1,1 @@
+"""Datasets: the synthetic reasoning task, the prompt template and the benchmark registry."""
