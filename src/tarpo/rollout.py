@@ -1,0 +1,226 @@
+"""The one rollout engine (training and evaluation) and the training forward.
+
+`generate` is a batched, KV-cached sampling loop over left-padded prompts in
+which a reasoning mode forms every next input embedding. `score` rebuilds the
+same input embeddings from what the rollout stored and runs one full forward;
+with unchanged weights its log-probs equal the rollout's (the invariant the
+tests check for every mode).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+import torch
+from torch import Tensor, nn
+from transformers import DynamicCache
+
+from tarpo.data.template import ANSWER_MARKER
+from tarpo.modes import Mode
+
+
+# ---------------------------------------------------------------- model parts
+
+
+def model_parts(model: nn.Module) -> tuple[nn.Module, nn.Module, nn.Embedding]:
+    """(decoder returning final-norm hidden states, LM head, input embedding) of a causal LM, peft-wrapped or not."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.get_decoder(), base.get_output_embeddings(), base.get_input_embeddings()
+
+
+def eos_token_ids(tokenizer, model: nn.Module | None = None) -> list[int]:
+    """Every id that ends a completion: the tokenizer's EOS and the generation config's."""
+    ids = {tokenizer.eos_token_id}
+    gen = getattr(model, "generation_config", None)
+    extra = getattr(gen, "eos_token_id", None)
+    if extra is not None:
+        ids.update(extra if isinstance(extra, (list, tuple)) else [extra])
+    return sorted(i for i in ids if i is not None)
+
+
+# ---------------------------------------------------------------- answer marker
+
+
+class AnswerMarker:
+    """Detects the answer marker on token ids, incrementally and batched.
+
+    Per token id we precompute its number of leading and trailing marker
+    characters ('#'), whether it is made only of them and whether it holds the
+    whole marker; the per-sequence state is the run of '#' at the end of the
+    text so far. Nothing is detokenised during a rollout.
+    """
+
+    def __init__(self, tokenizer, vocab_size: int | None = None, marker: str = ANSWER_MARKER) -> None:
+        char = marker[0]
+        if set(marker) != {char}:
+            raise ValueError("the answer marker must repeat a single character")
+        self.need = len(marker)
+        size = max(vocab_size or 0, len(tokenizer))
+        leading = torch.zeros(size, dtype=torch.long)
+        trailing = torch.zeros(size, dtype=torch.long)
+        only = torch.zeros(size, dtype=torch.bool)
+        whole = torch.zeros(size, dtype=torch.bool)
+        for i in range(len(tokenizer)):
+            text = tokenizer.decode([i])
+            if char not in text:
+                continue
+            leading[i] = len(text) - len(text.lstrip(char))
+            trailing[i] = len(text) - len(text.rstrip(char))
+            only[i] = text.strip(char) == ""
+            whole[i] = marker in text
+        self.leading, self.trailing, self.only, self.whole = leading, trailing, only, whole
+
+    def to(self, device: torch.device) -> "AnswerMarker":
+        for name in ("leading", "trailing", "only", "whole"):
+            setattr(self, name, getattr(self, name).to(device))
+        return self
+
+    def update(self, run: Tensor, seen: Tensor, token: Tensor) -> tuple[Tensor, Tensor]:
+        """New (trailing '#' run, marker seen) after appending `token` (all (B,))."""
+        completes = self.whole[token] | (run + self.leading[token] >= self.need)
+        run = torch.where(self.only[token], run + self.leading[token], self.trailing[token])
+        return run, seen | completes
+
+    def scan(self, tokens: Tensor) -> Tensor:
+        """(B, L) -> whether the marker has been emitted up to and including each position."""
+        run = torch.zeros(tokens.shape[0], dtype=torch.long, device=tokens.device)
+        seen = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
+        out = []
+        for t in range(tokens.shape[1]):
+            run, seen = self.update(run, seen, tokens[:, t])
+            out.append(seen)
+        return torch.stack(out, 1) if out else torch.zeros_like(tokens, dtype=torch.bool)
+
+
+# ---------------------------------------------------------------- rollout
+
+
+@dataclass
+class Rollout:
+    """Completions of a batch of prompts and everything needed to rebuild their inputs."""
+
+    prompt_ids: Tensor  # (B, P) left-padded
+    prompt_mask: Tensor  # (B, P)
+    tokens: Tensor  # (B, L) recorded tokens, pad after the end
+    valid: Tensor  # (B, L) completion positions, EOS included
+    thinking: Tensor  # (B, L) steps whose next input may be latent
+    logps: dict[str, Tensor] = field(default_factory=dict)  # (B, L) per mode key
+    meta: dict[str, Tensor] = field(default_factory=dict)  # (B, L, ...)
+    stats: dict[str, Tensor] = field(default_factory=dict)  # (B, L) floats for logging
+
+    @property
+    def lengths(self) -> Tensor:
+        return self.valid.sum(-1)
+
+    def _map(self, fn) -> "Rollout":
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = {k: fn(v) for k, v in value.items()} if isinstance(value, dict) else fn(value)
+        return Rollout(**out)
+
+    def select(self, index: Tensor | slice) -> "Rollout":
+        return self._map(lambda t: t[index])
+
+    def to(self, device: torch.device | str) -> "Rollout":
+        return self._map(lambda t: t.to(device))
+
+
+@torch.no_grad()
+def generate(
+    model: nn.Module,
+    mode: Mode,
+    prompt_ids: Tensor,
+    prompt_mask: Tensor,
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    eos_ids: list[int],
+    pad_id: int,
+    marker: AnswerMarker,
+    greedy: bool = False,
+    generator: torch.Generator | None = None,
+) -> Rollout:
+    """Sample completions for left-padded prompts, one forward per step on a KV cache."""
+    decoder, lm_head, embed = model_parts(model)
+    device = prompt_ids.device
+    batch = prompt_ids.shape[0]
+    eos = torch.tensor(eos_ids, device=device)
+    mask = prompt_mask.long()
+    positions = (mask.cumsum(-1) - 1).clamp_min(0)
+    cache = DynamicCache(config=model.config)
+    out = decoder(inputs_embeds=embed(prompt_ids), attention_mask=mask, position_ids=positions,
+                  past_key_values=cache, use_cache=True)
+    hidden = out.last_hidden_state[:, -1]
+    next_position = positions[:, -1:] + 1
+
+    run = torch.zeros(batch, dtype=torch.long, device=device)
+    seen = torch.zeros(batch, dtype=torch.bool, device=device)
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    steps: list[dict] = []
+    for t in range(max_new_tokens):
+        logits = lm_head(hidden).float() / temperature
+        draw = mode.sample(logits, hidden, ~seen & ~finished, embed, generator, greedy)
+        token = torch.where(finished, torch.full_like(draw.token, pad_id), draw.token)
+        ends = torch.isin(token, eos) & ~finished
+        run, seen = marker.update(run, seen, token)
+        thinking = ~seen & ~ends & ~finished
+        one = lambda v: v.unsqueeze(1)  # noqa: E731 - (B, ...) -> (B, 1, ...)
+        meta = {k: one(v) for k, v in draw.meta.items()}
+        logps = mode.logprobs(one(logits), one(hidden), one(token), meta, one(thinking))
+        steps.append({"token": token, "valid": ~finished, "thinking": thinking, "meta": draw.meta,
+                      "logps": {k: v[:, 0] for k, v in logps.items()},
+                      "stats": {k: v[:, 0] for k, v in mode.step_stats(meta, one(thinking)).items()}})
+        finished = finished | ends
+        if bool(finished.all()) or t == max_new_tokens - 1:
+            break
+        inputs = mode.next_inputs(embed, one(token), meta, one(thinking))
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+        out = decoder(inputs_embeds=inputs, attention_mask=mask, position_ids=next_position,
+                      past_key_values=cache, use_cache=True)
+        hidden = out.last_hidden_state[:, -1]
+        next_position = next_position + 1
+
+    stack = lambda key: torch.stack([s[key] for s in steps], 1)  # noqa: E731
+    stack_dict = lambda key: {k: torch.stack([s[key][k] for s in steps], 1) for k in steps[0][key]}  # noqa: E731
+    return Rollout(prompt_ids, prompt_mask, stack("token"), stack("valid"), stack("thinking"),
+                   stack_dict("logps"), stack_dict("meta"), stack_dict("stats"))
+
+
+# ---------------------------------------------------------------- training forward
+
+
+def completion_inputs(model: nn.Module, mode: Mode, rollout: Rollout) -> tuple[Tensor, Tensor, Tensor]:
+    """(inputs_embeds, attention_mask, position_ids) of prompt + completion, as the rollout fed them."""
+    _, _, embed = model_parts(model)
+    tokens = rollout.tokens[:, :-1]
+    meta = {k: v[:, :-1] for k, v in rollout.meta.items()}
+    follow = mode.next_inputs(embed, tokens, meta, rollout.thinking[:, :-1])
+    inputs = torch.cat([embed(rollout.prompt_ids), follow.to(embed.weight.dtype)], 1)
+    mask = torch.cat([rollout.prompt_mask.long(), torch.ones_like(tokens, dtype=torch.long)], 1)
+    return inputs, mask, (mask.cumsum(-1) - 1).clamp_min(0)
+
+
+def score(
+    model: nn.Module,
+    mode: Mode,
+    rollout: Rollout,
+    temperature: float,
+    inputs: tuple[Tensor, Tensor, Tensor] | None = None,
+) -> dict[str, Tensor]:
+    """Per-step log-probs (B, L) of the recorded rollout under the model's current weights.
+
+    `inputs` lets the reference forward reuse the policy's input embeddings
+    (detached), so both score the very same sequence of inputs. Adds the
+    token entropy ('token_entropy', detached) for logging.
+    """
+    decoder, lm_head, _ = model_parts(model)
+    embeds, mask, positions = inputs if inputs is not None else completion_inputs(model, mode, rollout)
+    hidden = decoder(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).last_hidden_state
+    hidden = hidden[:, rollout.prompt_ids.shape[1] - 1:]
+    logits = lm_head(hidden).float() / temperature
+    out = mode.logprobs(logits, hidden, rollout.tokens, rollout.meta, rollout.thinking)
+    with torch.no_grad():
+        logp_all = torch.log_softmax(logits, -1)
+        out["token_entropy"] = -(logp_all.exp() * logp_all).sum(-1)
+    return out

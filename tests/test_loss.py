@@ -1,0 +1,86 @@
+"""The GRPO loss against values computed by hand on small tensors."""
+
+import math
+
+import pytest
+import torch
+
+from tarpo.loss import group_advantages, grpo_loss, k3_kl
+
+
+def test_group_advantages_by_hand():
+    rewards = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0])
+    adv = group_advantages(rewards, 3)
+    # group 1: mean 1/3, unbiased std sqrt(1/3)
+    std = math.sqrt(((2 / 3) ** 2 + 2 * (1 / 3) ** 2) / 2)
+    expected = [(1 - 1 / 3) / (std + 1e-4), (-1 / 3) / (std + 1e-4), (-1 / 3) / (std + 1e-4)]
+    assert adv[:3].tolist() == pytest.approx(expected, rel=1e-6)
+    assert adv[3:].tolist() == pytest.approx([-2 / 3 / (std + 1e-4), 1 / 3 / (std + 1e-4), 1 / 3 / (std + 1e-4)], rel=1e-6)
+
+
+def test_equal_rewards_give_zero_advantage_and_finite_loss():
+    adv = group_advantages(torch.tensor([1.0, 1.0, 0.0, 0.0]), 2)
+    assert adv.tolist() == [0.0, 0.0, 0.0, 0.0]
+    logp = torch.tensor([[-1.0, -2.0], [-0.5, -0.1], [-1.0, -1.0], [-3.0, -0.2]], requires_grad=True)
+    out = grpo_loss({"token": logp}, {"token": logp.detach() - 0.1}, None, adv, torch.ones(4, 2, dtype=torch.bool), 0.0)
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and out.loss.item() == 0.0
+    assert torch.all(logp.grad == 0)
+
+
+def test_k3_kl_by_hand():
+    logp, ref = torch.tensor([-1.0, -2.0]), torch.tensor([-1.5, -1.0])
+    expected = [math.exp(-0.5) + 0.5 - 1, math.exp(1.0) - 1.0 - 1]
+    assert k3_kl(logp, ref).tolist() == pytest.approx(expected, rel=1e-6)
+    assert k3_kl(logp, logp).tolist() == [0.0, 0.0]
+
+
+def test_token_loss_value_masking_and_gradient():
+    # two completions, lengths 2 and 3 (last position of the first is padding)
+    logp = torch.tensor([[-1.0, -2.0, -9.0], [-0.5, -1.5, -0.25]], requires_grad=True)
+    ref = torch.tensor([[-1.5, -1.0, 0.0], [-0.5, -1.0, -0.5]])
+    valid = torch.tensor([[True, True, False], [True, True, True]])
+    adv = torch.tensor([2.0, -1.0])
+    beta = 0.1
+    out = grpo_loss({"token": logp}, {"token": ref}, None, adv, valid, beta)
+    kl = lambda lp, r: math.exp(r - lp) - (r - lp) - 1  # noqa: E731
+    c1 = ((2.0 - beta * kl(-1.0, -1.5)) + (2.0 - beta * kl(-2.0, -1.0))) / 2
+    c2 = ((-1.0 - beta * kl(-0.5, -0.5)) + (-1.0 - beta * kl(-1.5, -1.0)) + (-1.0 - beta * kl(-0.25, -0.5))) / 3
+    assert out.loss.item() == pytest.approx(-(c1 + c2) / 2, rel=1e-6)
+    out.loss.backward()
+    # d/dlogp of ratio*A is A (ratio = 1); of -beta*KL is -beta*(1 - exp(ref - logp)); loss = -mean, per-completion mean.
+    g = lambda a, lp, r, n: -(a - beta * (1 - math.exp(r - lp))) / n / 2  # noqa: E731
+    assert logp.grad[0].tolist() == pytest.approx([g(2.0, -1.0, -1.5, 2), g(2.0, -2.0, -1.0, 2), 0.0], rel=1e-5)
+    assert logp.grad[1, 2].item() == pytest.approx(g(-1.0, -0.25, -0.5, 3), rel=1e-5)
+    assert out.kl == pytest.approx((kl(-1.0, -1.5) + kl(-2.0, -1.0) + kl(-0.5, -0.5) + kl(-1.5, -1.0) + kl(-0.25, -0.5)) / 5, rel=1e-6)
+
+
+def test_action_term_on_thinking_positions_only():
+    logp = torch.zeros(1, 3)
+    action = torch.tensor([[-0.1, -0.2, -0.3]], requires_grad=True)
+    ref_action = torch.tensor([[-0.1, -0.4, -0.3]])
+    valid = torch.ones(1, 3, dtype=torch.bool)
+    thinking = torch.tensor([[True, True, False]])
+    adv = torch.tensor([1.5])
+    beta, w = 0.2, 0.1
+    out = grpo_loss({"token": logp, "action": action}, {"token": logp, "action": ref_action}, None, adv, valid, beta,
+                    action_mask=thinking, action_weight=w)
+    kl2 = math.exp(-0.4 + 0.2) - (-0.4 + 0.2) - 1
+    per_completion = (3 * 1.5 + 2 * w * 1.5 - beta * kl2) / 3
+    assert out.loss.item() == pytest.approx(-per_completion, rel=1e-6)
+    out.loss.backward()
+    assert action.grad[0, 2].item() == 0.0  # answer-phase position: no action term
+    assert action.grad[0, 0].item() == pytest.approx(-(w * 1.5) / 3, rel=1e-6)
+
+
+def test_ppo_clipping_with_old_logps():
+    logp = torch.tensor([[0.0, 0.0]], requires_grad=True)
+    old = torch.tensor([[-0.5, 0.5]])  # ratios e^0.5 and e^-0.5
+    adv = torch.tensor([1.0])
+    out = grpo_loss({"token": logp}, None, {"token": old}, adv, torch.ones(1, 2, dtype=torch.bool), 0.0, clip_eps=0.2)
+    # positive advantage: min(r, clip(r)) -> 1.2 for r = 1.65, 0.607 for r = 0.607
+    assert out.loss.item() == pytest.approx(-(1.2 + math.exp(-0.5)) / 2, rel=1e-6)
+    assert out.clip_fraction == 1.0
+    out.loss.backward()
+    assert logp.grad[0, 0].item() == 0.0  # clipped: no gradient
+    assert logp.grad[0, 1].item() == pytest.approx(-math.exp(-0.5) / 2, rel=1e-6)
