@@ -1,0 +1,268 @@
+"""The Snakemake workflow: schema, config files, dry runs, and one real smoke run.
+
+Snakemake runs as a subprocess in a temporary copy of the workflow files, so
+no test writes into the repository's results/ or .snakemake/.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tarpo import config as tconfig
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
+CONFIGS = ["config/config.yaml", "config/smoke.yaml"]
+
+# (dotted path of a misspelt key, the value put there)
+MISSPELT = [
+    ("sead", 1),
+    ("datasets.synthetic.n_trian", 10),
+    ("backbones.tiny.model.hidden_sise", 16),
+    ("backbones.tiny.resources.train.gpu", 1),  # the field is `gpus`
+    ("methods.tarpo.action_bias_hrd", 2.2),
+    ("train.learning_rat", 0.1),
+    ("evaluate.benchmark", ["synthetic_test_id"]),
+]
+
+
+def _with_key(data: dict, dotted: str, value) -> dict:
+    data = copy.deepcopy(data)
+    node = data
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+    return data
+
+
+def _default_config() -> dict:
+    return yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    # the rules call the `tarpo` console script installed beside this interpreter
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env["TARPO_TRACKING"] = "on"  # jobs track into the copy's results/mlflow.db
+    return env
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    """A copy of the workflow files (Snakefile, workflow/, config/) to run Snakemake in."""
+    wd = tmp_path / "wf"
+    wd.mkdir()
+    shutil.copy(REPO / "Snakefile", wd / "Snakefile")
+    for sub in ("workflow", "config"):
+        shutil.copytree(REPO / sub, wd / sub)
+    return wd
+
+
+def snakemake(workdir: Path, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", "2", *args],
+        cwd=workdir,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _out(proc: subprocess.CompletedProcess) -> str:
+    return proc.stdout + proc.stderr
+
+
+# ------------------------------------------------------------------ schema
+
+
+def test_schema_file_is_generated_from_the_config_classes():
+    assert SCHEMA.read_text() == tconfig.schema_yaml(), "regenerate: tarpo schema --out workflow/schemas/config.schema.yaml"
+
+
+@pytest.mark.parametrize("path", CONFIGS)
+def test_config_files_load_and_validate(path):
+    cfg = tconfig.load_config(REPO / path)
+    assert "tiny" in cfg.backbones and "synthetic" in cfg.datasets
+    assert set(cfg.methods) == set(tconfig.METHODS)
+    from snakemake.utils import validate
+
+    validate(yaml.safe_load((REPO / path).read_text()), str(SCHEMA))
+
+
+def test_smoke_config_is_small():
+    cfg = tconfig.load_config(REPO / "config" / "smoke.yaml")
+    assert cfg.datasets["synthetic"].n_train <= 500
+    assert cfg.backbones["tiny"].model.num_layers <= 2
+    assert cfg.backbones["tiny"].warm_start.steps <= 50
+    assert cfg.train.steps <= 3
+
+
+@pytest.mark.parametrize("dotted,value", MISSPELT, ids=[m[0] for m in MISSPELT])
+def test_schema_rejects_misspelt_key_by_name(dotted, value):
+    import jsonschema
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate
+
+    bad = _with_key(_default_config(), dotted, value)
+    leaf = dotted.rsplit(".", 1)[-1]
+
+    schema = yaml.safe_load(SCHEMA.read_text())
+    errors = list(jsonschema.Draft202012Validator(schema).iter_errors(bad))
+    assert errors and any(f"'{leaf}'" in e.message for e in errors)
+
+    with pytest.raises(WorkflowError, match=f"'{leaf}' was unexpected"):
+        validate(bad, str(SCHEMA))
+
+    with pytest.raises(tconfig.ConfigError, match=f"'{dotted}'"):
+        tconfig.load_config(bad)
+
+
+def test_schema_rejects_wrong_type():
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate
+
+    bad = _with_key(_default_config(), "train.steps", "forty")
+    with pytest.raises(WorkflowError, match="forty"):
+        validate(bad, str(SCHEMA))
+    with pytest.raises(tconfig.ConfigError, match="train.steps"):
+        tconfig.load_config(bad)
+
+
+# ------------------------------------------------------------------ dry runs
+
+
+@pytest.mark.parametrize("path", CONFIGS)
+def test_dry_run_resolves(workdir, path):
+    args = ["-n", "-p", "all"] + (["--configfile", path] if path != "config/config.yaml" else [])
+    proc = snakemake(workdir, *args)
+    out = _out(proc)
+    assert proc.returncode == 0, out
+    assert "tarpo prepare --config-json" in out and "--dataset synthetic --out results/data/synthetic" in out
+    assert "tarpo backbone --config-json" in out and "--data results/data/synthetic --out results/backbones/tiny" in out
+    assert not (workdir / "results").exists()
+
+
+def test_configfile_replaces_the_default(workdir):
+    proc = snakemake(workdir, "-n", "-p", "all", "--configfile", "config/smoke.yaml")
+    assert proc.returncode == 0, _out(proc)
+    assert '"name": "smoke"' in proc.stdout
+    assert '"n_train": 200' in proc.stdout  # smoke sizes reach the job
+
+
+def test_backbone_job_gets_only_its_slice_of_the_config(workdir):
+    proc = snakemake(workdir, "-n", "-p", "results/backbones/tiny")
+    assert proc.returncode == 0, _out(proc)
+    line = next(ln for ln in proc.stdout.splitlines() if "tarpo backbone --config-json" in ln)
+    blob = line.split("--config-json '", 1)[1].split("' --backbone", 1)[0]
+    sliced = json.loads(blob)
+    assert sliced["methods"] == {} and sliced["baselines"] == []
+    assert list(sliced["backbones"]) == ["tiny"] and list(sliced["datasets"]) == ["synthetic"]
+    assert "train" not in sliced and "resources" not in sliced
+    assert sliced["backbones"]["tiny"]["resources"] == {}
+    tconfig.load_config(sliced)  # what the CLI will load
+
+
+def test_hub_backbone_takes_no_data_and_gets_its_resources(workdir):
+    cfg = _default_config()
+    cfg["backbones"]["qwen2.5-1.5b"] = {
+        "kind": "hub",
+        "repo_id": "Qwen/Qwen2.5-1.5B-Instruct",
+        "resources": {"backbone": {"gpus": 1, "mem_mb": 30000}},
+    }
+    (workdir / "config" / "hub.yaml").write_text(yaml.safe_dump(cfg))
+    # targets go before --configfile (it takes several values)
+    proc = snakemake(workdir, "-n", "-p", "all_qwen2.5-1.5b", "--configfile", "config/hub.yaml")
+    out = _out(proc)
+    assert proc.returncode == 0, out
+    assert "gpu=1" in out and "mem_mb=30000" in out
+    cmd = next(ln for ln in proc.stdout.splitlines() if "tarpo backbone --config-json" in ln)
+    assert "--data" not in cmd.split("--backbone", 1)[1]
+    assert "tarpo prepare" not in out  # one backbone's chain only; a hub model needs no data
+
+
+@pytest.mark.parametrize("dotted,value", MISSPELT[:3] + MISSPELT[5:6], ids=[m[0] for m in MISSPELT[:3] + MISSPELT[5:6]])
+def test_dry_run_fails_on_misspelt_key_naming_it(workdir, dotted, value):
+    (workdir / "config" / "bad.yaml").write_text(yaml.safe_dump(_with_key(_default_config(), dotted, value)))
+    proc = snakemake(workdir, "-n", "all", "--configfile", "config/bad.yaml")
+    assert proc.returncode != 0
+    assert dotted.rsplit(".", 1)[-1] in _out(proc)
+
+
+def test_dry_run_fails_on_unknown_method_naming_it(workdir):
+    cfg = _default_config()
+    cfg["methods"]["ppo"] = {}
+    (workdir / "config" / "bad.yaml").write_text(yaml.safe_dump(cfg))
+    proc = snakemake(workdir, "-n", "all", "--configfile", "config/bad.yaml")
+    assert proc.returncode != 0
+    assert "methods.ppo" in _out(proc)
+
+
+def test_dvc_stages_parse():
+    dvc = Path(sys.executable).parent / "dvc"
+    proc = subprocess.run([str(dvc), "stage", "list"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    names = {line.split()[0] for line in proc.stdout.splitlines() if line.strip()}
+    assert {"prepare", "backbone_tiny"} <= names
+
+
+# ------------------------------------------------------------------ a real run
+
+
+@pytest.mark.slow
+def test_smoke_run_builds_data_and_backbone(workdir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    targets = ["results/data/synthetic", "results/backbones/tiny"]
+    proc = snakemake(workdir, *targets, "--configfile", "config/smoke.yaml", timeout=900)
+    out = _out(proc)
+    assert proc.returncode == 0, out[-5000:]
+
+    data = workdir / "results" / "data" / "synthetic"
+    for split, n in (("train", 200), ("test_id", 16), ("test_ood", 16)):
+        rows = (data / f"{split}.jsonl").read_text().splitlines()
+        assert len(rows) == n
+    bb = workdir / "results" / "backbones" / "tiny"
+    tok = AutoTokenizer.from_pretrained(bb)
+    model = AutoModelForCausalLM.from_pretrained(bb)
+    assert model.config.num_hidden_layers == 2 and model.config.hidden_size == 32
+    assert tok.eos_token is not None and tok.pad_token is not None
+    assert (workdir / "results" / "logs" / "prepare" / "synthetic.log").exists()
+    assert (workdir / "results" / "logs" / "backbone" / "tiny.log").stat().st_size > 0
+    # The warm start is tracked as a `tiny/...` run of experiment `smoke` in the default store.
+    from mlflow.tracking import MlflowClient
+
+    assert not (workdir / "mlflow.db").exists() and not (workdir / "mlruns").exists()  # nothing stray in the cwd
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'results' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("smoke")
+    assert exp is not None
+    runs = client.search_runs([exp.experiment_id])
+    assert any(r.info.run_name.startswith("tiny/") and r.info.status == "FINISHED" for r in runs), runs
+    assert not list((workdir / "results").rglob(".*.tmp-*"))  # no half-written outputs left behind
+
+    # Nothing to redo; and editing a section no data/backbone job reads retriggers nothing.
+    cfg = yaml.safe_load((workdir / "config" / "smoke.yaml").read_text())
+    cfg["train"]["steps"] = 7
+    cfg["resources"]["train"]["mem_mb"] = 1234
+    cfg["methods"]["tarpo"] = {"action_bias_hard": 2.2}
+    (workdir / "config" / "smoke2.yaml").write_text(yaml.safe_dump(cfg))
+    proc = snakemake(workdir, "-n", *targets, "--configfile", "config/smoke2.yaml")
+    assert proc.returncode == 0, _out(proc)
+    assert "Nothing to be done" in _out(proc), _out(proc)
+    # ...while a change to the backbone's own settings does.
+    cfg["backbones"]["tiny"]["warm_start"]["steps"] = 21
+    (workdir / "config" / "smoke3.yaml").write_text(yaml.safe_dump(cfg))
+    proc = snakemake(workdir, "-n", *targets, "--configfile", "config/smoke3.yaml")
+    assert proc.returncode == 0, _out(proc)
+    assert "rule backbone:" in proc.stdout and "rule prepare:" not in proc.stdout
