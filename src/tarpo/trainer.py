@@ -1,0 +1,485 @@
+"""The RL loop every method shares: sample groups, score, GRPO loss, update.
+
+Runs as one process or under `accelerate launch` with one process per GPU
+(gradients are averaged across processes by hand, which keeps the rollout
+and the training forward on the plain, unwrapped modules).
+
+Outputs of `train(..., out_dir)`:
+
+    out_dir/                  the finished policy (see tarpo.policy) + metrics.jsonl, samples.html
+    out_dir/../train_state/   periodic checkpoints step-NNNNNN/ (trainable weights, optimiser,
+                              scheduler, RNG states, step); a rerun resumes from the newest one
+
+`out_dir` appears (atomically) only when training has finished, so a killed
+run is never mistaken for a finished one. SIGTERM (SLURM preemption) saves a
+checkpoint at the end of the current step and exits with status 143.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import math
+import random
+import shutil
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from tarpo.config import Config, TrainConfig
+from tarpo.data.template import build_prompt
+from tarpo.io import MissingInputError, atomic_dir, read_jsonl, write_jsonl
+from tarpo.loss import group_advantages, grpo_loss
+from tarpo.modes import Mode, build_mode
+from tarpo.policy import add_lora, default_dtype, save_policy
+from tarpo.render import token_spans, trajectories_html
+from tarpo.rewards import extract_answer, reward
+from tarpo.rollout import AnswerMarker, Rollout, completion_inputs, eos_token_ids, generate, model_parts, score
+
+STATE_FILE = "trainer_state.pt"
+KEEP_CHECKPOINTS = 2
+EXIT_PREEMPTED = 143
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+# ---------------------------------------------------------------- data
+
+
+def load_train_records(data_dir: Path) -> list[dict[str, Any]]:
+    path = Path(data_dir) / "train.jsonl"
+    if not path.exists():
+        raise MissingInputError(
+            f"training set {path} not found: create it with `tarpo prepare --out {data_dir}` "
+            f"(or `snakemake --cores 2 {data_dir}`)"
+        )
+    return read_jsonl(path)
+
+
+def encode_prompts(tokenizer: Any, questions: list[str], max_tokens: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Left-padded (and left-truncated) prompt ids and mask."""
+    texts = [build_prompt(tokenizer, q) for q in questions]
+    rows = [tokenizer(t, add_special_tokens=False)["input_ids"][-max_tokens:] for t in texts]
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row):] = torch.tensor(row)
+        mask[i, width - len(row):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def batch_indices(n_records: int, seed: int, step: int, micro: int, grad_accum: int, world: int, rank: int,
+                  per_process: int) -> list[int]:
+    """Record indices of one micro-batch: a fixed shuffled order per epoch, so resuming needs only the step."""
+    start = ((step * grad_accum + micro) * world + rank) * per_process
+    out = []
+    for position in range(start, start + per_process):
+        epoch, offset = divmod(position, n_records)
+        order = list(range(n_records))
+        random.Random(seed * 1_000_003 + epoch).shuffle(order)
+        out.append(order[offset])
+    return out
+
+
+def total_steps(cfg: TrainConfig, n_records: int, world: int) -> int:
+    if cfg.steps > 0:
+        return cfg.steps
+    return max(1, n_records // (cfg.prompts_per_step * cfg.grad_accum * world))
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def trainable_parameters(model: nn.Module, mode: Mode) -> dict[str, nn.Parameter]:
+    params = {f"model.{n}": p for n, p in model.named_parameters() if p.requires_grad}
+    params.update({f"mode.{n}": p for n, p in mode.named_parameters() if p.requires_grad})
+    return params
+
+
+def latest_checkpoint(state_dir: Path) -> Path | None:
+    """Newest complete periodic checkpoint (atomic renames: a step-* directory is always whole)."""
+    done = sorted(p for p in state_dir.glob("step-*") if (p / STATE_FILE).exists())
+    return done[-1] if done else None
+
+
+def save_checkpoint(state_dir: Path, step: int, params: dict[str, nn.Parameter], extra: dict[str, Any]) -> Path:
+    for name, p in params.items():
+        if not torch.isfinite(p).all():
+            raise NonFiniteLossError(f"refusing to checkpoint non-finite weights ({name}) at step {step}")
+    target = state_dir / f"step-{step:06d}"
+    with atomic_dir(target) as tmp:
+        torch.save({"params": {n: p.detach().cpu() for n, p in params.items()}, **extra}, tmp / STATE_FILE)
+    for old in sorted(state_dir.glob("step-*"))[:-KEEP_CHECKPOINTS]:
+        shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def rng_states() -> dict[str, Any]:
+    states = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    random.setstate(states["python"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+class Preemption:
+    """Turns SIGTERM into a flag the loop checks at the end of each step."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self) -> "Preemption":
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+
+    def __exit__(self, *exc: Any) -> None:
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+# ---------------------------------------------------------------- the loop
+
+
+@dataclasses.dataclass
+class StepResult:
+    metrics: dict[str, float]
+    rollout: Rollout
+    texts: list[str]
+    records: list[dict[str, Any]]
+    rewards: Tensor
+
+
+class GrpoTrainer:
+    """One method on one backbone. Build it, then `run()`."""
+
+    def __init__(self, cfg: Config, backbone: str, method: str, backbone_dir: Path, data_dir: Path,
+                 out_dir: Path, accelerator: Any = None) -> None:
+        from accelerate import Accelerator
+
+        from tarpo.backbone import load_backbone
+
+        self.cfg = cfg
+        self.tcfg = cfg.train_config(backbone, method)
+        self.backbone, self.method = backbone, method
+        self.out_dir = Path(out_dir)
+        self.state_dir = self.out_dir.parent / "train_state"
+        self.records = load_train_records(data_dir)
+        mp = "bf16" if self.tcfg.mixed_precision in ("auto", "bf16") and torch.cuda.is_available() else "no"
+        self.accelerator = accelerator or Accelerator(mixed_precision=mp, cpu=not torch.cuda.is_available())
+        acc = self.accelerator
+        self.device = acc.device
+        torch.manual_seed(cfg.seed)
+
+        # Weights stay fp32 for training (autocast gives bf16 compute on GPU).
+        model, self.tokenizer = load_backbone(Path(backbone_dir), dtype=torch.float32)
+        self.tokenizer.padding_side = "left"
+        if self.tcfg.adapter == "lora":
+            model = add_lora(model, self.tcfg)
+            self.ref_model = None  # reference = the same model with adapters disabled
+        else:
+            self.ref_model = copy.deepcopy(model).requires_grad_(False).to(self.device).eval()
+        self.model = model.to(self.device).eval()  # eval: no dropout, rollout and scoring see one function
+        self.mode = build_mode(method, self.tcfg, model.config.hidden_size).to(self.device)
+        self.ref_mode = copy.deepcopy(self.mode).requires_grad_(False).eval()  # the initial router
+
+        self.marker = AnswerMarker(self.tokenizer, model.config.vocab_size).to(self.device)
+        self.eos_ids = eos_token_ids(self.tokenizer, model)
+        self.steps = total_steps(self.tcfg, len(self.records), acc.num_processes)
+
+        t = self.tcfg
+        policy_params = [p for p in self.model.parameters() if p.requires_grad]
+        groups = [{"params": policy_params, "lr": t.learning_rate, "name": "policy"}]
+        if self.mode.param_groups():
+            groups.append({"params": self.mode.param_groups(), "lr": t.head_learning_rate, "name": "head"})
+        self.optimizer = torch.optim.AdamW(groups, betas=(t.adam_beta1, t.adam_beta2), weight_decay=t.weight_decay)
+        from transformers import get_cosine_schedule_with_warmup
+
+        self.scheduler = get_cosine_schedule_with_warmup(
+            self.optimizer, math.ceil(t.warmup_ratio * self.steps), self.steps
+        )
+        self.params = trainable_parameters(self.model, self.mode)
+        self.step = 0
+        self.nonfinite_in_row = 0
+        self.nonfinite_total = 0
+        self.run_id: str | None = None
+        self.history: list[dict[str, float]] = []
+
+    # -------------------------------------------------------- resume
+
+    def resume(self) -> bool:
+        ckpt = latest_checkpoint(self.state_dir)
+        if ckpt is None:
+            return False
+        state = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=False)
+        with torch.no_grad():
+            for name, p in self.params.items():
+                p.copy_(state["params"][name].to(p.device))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        set_rng_states(state["rng"])
+        self.step = state["step"]
+        self.nonfinite_total = state["nonfinite_total"]
+        self.run_id = state.get("run_id")
+        self.history = state["history"]
+        if self.accelerator.is_main_process:
+            print(f"resuming {self.backbone}/{self.method} from {ckpt} (step {self.step}/{self.steps})")
+        return True
+
+    def checkpoint(self) -> None:
+        if self.accelerator.is_main_process:
+            save_checkpoint(self.state_dir, self.step, self.params, {
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "rng": rng_states(), "step": self.step, "nonfinite_total": self.nonfinite_total,
+                "run_id": self.run_id, "history": self.history,
+            })
+        self.accelerator.wait_for_everyone()
+
+    # -------------------------------------------------------- one step
+
+    def _generator(self, micro: int) -> torch.Generator:
+        gen = torch.Generator(device=self.device)
+        acc = self.accelerator
+        gen.manual_seed(((self.cfg.seed * 100_003 + self.step) * 1009 + micro) * 131 + acc.process_index)
+        return gen
+
+    def sample(self, micro: int) -> tuple[Rollout, list[dict[str, Any]], list[str], Tensor]:
+        t, acc = self.tcfg, self.accelerator
+        idx = batch_indices(len(self.records), self.cfg.seed, self.step, micro, t.grad_accum,
+                            acc.num_processes, acc.process_index, t.prompts_per_step)
+        records = [self.records[i] for i in idx for _ in range(t.group_size)]  # groups are contiguous
+        ids, mask = encode_prompts(self.tokenizer, [r["question"] for r in records], t.max_prompt_tokens, self.device)
+        with acc.autocast():
+            rollout = generate(self.model, self.mode, ids, mask, max_new_tokens=t.max_new_tokens,
+                               temperature=t.temperature, eos_ids=self.eos_ids, pad_id=self.tokenizer.pad_token_id,
+                               marker=self.marker, generator=self._generator(micro))
+        texts = [self.tokenizer.decode(tok[v], skip_special_tokens=True)
+                 for tok, v in zip(rollout.tokens.cpu(), rollout.valid.cpu())]
+        rewards = torch.tensor([reward(text, str(r["answer"])) for text, r in zip(texts, records)], device=self.device)
+        return rollout, records, texts, rewards
+
+    def _scores(self, rollout: Rollout) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        t = self.tcfg
+        with self.accelerator.autocast():
+            inputs = completion_inputs(self.model, self.mode, rollout)
+            logps = score(self.model, self.mode, rollout, t.temperature, inputs=inputs)
+            if t.beta == 0:
+                return logps, {}
+            detached = tuple(x.detach() for x in inputs)
+            with torch.no_grad():
+                if self.ref_model is not None:
+                    ref = score(self.ref_model, self.ref_mode, rollout, t.temperature, inputs=detached)
+                else:
+                    with self.model.disable_adapter():
+                        ref = score(self.model, self.ref_mode, rollout, t.temperature, inputs=detached)
+        return logps, ref
+
+    def _loss(self, rollout: Rollout, advantages: Tensor, old: dict[str, Tensor] | None):
+        t = self.tcfg
+        logps, ref = self._scores(rollout)
+        action_mask = None
+        if "action" in logps:
+            action_mask = rollout.thinking if t.action_loss_positions == "thinking" else rollout.valid
+        out = grpo_loss(logps, ref, old, advantages, rollout.valid, t.beta, action_mask=action_mask,
+                        action_weight=t.action_loss_weight,
+                        clip_eps=t.clip_eps if t.updates_per_batch > 1 else None)
+        return out, logps
+
+    def _sync_gradients(self) -> Tensor:
+        """Average gradients over processes; returns whether all are finite (on every process alike)."""
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params.values()]
+        flat = torch.cat([g.reshape(-1).float() for g in grads])
+        if self.accelerator.num_processes > 1:
+            flat = self.accelerator.reduce(flat, reduction="mean")
+        offset = 0
+        for p, g in zip(self.params.values(), grads):
+            n = g.numel()
+            p.grad = flat[offset:offset + n].view_as(p).to(p.dtype)
+            offset += n
+        return torch.isfinite(flat).all()
+
+    def train_step(self) -> StepResult:
+        t, acc = self.tcfg, self.accelerator
+        started = time.perf_counter()
+        batches = []
+        for micro in range(t.grad_accum):
+            rollout, records, texts, rewards = self.sample(micro)
+            batches.append((rollout, records, texts, rewards, group_advantages(rewards, t.group_size)))
+        rollout_seconds = time.perf_counter() - started
+
+        self.optimizer.zero_grad(set_to_none=True)
+        old_logps: list[dict[str, Tensor] | None] = [None] * len(batches)
+        finite = True
+        losses, kls, action_kls, entropies, action_entropies = [], [], [], [], []
+        for update in range(t.updates_per_batch):
+            if update > 0:
+                self.optimizer.zero_grad(set_to_none=True)
+            for i, (rollout, _, _, _, adv) in enumerate(batches):
+                out, logps = self._loss(rollout, adv, old_logps[i])
+                if update == 0:
+                    old_logps[i] = {k: v.detach() for k, v in logps.items()}
+                    valid = rollout.valid
+                    entropies.append(float(logps["token_entropy"][valid].mean()))
+                    if "action_entropy" in logps and bool(rollout.thinking.any()):
+                        action_entropies.append(float(logps["action_entropy"][rollout.thinking].mean()))
+                finite = finite and bool(torch.isfinite(out.loss.detach()))
+                (out.loss / len(batches)).backward()
+                losses.append(float(out.loss.detach()))
+                kls.append(out.kl)
+                action_kls.append(out.action_kl)
+            finite = bool(self._sync_gradients()) and finite
+            # Every process reaches the same verdict (gradients were averaged), so all skip together.
+            if not finite:
+                self.optimizer.zero_grad(set_to_none=True)
+                break
+            grad_norm = torch.nn.utils.clip_grad_norm_(list(self.params.values()), t.max_grad_norm)
+            self.optimizer.step()
+        if finite:
+            self.nonfinite_in_row = 0
+        else:
+            self.nonfinite_in_row += 1
+            self.nonfinite_total += 1
+            if self.nonfinite_in_row >= t.max_nonfinite_steps:
+                raise NonFiniteLossError(
+                    f"{self.nonfinite_in_row} non-finite losses in a row at step {self.step}: aborting "
+                    f"(last complete checkpoint in {self.state_dir}); lower the learning rate or check the data"
+                )
+        self.scheduler.step()
+        self.step += 1
+
+        rollout, records, texts, rewards, _ = batches[-1]
+        all_rewards = acc.gather(torch.cat([b[3] for b in batches]))
+        lengths = acc.gather(torch.cat([b[0].lengths.float() for b in batches]))
+        n_tokens = float(lengths.sum())
+        _, _, embed = model_parts(self.model)
+        metrics = {
+            "reward_mean": float(all_rewards.mean()),
+            "reward_std": float(all_rewards.std()) if all_rewards.numel() > 1 else 0.0,
+            "loss": float(sum(losses) / len(losses)),
+            "kl": float(sum(kls) / len(kls)),
+            "token_entropy": float(sum(entropies) / max(len(entropies), 1)),
+            "completion_length": float(lengths.mean()),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "tokens_per_s": n_tokens / max(rollout_seconds, 1e-9),
+            "step_seconds": time.perf_counter() - started,
+            "nonfinite_skipped": float(self.nonfinite_total),
+            "world_size": float(acc.num_processes),
+            "completions": float(all_rewards.numel()),
+        }
+        if finite:
+            metrics["grad_norm"] = float(grad_norm)
+        if len(self.optimizer.param_groups) > 1:
+            metrics["head_lr"] = self.optimizer.param_groups[1]["lr"]
+        if action_entropies:
+            metrics["action_entropy"] = sum(action_entropies) / len(action_entropies)
+            metrics["action_kl"] = float(sum(action_kls) / len(action_kls))
+        stats = [self.mode.rollout_stats(embed, b[0].tokens, b[0].meta, b[0].thinking) for b in batches]
+        for key in sorted({k for s in stats for k in s}):
+            values = [s[key] for s in stats if key in s]
+            metrics[key] = sum(values) / len(values)
+        return StepResult(metrics, rollout, texts, records, rewards)
+
+    # -------------------------------------------------------- the run
+
+    def samples_html(self, result: StepResult) -> str:
+        rollout, items = result.rollout, []
+        for i in range(min(self.tcfg.log_samples, len(result.texts))):
+            valid = rollout.valid[i].cpu()
+            tokens = rollout.tokens[i].cpu()[valid].tolist()
+            soft = rollout.stats.get("soft", torch.zeros_like(rollout.tokens, dtype=torch.float))[i].cpu()[valid]
+            thinking = rollout.thinking[i].cpu()[valid].tolist()
+            items.append({
+                "question": result.records[i]["question"], "gold": result.records[i]["answer"],
+                "answer": extract_answer(result.texts[i]), "correct": bool(result.rewards[i] > 0),
+                "soft_ratio": float(soft.sum() / max(sum(thinking), 1)) if "soft" in rollout.stats else None,
+                "spans": token_spans(self.tokenizer, tokens, soft.tolist(), thinking),
+            })
+        return trajectories_html(f"{self.backbone}/{self.method}: step {self.step} samples", items)
+
+    def run(self) -> dict[str, float]:
+        from tarpo.tracking import NullTracker, start_run
+
+        acc = self.accelerator
+        self.resume()
+        if acc.is_main_process:
+            tracking = start_run(self.cfg.name, f"{self.backbone}/{self.method}/train",
+                                 params=None if self.run_id else {"method": self.method, "backbone": self.backbone,
+                                                                   "train": dataclasses.asdict(self.tcfg),
+                                                                   "seed": self.cfg.seed, "steps": self.steps},
+                                 tags={"backbone": self.backbone, "method": self.method, "stage": "train"},
+                                 run_id=self.run_id)
+        else:
+            tracking = contextlib.nullcontext(NullTracker())
+        last: StepResult | None = None
+        with tracking as tracker, Preemption() as preemption:
+            self.run_id = tracker.run_id
+            bar = tqdm(total=self.steps, initial=self.step, desc=f"train {self.backbone}/{self.method}",
+                       disable=not acc.is_main_process, dynamic_ncols=True)
+            while self.step < self.steps:
+                last = self.train_step()
+                self.history.append({"step": self.step, **last.metrics})
+                tracker.log_metrics(last.metrics, step=self.step)
+                bar.update(1)
+                bar.set_postfix(reward=f"{last.metrics['reward_mean']:.2f}",
+                                **({"soft": f"{last.metrics['soft_ratio']:.2f}"} if "soft_ratio" in last.metrics else {}))
+                stop = self._agree(preemption.requested)
+                every = self.tcfg.checkpoint_every
+                if stop or (every and self.step % every == 0 and self.step < self.steps):
+                    self.checkpoint()
+                if stop:
+                    print(f"SIGTERM: checkpointed {self.backbone}/{self.method} at step {self.step}; rerun to resume")
+                    raise SystemExit(EXIT_PREEMPTED)
+            bar.close()
+            if acc.is_main_process:
+                self.save_final(last, tracker)
+            acc.wait_for_everyone()
+        return self.history[-1] if self.history else {}
+
+    def _agree(self, flag: bool) -> bool:
+        if self.accelerator.num_processes == 1:
+            return flag
+        value = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        return bool(self.accelerator.reduce(value, reduction="sum") > 0)
+
+    def save_final(self, last: StepResult | None, tracker: Any) -> None:
+        for name, p in self.params.items():
+            if not torch.isfinite(p).all():
+                raise NonFiniteLossError(f"final weights hold non-finite values ({name}); nothing saved")
+        with atomic_dir(self.out_dir) as tmp:
+            save_policy(self.model, self.mode, self.tcfg, self.method, tmp)
+            torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                        "step": self.step, "run_id": self.run_id}, tmp / STATE_FILE)
+            write_jsonl(tmp / "metrics.jsonl", self.history)
+            if last is not None:
+                (tmp / "samples.html").write_text(self.samples_html(last))
+                tracker.log_artifact(tmp / "samples.html")
+            (tmp / "run_id.txt").write_text(f"{self.run_id or ''}\n")
+        tracker.log_metrics({"nonfinite_skipped": float(self.nonfinite_total)}, step=self.step)
+        print(f"saved {self.backbone}/{self.method} policy to {self.out_dir}")
+
+
+def train(cfg: Config, backbone: str, method: str, backbone_dir: Path, data_dir: Path, out_dir: Path) -> dict[str, float]:
+    """Train `method` on `backbone`; resumes from the newest checkpoint under out_dir/../train_state."""
+    from tarpo.backbone import set_cpu_threads
+
+    if not torch.cuda.is_available():
+        set_cpu_threads()
+    trainer = GrpoTrainer(cfg, backbone, method, backbone_dir, data_dir, out_dir)
+    return trainer.run()

@@ -1,0 +1,154 @@
+"""The GRPO trainer on a tiny backbone: updates, checkpoints, resume after SIGTERM, non-finite losses, 2 processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tarpo.config import load_config
+from tarpo.trainer import EXIT_PREEMPTED, GrpoTrainer, NonFiniteLossError, latest_checkpoint
+
+SMOKE = {
+    "name": "test",
+    "datasets": {"synthetic": {"n_train": 60, "n_test_id": 8, "n_test_ood": 8}},
+    "backbones": {"tiny": {"model": {"hidden_size": 32, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2,
+                                     "intermediate_size": 64, "vocab_size": 300},
+                           "warm_start": {"steps": 4, "batch_size": 8, "eval_problems": 2}}},
+    "train": {"adapter": "full", "steps": 4, "prompts_per_step": 2, "group_size": 2, "max_new_tokens": 12,
+              "learning_rate": 1e-3, "head_learning_rate": 1e-2, "checkpoint_every": 1, "beta": 0.01,
+              "action_bias_hard": 0.0, "soft_top_k": 4, "lepo_top_k": 4, "log_samples": 2},
+}
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    from tarpo.backbone import build_backbone
+    from tarpo.data.synthetic import prepare_dataset
+
+    root = tmp_path_factory.mktemp("trainer")
+    cfg = load_config(SMOKE)
+    prepare_dataset(cfg.datasets["synthetic"], root / "data")
+    build_backbone(cfg, "tiny", root / "data", root / "backbone")
+    return root
+
+
+def make(prepared, tmp_path, method="tarpo", **train):
+    raw = json.loads(json.dumps(SMOKE))
+    raw["train"].update(train)
+    cfg = load_config(raw)
+    return GrpoTrainer(cfg, "tiny", method, prepared / "backbone", prepared / "data", tmp_path / method / "checkpoint")
+
+
+def weights(trainer):
+    return {k: v.detach().clone() for k, v in trainer.params.items()}
+
+
+@pytest.mark.parametrize("method", ["grpo", "hrpo", "lepo", "tarpo"])
+def test_training_runs_and_writes_a_loadable_policy(prepared, tmp_path, method):
+    from tarpo.policy import load_policy
+
+    trainer = make(prepared, tmp_path, method, steps=2, checkpoint_every=0)
+    before = weights(trainer)
+    last = trainer.run()
+    out = tmp_path / method / "checkpoint"
+    assert (out / "policy.json").exists() and (out / "samples.html").exists()
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in history] == [1, 2]
+    for key in ("reward_mean", "loss", "kl", "token_entropy", "completion_length", "lr", "tokens_per_s"):
+        assert key in last and last[key] == last[key]  # present and not NaN
+    if method == "tarpo":
+        assert {"soft_ratio", "action_entropy", "head_lr"} <= set(last)
+        assert 0.0 <= last["soft_ratio"] <= 1.0
+    if method == "hrpo":
+        assert 0.9 < last["mean_gate"] < 1.0
+    changed = [k for k, v in weights(trainer).items() if not torch.equal(v, before[k])]
+    assert any(k.startswith("model.") for k in changed)
+    model, _, mode = load_policy(prepared / "backbone", method, trainer.tcfg, out)
+    for name, p in mode.named_parameters():
+        assert torch.equal(p, trainer.params[f"mode.{name}"].detach())
+    for name, p in model.named_parameters():
+        assert torch.equal(p, trainer.params[f"model.{name}"].detach())
+
+
+def test_resume_after_sigterm_gives_the_same_weights(prepared, tmp_path, monkeypatch):
+    straight = make(prepared, tmp_path / "straight")
+    straight.run()
+    expected = weights(straight)
+
+    interrupted = make(prepared, tmp_path / "killed")
+    original = GrpoTrainer.train_step
+
+    def step_then_sigterm(self):
+        result = original(self)
+        if self.step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # SLURM preemption arrives mid-run
+        return result
+
+    monkeypatch.setattr(GrpoTrainer, "train_step", step_then_sigterm)
+    with pytest.raises(SystemExit) as stop:
+        interrupted.run()
+    assert stop.value.code == EXIT_PREEMPTED
+    assert not (tmp_path / "killed" / "tarpo" / "checkpoint").exists()  # never mistaken for finished
+    assert latest_checkpoint(interrupted.state_dir).name == "step-000002"
+    monkeypatch.setattr(GrpoTrainer, "train_step", original)
+
+    resumed = make(prepared, tmp_path / "killed")
+    assert resumed.resume() and resumed.step == 2
+    resumed = make(prepared, tmp_path / "killed")
+    resumed.run()
+    for name, value in expected.items():
+        assert torch.allclose(weights(resumed)[name], value, atol=1e-6), name
+    assert [h["reward_mean"] for h in resumed.history] == [h["reward_mean"] for h in straight.history]
+
+
+def test_non_finite_losses_are_skipped_then_abort(prepared, tmp_path, monkeypatch):
+    import tarpo.trainer as trainer_module
+
+    real = trainer_module.grpo_loss
+    calls = {"n": 0}
+
+    def sometimes_nan(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] >= 2:  # step 1 is fine, every later loss is NaN
+            out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(trainer_module, "grpo_loss", sometimes_nan)
+    trainer = make(prepared, tmp_path, steps=8, max_nonfinite_steps=3)
+    with pytest.raises(NonFiniteLossError, match="3 non-finite losses in a row"):
+        trainer.run()
+    assert trainer.nonfinite_total == 3
+    assert [round(h["nonfinite_skipped"]) for h in trainer.history] == [0, 1, 2]
+    for p in trainer.params.values():
+        assert torch.isfinite(p).all()
+    for ckpt in trainer.state_dir.glob("step-*"):
+        state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
+        assert all(torch.isfinite(v).all() for v in state["params"].values())
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_under_accelerate_launch(prepared, tmp_path):
+    raw = json.loads(json.dumps(SMOKE))
+    raw["train"].update(steps=2, checkpoint_every=1)
+    out = tmp_path / "tiny" / "tarpo" / "checkpoint"
+    env = {**os.environ, "TARPO_TRACKING": "off", "OMP_NUM_THREADS": "1"}
+    # --multi_gpu makes accelerate start the processes with torchrun; on a machine without GPUs the trainer's
+    # Accelerator(cpu=True) then joins them over gloo (accelerate's --cpu flag would start a single process).
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "tarpo.cli", "train",
+           "--config-json", json.dumps(raw), "--backbone", "tiny", "--method", "tarpo",
+           "--backbone-dir", str(prepared / "backbone"), "--data", str(prepared / "data"), "--out", str(out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(history) == 2 and history[-1]["world_size"] == 2
+    # 2 processes x 2 prompts x group 2 completions were rewarded per step
+    assert history[-1]["completions"] == 8
