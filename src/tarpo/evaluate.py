@@ -1,0 +1,399 @@
+"""`tarpo evaluate`: k sampled completions per problem, scored by the training reward's verifiers.
+
+One call evaluates one policy (a trained checkpoint, or the bare backbone for
+`cot`) on one benchmark and writes, beside `out_json`
+(`results/{backbone}/{method}/eval/{benchmark}.json`):
+
+    {benchmark}.json            metrics: n_problems, k, pass@1 (mean accuracy over the k samples), pass@j
+                                for j in 1, 2, 4, ... <= k (unbiased estimator), mean generated tokens,
+                                soft_ratio (tarpo, lepo) / mean_gate (hrpo), the sampling settings, wall time
+    {benchmark}.samples.jsonl   one row per sample: problem id, sample index, completion, extracted
+                                answer, correct, token count, per-step soft flags (0/1), token ids
+    {benchmark}.html            the first trajectories with soft steps highlighted
+
+Sampling goes through the shared rollout engine, `evaluate.batch_size`
+problems x `k` samples per batch.
+
+Resuming. Finished problems are appended, a batch at a time (all k samples of
+each of its problems in one write, flushed and fsynced), to
+`{benchmark}.samples.jsonl.partial`, whose first line records what produced it
+(policy files, benchmark ids, sampling settings). A rerun with the same
+settings keeps the complete problems in it, drops anything torn, and samples
+only the rest; with other settings it starts afresh. The JSON is written last,
+atomically, and only then is the partial removed, so a finished JSON always
+describes a complete samples file.
+
+Seeding. Batches are fixed chunks of the problem list by index, and each
+batch samples with its own generator seeded from (seed, benchmark, batch
+index). Batched sampling couples the problems of a batch (they share the
+generator's stream, the padding width and the number of decoding steps), so a
+problem's samples are a function of its batch, not of the problem alone. A
+batch that is only partly in the partial file (a torn write) is therefore
+sampled again whole and only its missing problems are appended: the
+regenerated samples equal the lost ones, and a resumed evaluation equals an
+uninterrupted one exactly, whatever point it stopped at.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from tarpo.config import Config, ConfigError, TrainConfig, _merge, from_dict, to_dict
+from tarpo.data.benchmarks import Benchmark, get_benchmark, load_benchmark
+from tarpo.io import atomic_write_text, write_json, write_jsonl
+from tarpo.metrics import mean_pass_at_k
+from tarpo.render import token_spans, trajectories_html
+from tarpo.rewards import extract_answer, reward
+
+PASS_AT = (1, 2, 4, 8, 16, 32)
+HTML_SAMPLES = 20
+SPEC_KEY = "_spec"
+# Metrics logged to MLflow (besides every pass@j); the settings travel as params / in the JSON artifact.
+TRACKED = ("n_problems", "mean_tokens", "mean_thinking_tokens", "soft_ratio", "mean_gate", "wall_seconds")
+
+
+# ---------------------------------------------------------------- paths and settings
+
+
+def output_paths(out_json: Path) -> dict[str, Path]:
+    """The files an evaluation writes beside `out_json` ({benchmark}.json)."""
+    out_json = Path(out_json)
+    stem = out_json.name[: -len(".json")] if out_json.name.endswith(".json") else out_json.name
+    samples = out_json.with_name(f"{stem}.samples.jsonl")
+    return {"json": out_json, "samples": samples, "html": out_json.with_name(f"{stem}.html"),
+            "partial": samples.with_name(samples.name + ".partial")}
+
+
+def eval_train_config(cfg: Config, backbone: str, method: str) -> TrainConfig:
+    """The train config whose mode knobs / prompt length apply: the method's, or `train` + backbone overrides for cot."""
+    if backbone not in cfg.backbones:
+        raise ConfigError(f"unknown backbone '{backbone}'; configured: {sorted(cfg.backbones)}")
+    if method in cfg.methods:
+        return cfg.train_config(backbone, method)
+    return from_dict(TrainConfig, _merge(to_dict(cfg.train), cfg.backbones[backbone].train), f"backbones.{backbone}.train")
+
+
+def batch_seed(seed: int, benchmark: str, batch_index: int) -> int:
+    digest = hashlib.sha256(f"tarpo-eval:{seed}:{benchmark}:{batch_index}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") & ((1 << 63) - 1)
+
+
+def _files_fingerprint(directory: Path | None) -> str:
+    """Cheap identity of a policy directory: every file's relative path, size and mtime."""
+    if directory is None:
+        return ""
+    directory = Path(directory)
+    rows = []
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        st = path.stat()
+        rows.append(f"{path.relative_to(directory)}:{st.st_size}:{st.st_mtime_ns}")
+    return hashlib.sha256("\n".join(rows).encode()).hexdigest()
+
+
+def _spec(cfg: Config, *, backbone: str, method: str, benchmark: str, records: list[dict[str, Any]],
+          max_prompt_tokens: int, backbone_dir: Path, checkpoint: Path | None) -> dict[str, Any]:
+    e = cfg.evaluate
+    return {
+        "backbone": backbone, "method": method, "benchmark": benchmark, "seed": cfg.seed,
+        "k": e.k, "temperature": e.temperature, "max_new_tokens": e.max_new_tokens, "batch_size": e.batch_size,
+        "max_prompt_tokens": max_prompt_tokens,
+        "problems": hashlib.sha256(json.dumps([r["id"] for r in records]).encode()).hexdigest(),
+        "backbone_files": _files_fingerprint(backbone_dir), "checkpoint_files": _files_fingerprint(checkpoint),
+    }
+
+
+# ---------------------------------------------------------------- the partial file
+
+
+def read_partial(path: Path, spec: dict[str, Any], k: int) -> dict[str, list[dict[str, Any]]]:
+    """Complete problems (problem id -> its k rows) of a partial file written under `spec`.
+
+    Unparsable lines (a torn last write) and problems with fewer than k rows are
+    dropped; a file written under other settings is ignored entirely.
+    """
+    if not path.exists():
+        return {}
+    rows, header = [], None
+    with open(path) as fh:
+        for i, line in enumerate(fh):
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if i == 0:
+                header = obj.get(SPEC_KEY) if isinstance(obj, dict) else None
+                continue
+            if isinstance(obj, dict) and "problem_id" in obj and "sample" in obj:
+                rows.append(obj)
+    if header != spec:
+        print(f"{path}: written under other settings; starting this evaluation afresh")
+        return {}
+    by_problem: dict[str, dict[int, dict[str, Any]]] = {}
+    for row in rows:
+        by_problem.setdefault(row["problem_id"], {})[int(row["sample"])] = row
+    return {pid: [got[s] for s in range(k)] for pid, got in by_problem.items() if set(got) >= set(range(k))}
+
+
+def _rewrite_partial(path: Path, spec: dict[str, Any], done: dict[str, list[dict[str, Any]]]) -> None:
+    """Start (or clean) the partial file: the header and the complete problems only, nothing torn."""
+    lines = [json.dumps({SPEC_KEY: spec}, sort_keys=True)]
+    lines += [json.dumps(row, sort_keys=True) for rows in done.values() for row in rows]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def _append(path: Path, rows: list[dict[str, Any]]) -> None:
+    with open(path, "a") as fh:
+        fh.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+# ---------------------------------------------------------------- sampling
+
+
+def _reward_kwargs(record: dict[str, Any]) -> dict[str, Any]:
+    if record["kind"] == "code":
+        return {"prompt": record["prompt"], "entry_point": record["entry_point"], "test": record["test"]}
+    return {}
+
+
+@torch.no_grad()
+def sample_batch(model: Any, tokenizer: Any, mode: Any, records: list[dict[str, Any]], *, k: int, temperature: float,
+                 max_new_tokens: int, max_prompt_tokens: int, seed: int, eos_ids: list[int], marker: Any,
+                 device: torch.device) -> list[list[dict[str, Any]]]:
+    """k scored samples for each record (rows without problem bookkeeping), sampled as one batch."""
+    from tarpo.rollout import generate, model_parts
+    from tarpo.trainer import encode_prompts
+
+    questions = [r["question"] for r in records for _ in range(k)]  # the k samples of a problem are contiguous
+    ids, mask = encode_prompts(tokenizer, questions, max_prompt_tokens, device)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed)
+    greedy = temperature <= 0
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
+    rollout = generate(model, mode, ids, mask, max_new_tokens=max_new_tokens, temperature=1.0 if greedy else temperature,
+                       eos_ids=eos_ids, pad_id=pad_id, marker=marker, greedy=greedy, generator=generator)
+    _, _, embed = model_parts(model)
+    cpu = rollout.to("cpu")
+    soft_all = cpu.stats.get("soft")
+    out: list[list[dict[str, Any]]] = [[] for _ in records]
+    for i in range(len(questions)):
+        record = records[i // k]
+        valid = cpu.valid[i]
+        tokens = cpu.tokens[i][valid].tolist()
+        text = tokenizer.decode(tokens, skip_special_tokens=True)
+        soft = [int(x) for x in soft_all[i][valid].tolist()] if soft_all is not None else [0] * len(tokens)
+        row = {
+            "sample": i % k,
+            "completion": text,
+            "extracted": extract_answer(text),
+            "correct": bool(reward(text, str(record["answer"]), record["kind"], **_reward_kwargs(record)) > 0),
+            "n_tokens": len(tokens),
+            "n_thinking": int(cpu.thinking[i].sum()),  # thinking steps are a prefix of the completion
+            "soft": soft,
+            "token_ids": tokens,
+        }
+        one = rollout.select(slice(i, i + 1))
+        stats = mode.rollout_stats(embed, one.tokens, one.meta, one.thinking)
+        if "mean_gate" in stats and row["n_thinking"]:
+            row["mean_gate"] = float(stats["mean_gate"])
+        out[i // k].append(row)
+    return out
+
+
+# ---------------------------------------------------------------- metrics and views
+
+
+def summarise(rows_by_problem: list[list[dict[str, Any]]], k: int) -> dict[str, Any]:
+    """Metrics of complete per-problem sample rows (recomputable from the samples file alone)."""
+    counts = [(len(rows), sum(bool(r["correct"]) for r in rows)) for rows in rows_by_problem]
+    samples = [r for rows in rows_by_problem for r in rows]
+    metrics: dict[str, Any] = {"n_problems": len(rows_by_problem), "k": k, "n_samples": len(samples)}
+    for j in PASS_AT:
+        if j <= k:
+            metrics[f"pass@{j}"] = mean_pass_at_k(counts, j)
+    metrics["mean_tokens"] = sum(r["n_tokens"] for r in samples) / len(samples)
+    thinking = sum(r["n_thinking"] for r in samples)
+    metrics["mean_thinking_tokens"] = thinking / len(samples)
+    return metrics
+
+
+def mode_metrics(method: str, rows: list[dict[str, Any]]) -> dict[str, float]:
+    """soft_ratio (soft steps / thinking steps) for tarpo and lepo; mean gate a for hrpo."""
+    out: dict[str, float] = {}
+    thinking = sum(r["n_thinking"] for r in rows)
+    if method in ("tarpo", "lepo"):
+        out["soft_ratio"] = sum(sum(r["soft"]) for r in rows) / thinking if thinking else 0.0
+    if method == "hrpo":
+        gated = [(r["mean_gate"], r["n_thinking"]) for r in rows if "mean_gate" in r]
+        weight = sum(n for _, n in gated)
+        out["mean_gate"] = sum(g * n for g, n in gated) / weight if weight else 1.0
+    return out
+
+
+def trajectories(tokenizer: Any, title: str, records: list[dict[str, Any]], rows: list[dict[str, Any]],
+                 method: str, limit: int = HTML_SAMPLES) -> str:
+    by_id = {r["id"]: r for r in records}
+    items = []
+    for row in rows[:limit]:
+        record = by_id[row["problem_id"]]
+        n = row["n_tokens"]
+        thinking = [t < row["n_thinking"] for t in range(n)]
+        items.append({
+            "question": record["question"], "gold": record["answer"], "answer": row["extracted"],
+            "correct": row["correct"],
+            "soft_ratio": (sum(row["soft"]) / row["n_thinking"] if row["n_thinking"] else 0.0)
+            if method in ("tarpo", "lepo") else None,
+            "spans": token_spans(tokenizer, row["token_ids"], row["soft"], thinking),
+        })
+    return trajectories_html(title, items)
+
+
+# ---------------------------------------------------------------- tracking
+
+
+def _log_to_mlflow(cfg: Config, *, backbone: str, method: str, benchmark: str, checkpoint: Path | None,
+                   metrics: dict[str, Any], params: dict[str, Any], artifacts: list[Path]) -> str | None:
+    """Attach eval/{benchmark}/... metrics to the run that trained the checkpoint (a new evaluate run otherwise)."""
+    from tarpo.tracking import run_name, start_run, tracking_enabled
+
+    if not tracking_enabled():
+        return None
+    run_id = None
+    if checkpoint is not None and (Path(checkpoint) / "run_id.txt").exists():
+        run_id = (Path(checkpoint) / "run_id.txt").read_text().strip() or None
+    scalars = {f"eval/{benchmark}/{key}": float(value) for key, value in metrics.items()
+               if key in TRACKED or key.startswith("pass@")}
+    tags = {"backbone": backbone, "method": method, f"eval/{benchmark}": "done"}
+    if run_id is not None:
+        try:
+            with start_run(cfg.name, run_name(backbone, method, "evaluate"), tags=tags, run_id=run_id) as tracker:
+                tracker.log_metrics(scalars)
+                for path in artifacts:
+                    tracker.log_artifact(path, artifact_path=f"eval/{benchmark}")
+                return tracker.run_id
+        except Exception as err:  # noqa: BLE001 - the training run lives in another store: log a new run instead
+            print(f"could not reopen training run {run_id} ({type(err).__name__}: {err}); logging a new run")
+    with start_run(cfg.name, run_name(backbone, method, "evaluate"), params=params,
+                   tags={**tags, "stage": "evaluate", "benchmark": benchmark}) as tracker:
+        tracker.log_metrics(scalars)
+        for path in artifacts:
+            tracker.log_artifact(path, artifact_path=f"eval/{benchmark}")
+        return tracker.run_id
+
+
+# ---------------------------------------------------------------- the job
+
+
+def evaluate(
+    cfg: Config,
+    *,
+    backbone: str,
+    method: str,
+    backbone_dir: Path,
+    checkpoint: Path | None,
+    benchmark: str,
+    data_root: Path,
+    out_json: Path,
+) -> dict[str, Any]:
+    """Evaluate one policy on one benchmark; returns the metrics written to `out_json`."""
+    from tarpo.policy import load_policy, read_policy_info
+    from tarpo.rollout import AnswerMarker, eos_token_ids
+
+    started = time.perf_counter()
+    e = cfg.evaluate
+    if e.k < 1 or e.batch_size < 1 or e.max_new_tokens < 1:
+        raise ConfigError("evaluate.k, evaluate.batch_size and evaluate.max_new_tokens must be >= 1")
+    if method != "cot" and checkpoint is None:
+        raise ConfigError(f"method '{method}' is evaluated from its checkpoint: pass --checkpoint (only cot runs without)")
+    if method == "cot" and checkpoint is not None:
+        raise ConfigError("cot is the bare backbone: it takes no --checkpoint")
+    bench: Benchmark = get_benchmark(benchmark, cfg.datasets)
+    records = load_benchmark(benchmark, data_root, cfg.benchmarks, cfg.datasets)
+    if e.max_problems:
+        records = records[: e.max_problems]
+
+    tcfg = eval_train_config(cfg, backbone, method) if checkpoint is None else \
+        from_dict(TrainConfig, read_policy_info(Path(checkpoint))["train"], "checkpoint")
+    paths = output_paths(Path(out_json))
+    spec = _spec(cfg, backbone=backbone, method=method, benchmark=benchmark, records=records,
+                 max_prompt_tokens=tcfg.max_prompt_tokens, backbone_dir=Path(backbone_dir), checkpoint=checkpoint)
+    done = read_partial(paths["partial"], spec, e.k)
+    wanted = {r["id"] for r in records}
+    done = {pid: rows for pid, rows in done.items() if pid in wanted}
+    resumed = len(done)
+    _rewrite_partial(paths["partial"], spec, done)
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cpu":
+        from tarpo.backbone import set_cpu_threads
+
+        set_cpu_threads()
+    n_batches = (len(records) + e.batch_size - 1) // e.batch_size
+    todo = [b for b in range(n_batches)
+            if any(r["id"] not in done for r in records[b * e.batch_size:(b + 1) * e.batch_size])]
+    tokenizer = None
+    if todo:
+        model, tokenizer, mode = load_policy(Path(backbone_dir), method, tcfg, checkpoint, device)
+        marker = AnswerMarker(tokenizer, model.config.vocab_size).to(device)
+        eos_ids = eos_token_ids(tokenizer, model)
+        bar = tqdm(total=len(records), initial=len(done), desc=f"eval {backbone}/{method}/{benchmark}",
+                   unit="problem", dynamic_ncols=True)
+        for b in todo:
+            chunk = records[b * e.batch_size:(b + 1) * e.batch_size]
+            samples = sample_batch(model, tokenizer, mode, chunk, k=e.k, temperature=e.temperature,
+                                   max_new_tokens=e.max_new_tokens, max_prompt_tokens=tcfg.max_prompt_tokens,
+                                   seed=batch_seed(cfg.seed, benchmark, b), eos_ids=eos_ids, marker=marker,
+                                   device=device)
+            new_rows = []
+            for index, (record, rows) in enumerate(zip(chunk, samples)):
+                if record["id"] in done:  # kept from the partial file (identical: same batch, same seed)
+                    continue
+                full = [{"problem_id": record["id"], "problem_index": b * e.batch_size + index,
+                         "gold": str(record["answer"]), **row} for row in rows]
+                done[record["id"]] = full
+                new_rows += full
+            _append(paths["partial"], new_rows)
+            bar.update(len(chunk))
+            correct = [r["correct"] for rows in done.values() for r in rows]
+            bar.set_postfix(pass1=f"{sum(correct) / len(correct):.3f}")
+        bar.close()
+
+    rows_by_problem = [done[r["id"]] for r in records]
+    rows = [row for problem in rows_by_problem for row in problem]
+    metrics = {
+        "benchmark": benchmark, "kind": bench.kind, "distribution": bench.distribution, "ood": bench.ood,
+        "backbone": backbone, "method": method, "checkpoint": str(checkpoint) if checkpoint else None,
+        **summarise(rows_by_problem, e.k), **mode_metrics(method, rows),
+        "temperature": e.temperature, "max_new_tokens": e.max_new_tokens, "batch_size": e.batch_size,
+        "seed": cfg.seed, "max_problems": e.max_problems,
+        "revision": (cfg.benchmarks.get(benchmark, {}).get("revision", bench.revision)
+                     if not cfg.benchmarks.get(benchmark, {}).get("path") else "local file"),
+        "resumed_problems": resumed,
+        "wall_seconds": time.perf_counter() - started,
+    }
+    write_jsonl(paths["samples"], rows)
+    if tokenizer is None:  # everything came from the partial file
+        from transformers import AutoTokenizer
+
+        from tarpo.backbone import backbone_path
+
+        tokenizer = AutoTokenizer.from_pretrained(backbone_path(Path(backbone_dir)))
+    atomic_write_text(paths["html"], trajectories(tokenizer, f"{backbone}/{method} on {benchmark}", records, rows, method))
+    params = {"backbone": backbone, "method": method, "benchmark": benchmark, "evaluate": to_dict(e), "seed": cfg.seed}
+    _log_to_mlflow(cfg, backbone=backbone, method=method, benchmark=benchmark, checkpoint=checkpoint,
+                   metrics=metrics, params=params, artifacts=[paths["samples"], paths["html"]])
+    metrics["wall_seconds"] = time.perf_counter() - started
+    write_json(paths["json"], metrics)
+    paths["partial"].unlink(missing_ok=True)
+    print(f"{backbone}/{method} on {benchmark}: pass@1 {metrics['pass@1']:.4f} over {len(records)} problems "
+          f"x {e.k} samples, mean tokens {metrics['mean_tokens']:.1f} -> {paths['json']}")
+    return metrics

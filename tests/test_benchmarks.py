@@ -1,0 +1,204 @@
+"""The benchmark registry: entries, local-file overrides and their normalisation, offline failures, HumanEval."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import pytest
+
+import tarpo.data.benchmarks as bm
+from tarpo.config import ConfigError
+from tarpo.io import MissingInputError
+from tarpo.rewards import reward
+
+PAPER = {
+    # name: (kind, distribution)
+    "gsm8k": ("math", "id"), "math": ("math", "id"), "math500": ("math", "id"), "amc23": ("math", "id"),
+    "olympiadbench": ("math", "id"),
+    "gpqa_diamond": ("choice", "ood"), "arc_challenge": ("choice", "ood"), "humaneval": ("code", "ood"),
+    "synthetic_test_id": ("math", "id"), "synthetic_test_ood": ("math", "ood"),
+    "gsm8k_train": ("math", "train"), "math_train": ("math", "train"), "dapo_math_17k": ("math", "train"),
+}
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def load(name, path, **extra):
+    return bm.load_benchmark(name, overrides={name: {"path": str(path), **extra}})
+
+
+def test_registry_lists_the_papers_benchmarks_with_kinds_and_flags():
+    for name, (kind, distribution) in PAPER.items():
+        entry = bm.REGISTRY[name]
+        assert (entry.kind, entry.distribution) == (kind, distribution), name
+        assert entry.ood == (distribution == "ood")
+    assert set(bm.EVAL_BENCHMARKS) == {n for n, (_, d) in PAPER.items() if d != "train"}
+    assert set(bm.TRAIN_SETS) == {"gsm8k_train", "math_train", "dapo_math_17k"}
+    for entry in bm.REGISTRY.values():
+        if entry.source == "hub":
+            assert entry.repo and entry.split
+            if entry.pinned:  # a pinned revision is a full commit sha
+                assert re.fullmatch(r"[0-9a-f]{40}", entry.revision), entry.name
+            else:
+                assert entry.note, f"{entry.name}: say why the revision is not pinned"
+    assert bm.REGISTRY["gpqa_diamond"].gated
+    table = bm.registry_table()
+    assert [row["name"] for row in table] == list(bm.REGISTRY)
+
+
+def test_unknown_names_and_override_keys_are_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="unknown benchmark 'gsm9k'"):
+        bm.get_benchmark("gsm9k")
+    with pytest.raises(ConfigError, match="benchmarks.gsm8k"):
+        bm.load_benchmark("gsm8k", overrides={"gsm8k": {"pth": "x.jsonl"}})
+    assert bm.get_benchmark("arith_test_ood", datasets={"arith": {}}).ood  # any configured synthetic dataset
+
+
+def test_synthetic_benchmarks_read_prepared_files(tmp_path):
+    with pytest.raises(MissingInputError, match="tarpo prepare"):
+        bm.load_benchmark("synthetic_test_id", data_root=tmp_path)
+    (tmp_path / "synthetic").mkdir()
+    write_jsonl(tmp_path / "synthetic" / "test_ood.jsonl",
+                [{"id": "test_ood-00000", "question": "Ann has 30 apples. How many apples does Ann have now?",
+                  "solution": "#### 30", "answer": "30", "steps": 0}])
+    (rec,) = bm.load_benchmark("synthetic_test_ood", data_root=tmp_path)
+    assert rec == {"id": "test_ood-00000", "question": "Ann has 30 apples. How many apples does Ann have now?",
+                   "answer": "30", "kind": "math"}
+
+
+def test_gsm8k_local_jsonl(tmp_path):
+    path = write_jsonl(tmp_path / "gsm8k.jsonl", [
+        {"question": "Q1?", "answer": "3 * 400 = <<3*400=1200>>1200 and 34 more\n#### 1,234"},
+        {"question": "Q2?", "answer": "It loses 5.\n#### -5"},
+    ])
+    recs = load("gsm8k", path)
+    assert [(r["question"], r["answer"], r["kind"]) for r in recs] == [("Q1?", "1234", "math"), ("Q2?", "-5", "math")]
+    assert len({r["id"] for r in recs}) == 2
+    assert reward("3 * 412 = 1236, less 2 #### 1234", recs[0]["answer"]) == 1.0
+
+
+def test_math_local_parquet_takes_the_last_boxed_answer(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    rows = [
+        {"problem": "Compute $\\frac{2}{4}$.", "level": "Level 1", "type": "Algebra",
+         "solution": "First \\boxed{1} is wrong; it is $\\boxed{\\frac{1}{2}}$."},
+        {"problem": "Nested?", "level": "Level 5", "type": "Geometry",
+         "solution": "So the area is $\\boxed{3\\sqrt{2}+\\left\\{1\\right\\}}$."},
+        {"problem": "No box here", "level": "Level 2", "type": "Algebra", "solution": "It is 4."},
+    ]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "math.parquet")
+    recs = load("math", tmp_path / "math.parquet")
+    assert [r["answer"] for r in recs] == ["\\frac{1}{2}", "3\\sqrt{2}+\\left\\{1\\right\\}"]  # unboxed row dropped
+    assert reward("so one half #### 1/2", recs[0]["answer"]) == 1.0
+    # MATH-500 rows carry the answer; AMC23's answers can be floats; OlympiadBench's are lists
+    (m500,) = load("math500", write_jsonl(tmp_path / "m500.jsonl", [
+        {"problem": "P", "solution": "... \\boxed{7}", "answer": "7", "subject": "Algebra", "level": 2,
+         "unique_id": "test/algebra/1.json"}]))
+    assert (m500["id"], m500["answer"]) == ("test/algebra/1.json", "7")
+    (amc,) = load("amc23", write_jsonl(tmp_path / "amc.jsonl", [{"id": 3, "question": "A?", "answer": 27.0}]))
+    assert (amc["id"], amc["answer"]) == ("3", "27")
+    (oly,) = load("olympiadbench", write_jsonl(tmp_path / "oly.jsonl", [
+        {"id": 2231, "question": "Find all x.", "final_answer": ["$1$", "$-2$"], "solution": ["..."]}]))
+    assert oly["answer"] == "1, -2"
+
+
+def test_arc_local_file_letters_the_options(tmp_path):
+    path = write_jsonl(tmp_path / "arc.jsonl", [
+        {"id": "Mercury_1", "question": "Which is a metal?",
+         "choices": {"text": ["wood", "glass", "iron", "paper"], "label": ["A", "B", "C", "D"]}, "answerKey": "C"},
+        {"id": "NYSEDREGENTS_2", "question": "Which is a gas?",
+         "choices": {"text": ["rock", "steam", "ice"], "label": ["1", "2", "3"]}, "answerKey": "2"},
+    ])
+    first, second = load("arc_challenge", path)
+    assert first["kind"] == "choice" and first["answer"] == "C" and first["choices"][2] == "iron"
+    assert "A. wood" in first["question"] and "C. iron" in first["question"]
+    assert second["answer"] == "B" and "B. steam" in second["question"]  # digit labels become letters
+    assert reward("iron conducts #### C", first["answer"], kind="choice") == 1.0
+    assert reward("#### (B)", second["answer"], kind="choice") == 1.0
+
+
+def test_gpqa_local_csv_shuffles_options_deterministically(tmp_path):
+    import csv
+
+    path = tmp_path / "gpqa_diamond.csv"
+    fields = ["Record ID", "Question", "Correct Answer", "Incorrect Answer 1", "Incorrect Answer 2",
+              "Incorrect Answer 3"]
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        for i in range(6):
+            writer.writerow({"Record ID": f"rec{i}", "Question": f"Which particle {i}?", "Correct Answer": "muon",
+                             "Incorrect Answer 1": "pion", "Incorrect Answer 2": "kaon", "Incorrect Answer 3": "tau"})
+    recs = load("gpqa_diamond", path)
+    assert recs == load("gpqa_diamond", path)  # the same letters every time
+    for rec in recs:
+        assert rec["kind"] == "choice" and sorted(rec["choices"]) == ["kaon", "muon", "pion", "tau"]
+        assert rec["choices"]["ABCD".index(rec["answer"])] == "muon"
+        assert f"{rec['answer']}. muon" in rec["question"]
+    assert len({rec["answer"] for rec in recs}) > 1  # the gold is not always in the same place
+
+
+def test_dapo_rows_are_unwrapped_and_deduplicated(tmp_path):
+    prompt = ("Solve the following math problem step by step. The last line of your response should be of the form "
+              "Answer: $Answer (without quotes) where $Answer is the answer to the problem.\n\nWhat is 6*7?\n\n"
+              "Remember to put your answer on its own line after \"Answer:\".")
+    row = {"data_source": "math_dapo", "prompt": [{"content": prompt, "role": "user"}], "ability": "MATH",
+           "reward_model": {"ground_truth": "42", "style": "rule-lighteval/MATH_v2"}, "extra_info": {"index": "abc"}}
+    (rec,) = load("dapo_math_17k", write_jsonl(tmp_path / "dapo.jsonl", [row, row, row]))
+    assert rec == {"id": "abc", "question": "What is 6*7?", "answer": "42", "kind": "math"}
+
+
+def test_revision_and_split_overrides_reach_load_dataset(tmp_path, monkeypatch):
+    import datasets
+
+    calls = []
+
+    def fake_load_dataset(*args, **kwargs):
+        calls.append((args, kwargs))
+        return [{"question": "Q?", "answer": "x\n#### 5"}]
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    monkeypatch.setattr(bm, "hub_offline", lambda: False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_DATASETS_CACHE", raising=False)
+    (rec,) = bm.load_benchmark("gsm8k", overrides={"gsm8k": {"revision": "abc123", "split": "train"}})
+    assert rec["answer"] == "5"
+    (args, kwargs), = calls
+    assert args == ("openai/gsm8k", "main")
+    assert kwargs["revision"] == "abc123" and kwargs["split"] == "train"
+    assert kwargs["cache_dir"] == str(tmp_path / "hf" / "datasets")
+
+
+@pytest.mark.parametrize("name", ["gsm8k", "gpqa_diamond", "dapo_math_17k"])
+def test_offline_without_a_local_copy_fails_fast_naming_the_dataset(tmp_path, monkeypatch, name):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))
+    monkeypatch.delenv("HF_DATASETS_CACHE", raising=False)
+    entry = bm.REGISTRY[name]
+    started = time.perf_counter()
+    with pytest.raises(MissingInputError) as err:
+        bm.load_benchmark(name)
+    assert time.perf_counter() - started < 10
+    message = str(err.value)
+    for part in (f"'{name}'", entry.repo, entry.revision, "load_dataset(", "HF_HOME", f"benchmarks: {{{name}: {{path:"):
+        assert part in message, part
+    assert ("gated" in message) == entry.gated
+
+
+def test_humaneval_loads_offline_and_the_canonical_solution_passes():
+    recs = bm.load_benchmark("humaneval")
+    assert len(recs) == 164 and len({r["id"] for r in recs}) == 164
+    rec = recs[0]
+    assert rec["id"] == "HumanEval/0" and rec["kind"] == "code"
+    assert rec["prompt"] in rec["question"] or rec["prompt"].rstrip() in rec["question"]
+    kw = {"prompt": rec["prompt"], "test": rec["test"], "entry_point": rec["entry_point"]}
+    assert reward(f"Compare every pair.\n####\n{rec['answer']}", rec["answer"], kind="code", **kw) == 1.0
+    assert reward("Give up.\n####\n    return False\n", rec["answer"], kind="code", **kw) == 0.0
