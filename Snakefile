@@ -30,6 +30,8 @@ include: "workflow/rules/common.smk"
 wildcard_constraints:
     dataset=one_of(DATASETS),
     backbone=one_of(BACKBONES),
+    method=one_of(EVAL_METHODS),
+    benchmark=one_of(BENCHMARKS),
 
 
 rule all:
@@ -52,7 +54,7 @@ for _backbone in BACKBONES:
 
 include: "workflow/rules/data.smk"
 include: "workflow/rules/backbone.smk"
-# Issue 3 adds:  include: "workflow/rules/train.smk"      (tarpo train    -> results/{backbone}/{method}/checkpoint)
-# Issue 4 adds:  include: "workflow/rules/evaluate.smk"   (tarpo evaluate -> results/{backbone}/{method}/eval/)
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
 # Issue 5 adds:  include: "workflow/rules/figures.smk"    (tarpo summarise -> results/figures/, tables)
 # and extends backbone_targets() in common.smk with those outputs.

@@ -21,6 +21,9 @@ LOGS = f"{RESULTS}/logs"
 
 DATASETS = sorted(CFG.datasets)
 BACKBONES = sorted(CFG.backbones)
+METHODS = sorted(CFG.methods)
+EVAL_METHODS = sorted(CFG.baselines) + METHODS  # what gets evaluated: untrained baselines and trained methods
+BENCHMARKS = list(CFG.evaluate.benchmarks)
 
 
 def one_of(names):
@@ -54,6 +57,8 @@ def backbone_targets(backbone):
     ds = warm_start_dataset(backbone)
     if ds:
         targets.append(data_dir(ds))
+    targets += [f"{RESULTS}/{backbone}/{m}/checkpoint" for m in METHODS]
+    targets += [f"{RESULTS}/{backbone}/{m}/eval/{b}.json" for m in EVAL_METHODS for b in BENCHMARKS]
     return targets
 
 
@@ -97,7 +102,63 @@ def backbone_config(wildcards):
     return _slice(datasets=[ds] if ds else [], backbones={wildcards.backbone: bb})
 
 
+def train_config(wildcards):
+    """Everything a training job reads: its backbone, its method, the train section and the training set."""
+    b, m = wildcards.backbone, wildcards.method
+    dataset = CFG.train_config(b, m).dataset
+    return _slice(datasets=[dataset], backbones={b: to_dict(CFG.backbones[b])}, methods=[m], sections=["train"])
+
+
+def synthetic_dataset_of(benchmark):
+    """The generated dataset behind `{dataset}_test_id` / `{dataset}_test_ood`; None for registry benchmarks."""
+    for d in DATASETS:
+        if benchmark in (f"{d}_test_id", f"{d}_test_ood"):
+            return d
+    return None
+
+
+def evaluate_config(wildcards):
+    b, m, bench = wildcards.backbone, wildcards.method, wildcards.benchmark
+    ds = synthetic_dataset_of(bench)
+    sliced = json.loads(_slice(datasets=[ds] if ds else [], backbones={b: to_dict(CFG.backbones[b])},
+                               methods=[m] if m in CFG.methods else [], sections=["train", "evaluate"]))
+    sliced["baselines"] = [m] if m in CFG.baselines else []
+    sliced["benchmarks"] = {bench: CFG.benchmarks[bench]} if bench in CFG.benchmarks else {}
+    return json.dumps(sliced, sort_keys=True)
+
+
 # ------------------------------------------------------------------ inputs
+
+
+def evaluate_inputs(wildcards):
+    inputs = {"backbone": backbone_dir(wildcards.backbone)}
+    if wildcards.method in CFG.methods:
+        inputs["checkpoint"] = f"{RESULTS}/{wildcards.backbone}/{wildcards.method}/checkpoint"
+    ds = synthetic_dataset_of(wildcards.benchmark)
+    if ds:
+        inputs["data"] = data_dir(ds)
+    local = CFG.benchmarks.get(wildcards.benchmark, {}).get("path")
+    if local:
+        inputs["local"] = local
+    return inputs
+
+
+def evaluate_checkpoint_arg(wildcards):
+    if wildcards.method in CFG.methods:
+        return f"--checkpoint {RESULTS}/{wildcards.backbone}/{wildcards.method}/checkpoint"
+    return ""
+
+
+def train_data_dir(wildcards):
+    return data_dir(CFG.train_config(wildcards.backbone, wildcards.method).dataset)
+
+
+def train_launcher(wildcards):
+    """`tarpo` for one process; `accelerate launch` with one process per GPU when a job asks for several."""
+    gpus = CFG.resources_for(wildcards.backbone, "train").gpus
+    if gpus > 1:
+        return f"accelerate launch --multi_gpu --num_processes {gpus} --num_machines 1 -m tarpo.cli"
+    return "tarpo"
 
 
 def backbone_inputs(wildcards):
