@@ -1,0 +1,185 @@
+"""Synthetic multi-step arithmetic word problems in GSM8K format.
+
+The language is small and regular on purpose, so that a ~1-3M parameter model
+can learn it in minutes on a CPU and every gold answer can be recomputed from
+the question text alone (`recompute_answer` parses the templates back):
+
+    Ann has 5 apples. She buys 3 more. She gives away 2. Then the number of
+    apples doubles. How many apples does Ann have now?
+
+    solution: "5 + 3 = 8. 8 - 2 = 6. 6 * 2 = 12. #### 12"
+
+A problem is a starting amount followed by `steps` operations (add, subtract,
+double / triple). Every intermediate value stays in `[1, cap]`, with
+`cap = 5 * max_operand` for train / test_id and `5 * ood_max_operand` for
+test_ood.
+
+Splits (each generated from its own `random.Random` stream seeded by
+`(seed, split)`, so a split never depends on global random state):
+
+- `train` and `test_id`: the same distribution (`min_steps..max_steps`
+  operations, every number in the question `<= max_operand`); `test_id` never
+  repeats a train question (deduplicated by question text).
+- `test_ood`: more operations (`ood_min_steps..ood_max_steps`) and a starting
+  amount in `(max_operand, ood_max_operand]`, i.e. longer chains over larger
+  values than train ever contains. Add / subtract operands keep the train
+  range, so the shift is in length and magnitude, not in vocabulary.
+
+Record: `{"id": "test_id-00007", "question", "solution": "<steps> #### <n>",
+"answer": "<n>", "steps": int}`.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+from tarpo.config import SyntheticDataConfig
+from tarpo.data.template import ANSWER_MARKER
+from tarpo.io import atomic_dir, write_jsonl
+
+SPLITS = ("train", "test_id", "test_ood")
+
+# (name, subject pronoun)
+NAMES: tuple[tuple[str, str], ...] = (
+    ("Ann", "She"),
+    ("Ben", "He"),
+    ("Cara", "She"),
+    ("Dan", "He"),
+    ("Eve", "She"),
+    ("Tom", "He"),
+)
+ITEMS: tuple[str, ...] = ("apples", "pencils", "marbles", "stickers", "cards", "coins")
+
+# Operation sentences. `{p}` is the subject pronoun, `{n}` the operand, `{items}` the item.
+ADD_TEMPLATES = ("{p} buys {n} more.", "{p} finds {n} more.", "{p} gets {n} more.")
+SUB_TEMPLATES = ("{p} gives away {n}.", "{p} loses {n}.", "{p} sells {n}.")
+MUL_TEMPLATES = {2: "Then the number of {items} doubles.", 3: "Then the number of {items} triples."}
+
+CAP_FACTOR = 5  # intermediate values stay <= CAP_FACTOR * (largest starting number)
+
+_START_RE = re.compile(r"^(?P<name>[A-Z][a-z]+) has (?P<n>\d+) (?P<items>[a-z]+)$")
+_ADD_RE = re.compile(r"^(?:She|He) (?:buys|finds|gets) (?P<n>\d+) more$")
+_SUB_RE = re.compile(r"^(?:She|He) (?:gives away|loses|sells) (?P<n>\d+)$")
+_MUL_RE = re.compile(r"^Then the number of [a-z]+ (?P<verb>doubles|triples)$")
+_QUESTION_RE = re.compile(r"^How many [a-z]+ does [A-Z][a-z]+ have now\?$")
+
+
+def _split_rng(seed: int, split: str) -> random.Random:
+    # String seeds are hashed with SHA-512 by `random`: stable across runs and PYTHONHASHSEED.
+    return random.Random(f"tarpo-synthetic:{seed}:{split}")
+
+
+def _problem(rng: random.Random, n_steps: int, start_lo: int, start_hi: int, max_operand: int, cap: int) -> dict[str, Any]:
+    """One problem with exactly `n_steps` operations; values stay in [1, cap]."""
+    name, pronoun = rng.choice(NAMES)
+    items = rng.choice(ITEMS)
+    value = rng.randint(start_lo, start_hi)
+    sentences = [f"{name} has {value} {items}."]
+    steps: list[str] = []
+    for _ in range(n_steps):
+        ops = []
+        if value + 1 <= cap:
+            ops.append("add")
+        if value >= 2:
+            ops.append("sub")
+        if value * 2 <= cap:
+            ops.append("mul")
+        op = rng.choice(ops)
+        if op == "add":
+            n = rng.randint(1, min(max_operand, cap - value))
+            sentences.append(rng.choice(ADD_TEMPLATES).format(p=pronoun, n=n))
+            steps.append(f"{value} + {n} = {value + n}.")
+            value += n
+        elif op == "sub":
+            n = rng.randint(1, min(max_operand, value - 1))
+            sentences.append(rng.choice(SUB_TEMPLATES).format(p=pronoun, n=n))
+            steps.append(f"{value} - {n} = {value - n}.")
+            value -= n
+        else:
+            k = 3 if value * 3 <= cap and rng.random() < 0.5 else 2
+            sentences.append(MUL_TEMPLATES[k].format(items=items))
+            steps.append(f"{value} * {k} = {value * k}.")
+            value *= k
+    sentences.append(f"How many {items} does {name} have now?")
+    return {
+        "question": " ".join(sentences),
+        "solution": f"{' '.join(steps)} {ANSWER_MARKER} {value}",
+        "answer": str(value),
+        "steps": n_steps,
+    }
+
+
+def split_ranges(cfg: SyntheticDataConfig, split: str) -> tuple[int, int, int, int, int]:
+    """(min steps, max steps, smallest start, largest start, value cap) of a split."""
+    if split == "test_ood":
+        return cfg.ood_min_steps, cfg.ood_max_steps, cfg.max_operand + 1, cfg.ood_max_operand, CAP_FACTOR * cfg.ood_max_operand
+    return cfg.min_steps, cfg.max_steps, 1, cfg.max_operand, CAP_FACTOR * cfg.max_operand
+
+
+def _generate(cfg: SyntheticDataConfig, split: str, n: int, exclude: set[str]) -> list[dict[str, Any]]:
+    lo_steps, hi_steps, start_lo, start_hi, cap = split_ranges(cfg, split)
+    if not (1 <= lo_steps <= hi_steps) or start_lo > start_hi or cfg.max_operand < 2:
+        raise ValueError(f"synthetic split '{split}': empty range (steps {lo_steps}..{hi_steps}, start {start_lo}..{start_hi})")
+    rng = _split_rng(cfg.seed, split)
+    seen = set(exclude)
+    out: list[dict[str, Any]] = []
+    attempts = 0
+    while len(out) < n:
+        attempts += 1
+        if attempts > 50 * n + 1000:
+            raise ValueError(f"synthetic split '{split}': cannot find {n} distinct problems; widen the ranges")
+        rec = _problem(rng, rng.randint(lo_steps, hi_steps), start_lo, start_hi, cfg.max_operand, cap)
+        if rec["question"] in seen:
+            continue
+        seen.add(rec["question"])
+        out.append({"id": f"{split}-{len(out):05d}", **rec})
+    return out
+
+
+def generate_split(cfg: SyntheticDataConfig, split: str) -> list[dict[str, Any]]:
+    """The records of one split ("train", "test_id" or "test_ood"), deterministic from `cfg.seed`.
+
+    test_id excludes every train question (train is regenerated to know them);
+    questions are also unique within a split.
+    """
+    if split == "train":
+        return _generate(cfg, "train", cfg.n_train, set())
+    if split == "test_id":
+        train_questions = {r["question"] for r in _generate(cfg, "train", cfg.n_train, set())}
+        return _generate(cfg, "test_id", cfg.n_test_id, train_questions)
+    if split == "test_ood":
+        return _generate(cfg, "test_ood", cfg.n_test_ood, set())
+    raise ValueError(f"unknown synthetic split '{split}'; expected one of {SPLITS}")
+
+
+def recompute_answer(question: str) -> int:
+    """Recompute a question's answer by parsing the templates back (independent of the generator's bookkeeping)."""
+    sentences = re.findall(r"[^.?]+[.?]", question.strip())
+    if len(sentences) < 2:
+        raise ValueError(f"not a synthetic question: {question!r}")
+    start = _START_RE.match(sentences[0].strip().rstrip("."))
+    if not start or not _QUESTION_RE.match(sentences[-1].strip()):
+        raise ValueError(f"not a synthetic question: {question!r}")
+    value = int(start["n"])
+    for sentence in sentences[1:-1]:
+        s = sentence.strip().rstrip(".")
+        if m := _ADD_RE.match(s):
+            value += int(m["n"])
+        elif m := _SUB_RE.match(s):
+            value -= int(m["n"])
+        elif m := _MUL_RE.match(s):
+            value *= 2 if m["verb"] == "doubles" else 3
+        else:
+            raise ValueError(f"unrecognised sentence {sentence.strip()!r} in {question!r}")
+    return value
+
+
+def prepare_dataset(cfg: SyntheticDataConfig, out_dir: Path) -> None:
+    """Write train.jsonl, test_id.jsonl and test_ood.jsonl into `out_dir` (all or nothing)."""
+    splits = {split: generate_split(cfg, split) for split in SPLITS}
+    with atomic_dir(out_dir) as tmp:
+        for split, records in splits.items():
+            write_jsonl(tmp / f"{split}.jsonl", records)
