@@ -216,7 +216,8 @@ def test_dvc_stages_parse():
     proc = subprocess.run([str(dvc), "stage", "list"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     names = {line.split()[0] for line in proc.stdout.splitlines() if line.strip()}
-    assert {"prepare", "backbone_tiny"} <= names
+    assert {"prepare@synthetic", "backbone@tiny", "train@tiny-tarpo", "evaluate@tiny-tarpo-synthetic_test_id",
+            "evaluate_baseline@tiny-cot-synthetic_test_ood"} <= names
 
 
 # ------------------------------------------------------------------ a real run

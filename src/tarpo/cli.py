@@ -35,12 +35,27 @@ def cmd_schema(args: argparse.Namespace) -> None:
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
-    from tarpo.data.synthetic import prepare_dataset
+    """A configured synthetic dataset: generate its splits. A registry training set
+    (gsm8k_train, math_train, dapo_math_17k): export its normalised rows to train.jsonl."""
+    from tarpo.data.benchmarks import TRAIN_SETS
 
     cfg = _config(args)
-    if args.dataset not in cfg.datasets:
-        raise ConfigError(f"unknown dataset '{args.dataset}'; configured: {sorted(cfg.datasets)}")
-    prepare_dataset(cfg.datasets[args.dataset], Path(args.out))
+    if args.dataset in cfg.datasets:
+        from tarpo.data.synthetic import prepare_dataset
+
+        prepare_dataset(cfg.datasets[args.dataset], Path(args.out))
+    elif args.dataset in TRAIN_SETS:
+        from tarpo.data.benchmarks import load_benchmark
+        from tarpo.io import atomic_dir, write_jsonl
+
+        rows = load_benchmark(args.dataset, overrides=cfg.benchmarks)
+        with atomic_dir(Path(args.out)) as tmp:
+            write_jsonl(tmp / "train.jsonl", rows)
+        print(f"{args.dataset}: {len(rows)} training problems -> {Path(args.out) / 'train.jsonl'}")
+    else:
+        raise ConfigError(
+            f"unknown dataset '{args.dataset}'; configured: {sorted(cfg.datasets)}, registry training sets: {list(TRAIN_SETS)}"
+        )
 
 
 def cmd_backbone(args: argparse.Namespace) -> None:
@@ -77,7 +92,12 @@ def cmd_summarise(args: argparse.Namespace) -> None:
     from tarpo.plots import summarise
 
     cfg = _config(args)
-    summarise(cfg, Path(args.results), Path(args.out))
+    if args.combined:
+        from tarpo.plots import combined_table
+
+        combined_table(cfg, Path(args.results), Path(args.out))
+    else:
+        summarise(cfg, Path(args.results), Path(args.out), backbones=args.backbone)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,9 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write to this file instead of stdout")
     p.set_defaults(func=cmd_schema)
 
-    p = sub.add_parser("prepare", parents=[conf], help="generate a synthetic dataset's splits as JSONL")
+    p = sub.add_parser("prepare", parents=[conf],
+                       help="generate a synthetic dataset's splits, or export a registry training set, as JSONL")
     p.add_argument("--dataset", default="synthetic", help="dataset name in the config (default: %(default)s)")
-    p.add_argument("--out", required=True, help="output directory (train/test_id/test_ood .jsonl)")
+    p.add_argument("--out", required=True,
+                   help="output directory (train/test_id/test_ood .jsonl; train.jsonl only for a registry training set)")
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("backbone", parents=[conf], help="build + warm-start the embedded model, or snapshot a hub model")
@@ -128,7 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("summarise", parents=[conf], help="tables and figures from every evaluation")
     p.add_argument("--results", default="results", help="results root (default: %(default)s)")
-    p.add_argument("--out", required=True, help="output directory for figures and tables")
+    p.add_argument("--out", required=True, help="figures and tables go to OUT/{backbone}/ (OUT/tables/: all backbones)")
+    p.add_argument("--backbone", action="append",
+                   help="summarise only this backbone (repeatable); default: every configured backbone, then the "
+                   "all-backbone table")
+    p.add_argument("--combined", action="store_true",
+                   help="only the all-backbone table OUT/tables/main.*, from each results/{backbone}/summary.csv")
     p.set_defaults(func=cmd_summarise)
     return parser
 

@@ -1,5 +1,14 @@
 """MLflow tracking: one run per job, named `{backbone}/{method}/{stage}`.
 
+Runs are grouped into one experiment per config (its `name`) and named so a
+reader finds them:
+
+    {backbone}/sft/warm_start   the embedded backbone's supervised warm start (tarpo.backbone)
+    {backbone}/{method}/train   RL training, step metrics (tarpo.trainer); the method's
+                                evaluations attach `eval/{benchmark}/...` metrics to this
+                                same run (its id is in the checkpoint's run_id.txt)
+    {backbone}/cot/evaluate     an untrained baseline's evaluations (tarpo.evaluate)
+
 The default store is a local SQLite database under the results directory
 (`sqlite:///results/mlflow.db`, artifacts in `results/mlruns/`), so runs sit
 beside the outputs they describe and need no server. `MLFLOW_TRACKING_URI`

@@ -19,11 +19,30 @@ CFG: Config = load_config(config)
 RESULTS = "results"
 LOGS = f"{RESULTS}/logs"
 
-DATASETS = sorted(CFG.datasets)
 BACKBONES = sorted(CFG.backbones)
 METHODS = sorted(CFG.methods)
+# What rule prepare writes under results/data/: the configured synthetic datasets,
+# plus each registry training set (gsm8k_train, math_train, ...) a training job
+# reads, exported to train.jsonl (a paper-scale config has no synthetic data).
+TRAIN_SETS_USED = sorted({CFG.train_config(b, m).dataset for b in BACKBONES for m in METHODS} - set(CFG.datasets))
+DATASETS = sorted(CFG.datasets) + TRAIN_SETS_USED
 EVAL_METHODS = sorted(CFG.baselines) + METHODS  # what gets evaluated: untrained baselines and trained methods
 BENCHMARKS = list(CFG.evaluate.benchmarks)
+
+
+def _check_train_sets():
+    from tarpo.config import ConfigError
+    from tarpo.data.benchmarks import TRAIN_SETS
+
+    for name in TRAIN_SETS_USED:
+        if name not in TRAIN_SETS:
+            raise ConfigError(
+                f"training set '{name}' is neither in 'datasets' ({sorted(CFG.datasets)}) "
+                f"nor a registry training set ({', '.join(TRAIN_SETS)})"
+            )
+
+
+_check_train_sets()
 
 
 def one_of(names):
@@ -76,16 +95,20 @@ def _slice(datasets=(), backbones=None, methods=(), sections=()):
     """A complete, valid config holding only the named parts: `datasets` and
     `methods` by name, `backbones` as given, whole top-level `sections` (e.g.
     "train", "evaluate"); every other collection empty, so its defaults do not
-    leak in. `name` (the MLflow experiment) and `seed` always travel along."""
+    leak in. `name` (the MLflow experiment) and `seed` always travel along. A
+    registry training set in `datasets` brings its `benchmarks` override, if any."""
     full = to_dict(CFG)
     out = {
         "name": full["name"],
         "seed": full["seed"],
-        "datasets": {d: full["datasets"][d] for d in datasets},
+        "datasets": {d: full["datasets"][d] for d in datasets if d in full["datasets"]},
         "backbones": backbones or {},
         "methods": {m: full["methods"][m] for m in methods},
         "baselines": [],
     }
+    registry = {d: full["benchmarks"][d] for d in datasets if d in full["benchmarks"]}
+    if registry:
+        out["benchmarks"] = registry
     out.update({key: full[key] for key in sections})
     return json.dumps(out, sort_keys=True)
 
@@ -111,7 +134,7 @@ def train_config(wildcards):
 
 def synthetic_dataset_of(benchmark):
     """The generated dataset behind `{dataset}_test_id` / `{dataset}_test_ood`; None for registry benchmarks."""
-    for d in DATASETS:
+    for d in CFG.datasets:
         if benchmark in (f"{d}_test_id", f"{d}_test_ood"):
             return d
     return None
