@@ -428,25 +428,26 @@ def build_backbone(cfg: Config, name: str, data_dir: Path | None, out_dir: Path)
         eval_s = time.perf_counter() - t_eval
         tracker.log_metrics({"quick_pass@1/test_id": pass_id, "quick_pass@1/test_ood": pass_ood,
                              "warm_start/seconds": train_s}, step=bb.warm_start.steps)
-    summary = {
-        "backbone": name,
-        "n_params": n_params,
-        "vocab_size": len(tokenizer),
-        "threads": threads,
-        "seed": cfg.seed,
-        "train_records": len(train),
-        "losses": losses,
-        "quick_pass_at_1": {
-            "test_id": pass_id,
-            "test_ood": pass_ood,
-            "n_test_id": min(n_eval, len(test_id)),
-            "n_test_ood": min(n_eval, len(test_ood)),
-            "temperature": 0.5,
-            "note": "one sample per problem; temporary check (tarpo.backbone.quick_pass_at_1), not a reported result",
-        },
-        "train_seconds": round(train_s, 2),
-        "eval_seconds": round(eval_s, 2),
-    }
+        summary = {
+            "backbone": name,
+            "n_params": n_params,
+            "vocab_size": len(tokenizer),
+            "threads": threads,
+            "seed": cfg.seed,
+            "train_records": len(train),
+            "losses": losses,
+            "quick_pass_at_1": {
+                "test_id": pass_id,
+                "test_ood": pass_ood,
+                "n_test_id": min(n_eval, len(test_id)),
+                "n_test_ood": min(n_eval, len(test_ood)),
+                "temperature": 0.5,
+                "note": "one sample per problem; temporary check (tarpo.backbone.quick_pass_at_1), not a reported result",
+            },
+            "train_seconds": round(train_s, 2),
+            "eval_seconds": round(eval_s, 2),
+        }
+        tracker.log_text(json.dumps(summary, indent=2, sort_keys=True), WARM_START_FILE)
     summary["wall_seconds"] = round(time.perf_counter() - t0, 2)
 
     with atomic_dir(out_dir) as tmp:

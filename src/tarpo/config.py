@@ -42,22 +42,22 @@ class SyntheticDataConfig:
     n_test_ood: int = _doc("Out-of-distribution test problems (more steps, larger numbers).", default=200)
     min_steps: int = _doc("Fewest arithmetic steps in a train / test_id problem.", default=2)
     max_steps: int = _doc("Most arithmetic steps in a train / test_id problem.", default=3)
-    max_operand: int = _doc("Largest number appearing in a train / test_id problem.", default=20)
+    max_operand: int = _doc("Largest number appearing in a train / test_id problem.", default=12)
     ood_min_steps: int = _doc("Fewest steps in a test_ood problem (must exceed max_steps).", default=4)
     ood_max_steps: int = _doc("Most steps in a test_ood problem.", default=5)
-    ood_max_operand: int = _doc("Largest starting number in a test_ood problem (exceeds max_operand).", default=60)
+    ood_max_operand: int = _doc("Largest starting number in a test_ood problem (exceeds max_operand).", default=40)
 
 
 @dataclass
 class TinyModelConfig:
     """Shape of the embedded Qwen2 backbone and its tokenizer."""
 
-    vocab_size: int = _doc("Byte-level BPE vocabulary size trained on the synthetic corpus.", default=384)
+    vocab_size: int = _doc("Byte-level BPE vocabulary size trained on the synthetic corpus.", default=512)
     hidden_size: int = _doc("Model width d.", default=128)
     num_layers: int = _doc("Decoder layers.", default=4)
     num_heads: int = _doc("Attention heads.", default=4)
     num_kv_heads: int = _doc("Key/value heads (grouped-query attention as in Qwen2).", default=2)
-    intermediate_size: int = _doc("MLP width.", default=384)
+    intermediate_size: int = _doc("MLP width.", default=512)
     max_position_embeddings: int = _doc("Longest sequence the model supports.", default=512)
 
 
@@ -65,7 +65,7 @@ class TinyModelConfig:
 class WarmStartConfig:
     """Supervised warm start of the embedded backbone on synthetic solutions."""
 
-    steps: int = _doc("Optimiser steps of supervised training.", default=1500)
+    steps: int = _doc("Optimiser steps of supervised training.", default=600)
     batch_size: int = _doc("Sequences per step.", default=32)
     learning_rate: float = _doc("Peak AdamW learning rate (cosine decay, 5% warmup).", default=3e-3)
     weight_decay: float = _doc("AdamW weight decay.", default=0.01)

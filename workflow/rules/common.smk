@@ -9,7 +9,7 @@
 import json
 import re
 
-from tarpo.config import Config, load_config, to_dict
+from tarpo.config import Config, _merge, load_config, to_dict
 
 # Schema validation (Snakefile) catches unknown keys and wrong types; this
 # adds the cross-field checks (known methods, OOD ranges, valid overrides)
@@ -141,10 +141,17 @@ def synthetic_dataset_of(benchmark):
 
 
 def evaluate_config(wildcards):
+    """What an evaluation reads. A trained method's checkpoint carries its own train settings, so only the
+    baseline (cot) takes the prompt length and precision from `train`: training edits rerun no cot job."""
     b, m, bench = wildcards.backbone, wildcards.method, wildcards.benchmark
-    ds = synthetic_dataset_of(bench)
-    sliced = json.loads(_slice(datasets=[ds] if ds else [], backbones={b: to_dict(CFG.backbones[b])},
-                               methods=[m] if m in CFG.methods else [], sections=["train", "evaluate"]))
+    bb = to_dict(CFG.backbones[b])
+    bb.update(train={}, method_overrides={}, resources={})
+    sets = sorted({d for d in (synthetic_dataset_of(bench), warm_start_dataset(b)) if d})
+    sliced = json.loads(_slice(datasets=sets, backbones={b: bb}, methods=[m] if m in CFG.methods else [],
+                               sections=["evaluate"]))
+    if m not in CFG.methods:
+        merged = _merge(to_dict(CFG.train), CFG.backbones[b].train)
+        sliced["train"] = {key: merged[key] for key in ("max_prompt_tokens", "mixed_precision")}
     sliced["baselines"] = [m] if m in CFG.baselines else []
     sliced["benchmarks"] = {bench: CFG.benchmarks[bench]} if bench in CFG.benchmarks else {}
     return json.dumps(sliced, sort_keys=True)

@@ -1,0 +1,127 @@
+"""The synthetic GSM8K-format task: determinism, recomputable answers, split disjointness and OOD ranges."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from tarpo.config import SyntheticDataConfig
+from tarpo.data.synthetic import CAP_FACTOR, SPLITS, generate_split, prepare_dataset, recompute_answer
+from tarpo.io import read_jsonl
+
+CFG = SyntheticDataConfig(n_train=200, n_test_id=60, n_test_ood=60)
+STEP_RE = re.compile(r"^(\d+) ([-+*]) (\d+) = (\d+)\.$")
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return {split: generate_split(CFG, split) for split in SPLITS}
+
+
+def _start(question: str) -> int:
+    return int(re.match(r"^[A-Z][a-z]+ has (\d+) ", question).group(1))
+
+
+def _question_numbers(question: str) -> list[int]:
+    return [int(n) for n in re.findall(r"\d+", question)]
+
+
+def test_example_from_the_docs():
+    q = "Ann has 5 apples. She buys 3 more. She gives away 2. Then the number of apples doubles. How many apples does Ann have now?"
+    assert recompute_answer(q) == 12
+    assert recompute_answer("Tom has 4 cards. Then the number of cards triples. He sells 5. How many cards does Tom have now?") == 7
+
+
+@pytest.mark.parametrize("bad", ["", "What is 2 + 2?", "Ann has 5 apples. She flies away. How many apples does Ann have now?"])
+def test_recompute_rejects_other_text(bad):
+    with pytest.raises(ValueError):
+        recompute_answer(bad)
+
+
+def test_same_seed_same_records_different_seed_different():
+    a = generate_split(CFG, "train")
+    assert generate_split(CFG, "train") == a
+    other = generate_split(SyntheticDataConfig(seed=CFG.seed + 1, n_train=200), "train")
+    assert len(other) == len(a) == 200
+    assert sum(x["question"] == y["question"] for x, y in zip(a, other)) < 10
+
+
+def test_record_format(splits):
+    for split, records in splits.items():
+        assert len(records) == {"train": 200, "test_id": 60, "test_ood": 60}[split]
+        for i, r in enumerate(records):
+            assert set(r) == {"id", "question", "solution", "answer", "steps"}
+            assert r["id"] == f"{split}-{i:05d}"
+            assert r["solution"].count("####") == 1
+            assert r["solution"].endswith(f" #### {r['answer']}")
+            assert r["answer"] == str(int(r["answer"]))
+
+
+def test_gold_answers_recompute_and_steps_are_correct(splits):
+    ops = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
+    for split, records in splits.items():
+        cap = CAP_FACTOR * (CFG.ood_max_operand if split == "test_ood" else CFG.max_operand)
+        for r in records:
+            assert recompute_answer(r["question"]) == int(r["answer"]), r
+            body = r["solution"].split(" #### ")[0]
+            steps = [s + "." for s in body.split(". ")]
+            steps[-1] = steps[-1][:-1]  # the last one kept its own '.'
+            assert len(steps) == r["steps"]
+            value = _start(r["question"])
+            for step in steps:
+                m = STEP_RE.match(step)
+                assert m, step
+                a, op, b, c = int(m[1]), m[2], int(m[3]), int(m[4])
+                assert a == value  # each step continues from the previous result
+                assert ops[op](a, b) == c
+                assert 0 <= c <= cap  # intermediate values non-negative and bounded
+                value = c
+            assert value == int(r["answer"])
+
+
+def test_test_id_disjoint_from_train_and_questions_unique(splits):
+    train_q = {r["question"] for r in splits["train"]}
+    assert not train_q & {r["question"] for r in splits["test_id"]}
+    for records in splits.values():
+        assert len({r["question"] for r in records}) == len(records)
+        assert len({r["id"] for r in records}) == len(records)
+
+
+def test_id_ranges(splits):
+    for split in ("train", "test_id"):
+        for r in splits[split]:
+            assert CFG.min_steps <= r["steps"] <= CFG.max_steps
+            assert max(_question_numbers(r["question"])) <= CFG.max_operand
+    assert {r["steps"] for r in splits["train"]} == set(range(CFG.min_steps, CFG.max_steps + 1))
+
+
+def test_ood_strictly_outside_train_ranges(splits):
+    train_max_steps = max(r["steps"] for r in splits["train"])
+    train_max_start = max(_start(r["question"]) for r in splits["train"])
+    assert train_max_steps == CFG.max_steps and train_max_start <= CFG.max_operand
+    for r in splits["test_ood"]:
+        assert CFG.ood_min_steps <= r["steps"] <= CFG.ood_max_steps
+        assert r["steps"] > train_max_steps
+        assert CFG.max_operand < _start(r["question"]) <= CFG.ood_max_operand
+        assert _start(r["question"]) > train_max_start
+    assert {r["steps"] for r in splits["test_ood"]} == set(range(CFG.ood_min_steps, CFG.ood_max_steps + 1))
+
+
+def test_unknown_split():
+    with pytest.raises(ValueError, match="unknown synthetic split"):
+        generate_split(CFG, "valid")
+
+
+def test_prepare_writes_parseable_identical_files(tmp_path):
+    prepare_dataset(CFG, tmp_path / "a")
+    prepare_dataset(CFG, tmp_path / "b")
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["test_id.jsonl", "test_ood.jsonl", "train.jsonl"]
+    for split in SPLITS:
+        text = (tmp_path / "a" / f"{split}.jsonl").read_text()
+        assert text == (tmp_path / "b" / f"{split}.jsonl").read_text()  # byte-identical from the same seed
+        rows = read_jsonl(tmp_path / "a" / f"{split}.jsonl")
+        assert rows == generate_split(CFG, split)
+        assert all(json.loads(line)["id"].startswith(f"{split}-") for line in text.splitlines())
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary leftovers
