@@ -22,6 +22,9 @@ if not workflow.overwrite_configfiles:
 validate(config, "workflow/schemas/config.schema.yaml")
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 
 
@@ -56,5 +59,5 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/backbone.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
-# Issue 5 adds:  include: "workflow/rules/figures.smk"    (tarpo summarise -> results/figures/, tables)
+include: "workflow/rules/figures.smk"
 # and extends backbone_targets() in common.smk with those outputs.

@@ -78,11 +78,12 @@ def backbone_targets(backbone):
         targets.append(data_dir(ds))
     targets += [f"{RESULTS}/{backbone}/{m}/checkpoint" for m in METHODS]
     targets += [f"{RESULTS}/{backbone}/{m}/eval/{b}.json" for m in EVAL_METHODS for b in BENCHMARKS]
+    targets.append(f"{RESULTS}/{backbone}/summary.csv")
     return targets
 
 
 def all_targets():
-    targets = [data_dir(d) for d in DATASETS]
+    targets = [data_dir(d) for d in DATASETS] + [f"{RESULTS}/figures/tables/main.md"]
     for b in BACKBONES:
         targets += [t for t in backbone_targets(b) if t not in targets]
     return targets
@@ -155,6 +156,25 @@ def evaluate_config(wildcards):
     sliced["baselines"] = [m] if m in CFG.baselines else []
     sliced["benchmarks"] = {bench: CFG.benchmarks[bench]} if bench in CFG.benchmarks else {}
     return json.dumps(sliced, sort_keys=True)
+
+
+def summarise_config(wildcards):
+    """Figures read the method list, the benchmarks and the backbone's name (not its training details)."""
+    b = wildcards.backbone
+    bb = to_dict(CFG.backbones[b])
+    bb.update(train={}, method_overrides={}, resources={})
+    ds = warm_start_dataset(b)
+    sliced = json.loads(_slice(datasets=[ds] if ds else [], backbones={b: bb}, methods=METHODS, sections=["evaluate"]))
+    sliced["baselines"] = list(CFG.baselines)
+    return json.dumps(sliced, sort_keys=True)
+
+
+def summarise_inputs(wildcards):
+    b = wildcards.backbone
+    return {
+        "evals": [f"{RESULTS}/{b}/{m}/eval/{bench}.json" for m in EVAL_METHODS for bench in BENCHMARKS],
+        "checkpoints": [f"{RESULTS}/{b}/{m}/checkpoint" for m in METHODS],
+    }
 
 
 # ------------------------------------------------------------------ inputs
