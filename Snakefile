@@ -60,4 +60,3 @@ include: "workflow/rules/backbone.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/figures.smk"
-# and extends backbone_targets() in common.smk with those outputs.

@@ -15,6 +15,7 @@ and writes
     {out}/{backbone}/tables/main.{csv,md,tex}   method x benchmark Pass@1 / Pass@k (%), ID and OOD averages,
                                                 best per column in bold
     {out}/{backbone}/{figure}.png               FIGURES below
+    {out}/{backbone}/soft_position.csv          the soft ratio per relative-position bin behind soft_position.png
     {out}/tables/main.{csv,md,tex}              every backbone in one table (`combined_table`, from the
                                                 summary.csv files)
 
@@ -30,7 +31,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
-from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator  # noqa: E402
+from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLocator  # noqa: E402
 
 from tarpo.config import Config  # noqa: E402
 from tarpo.io import atomic_write_text  # noqa: E402
@@ -56,6 +57,9 @@ METHOD_ORDER = ("cot", "grpo", "hrpo", "lepo", "tarpo")
 METHOD_LABEL = {"cot": "CoT", "grpo": "GRPO", "hrpo": "HRPO", "lepo": "LEPO", "tarpo": "TARPO"}
 _CB = sns.color_palette("colorblind", 10)
 PALETTE = {"cot": _CB[7], "grpo": _CB[0], "hrpo": _CB[2], "lepo": _CB[4], "tarpo": _CB[3]}
+# Markers and sizes: methods with equal values are drawn on top of each other,
+# so each has its own shape and earlier methods are drawn larger (nested shapes stay visible).
+MARKERS = {"cot": "o", "grpo": "s", "hrpo": "^", "lepo": "D", "tarpo": "P"}
 SPLITS = ("id", "ood")
 SPLIT_LABEL = {"id": "ID", "ood": "OOD"}
 AVERAGE = "average"  # the benchmark name of split-average rows in summary.csv
@@ -73,6 +77,7 @@ DYNAMICS = (
     ("mean_gate", "HRPO gate a", "mean a (1 = fully explicit)"),
 )
 
+UNIT_INTERVAL = {"reward_mean", "soft_ratio", "mean_gate"}  # metrics that are fractions in [0, 1]
 
 # ---------------------------------------------------------------- names and order
 
@@ -90,6 +95,13 @@ def method_order(methods: Iterable[str]) -> list[str]:
 def palette(methods: Iterable[str]) -> dict[str, Any]:
     extra = iter(c for i, c in enumerate(_CB) if i not in (0, 2, 3, 4, 7))
     return {m: PALETTE.get(m) or next(extra, (0.3, 0.3, 0.3)) for m in method_order(methods)}
+
+
+def style(method: str, methods: Sequence[str]) -> dict[str, Any]:
+    """Line/marker keyword arguments of `method` among the `methods` drawn in one panel."""
+    rank = method_order(methods).index(method) if method in methods else 0
+    shrink = rank / max(len(methods) - 1, 1)
+    return {"marker": MARKERS.get(method, "v"), "ms": 10 - 3.5 * shrink, "lw": 3.2 - 1.6 * shrink}
 
 
 def configured_methods(cfg: Config) -> list[str]:
@@ -161,9 +173,17 @@ class Results:
     def benchmarks_of(self, split: str) -> list[str]:
         return [b for b in self.benchmarks if self.split[b] == split]
 
-    def samples(self, method: str, benchmark: str) -> list[dict[str, Any]] | None:
+    def samples(self, method: str, benchmark: str) -> Iterator[dict[str, Any]]:
+        """The samples file's rows, streamed with only the fields the figures read (a paper-scale file holds
+        token ids and completions of hundreds of thousands of samples); nothing when there is no file."""
         path = self.samples_paths.get((method, benchmark))
-        return _read_jsonl(path) if path else None
+        if path is None:
+            return
+        with open(path) as fh:
+            for line in fh:
+                if line.strip():
+                    row = json.loads(line)
+                    yield {"n_thinking": row.get("n_thinking", 0), "soft": row.get("soft") or []}
 
 
 # ---------------------------------------------------------------- the long summary
@@ -281,10 +301,11 @@ def table_markdown(table: pd.DataFrame, title: str, notes: Sequence[str] = ()) -
 
 
 def _tex(text: str) -> str:
-    for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("&", r"\&"), ("%", r"\%"), ("#", r"\#"),
-                 ("$", r"\$"), ("{", r"\{"), ("}", r"\}")):
-        text = text.replace(a, b) if a != "\\" else text.replace(a, b)
-    return text
+    out = []
+    for ch in text:
+        out.append({"\\": r"\textbackslash{}", "_": r"\_", "&": r"\&", "%": r"\%", "#": r"\#", "$": r"\$",
+                    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}.get(ch, ch))
+    return "".join(out)
 
 
 def table_latex(table: pd.DataFrame, title: str, notes: Sequence[str] = ()) -> str:
@@ -389,12 +410,17 @@ def _save(fig: Any, path: Path) -> None:
     tmp.replace(path)
 
 
-def _legend(fig: Any, methods: Sequence[str], pal: dict[str, Any], **line: Any) -> None:
+def _legend(fig: Any, methods: Sequence[str], pal: dict[str, Any], markers: bool = True, title: str = "method") -> None:
     from matplotlib.lines import Line2D
 
-    handles = [Line2D([], [], color=pal[m], label=method_label(m), **({"lw": 2} | line)) for m in methods]
+    handles = [Line2D([], [], color=pal[m], label=method_label(m), lw=2,
+                      **({"marker": MARKERS.get(m, "v"), "ms": 7} if markers else {})) for m in methods]
     fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=len(handles), frameon=False,
-               title="method")
+               title=title, title_fontsize=9)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
 
 
 def _subtitle(res: Results, cfg: Config) -> str:
@@ -417,23 +443,33 @@ def fig_training_dynamics(res: Results, cfg: Config, path: Path) -> None:
             continue
         for m in shown:
             frame = res.training[m][["step", key]].dropna()
+            st = style(m, trained)
             if window > 1:
                 ax.plot(frame.step, frame[key], color=pal[m], alpha=0.25, lw=1)
                 smooth = frame[key].rolling(window, center=True, min_periods=1).mean()
-                ax.plot(frame.step, smooth, color=pal[m], lw=2)
+                ax.plot(frame.step, smooth, color=pal[m], lw=st["lw"] * 0.7)
             else:
-                ax.plot(frame.step, frame[key], color=pal[m], lw=2, marker="o", ms=4)
+                ax.plot(frame.step, frame[key], color=pal[m], clip_on=False, **st)
         ax.set_xlabel("training step")
         ax.set_ylabel(ylabel)
-        if key == "soft_ratio":
-            ax.set_ylim(-0.02, 1.02) if max(res.training[m][key].max() for m in shown) > 0.2 else ax.set_ylim(bottom=0)
-        if key == "kl":
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        values = pd.concat([res.training[m][key].dropna() for m in shown])
+        lo, hi = float(values.min()), float(values.max())
+        flat = hi - lo < 1e-3 * max(abs(hi), abs(lo), 1e-12)
+        if flat and key in UNIT_INTERVAL:  # a flat fraction: on its whole range
+            ax.set_ylim(0, 1.02)
+        elif flat:  # show it flat, not as noise in the 7th digit
+            pad = max(0.05 * abs(hi), 1e-3)
+            ax.set_ylim(lo - pad, hi + pad)
+        ax.yaxis.get_major_formatter().set_useOffset(False)
+        if key in ("kl", "completion_length", "soft_ratio", "action_entropy", "reward_mean") and lo >= 0:
             ax.set_ylim(bottom=0)
+        if key in UNIT_INTERVAL and (hi > 0.2 and lo < 0.8):
+            ax.set_ylim(0, 1.02)
     if trained:
-        _legend(fig, trained, pal)
-    if window > 1:
-        fig.text(0.5, -0.06, f"thin lines: every step; thick lines: centred rolling mean over {window} steps",
-                 ha="center", fontsize=8, color="0.35")
+        _legend(fig, trained, pal, markers=window == 1,
+                title="method" if window == 1 else
+                f"method (faint: every step; solid: centred rolling mean over {window} steps)")
     _save(fig, path)
 
 
@@ -457,7 +493,7 @@ def fig_pass_at_k(res: Results, cfg: Config, summary: pd.DataFrame, path: Path) 
         data = part[part.benchmark == bench]
         for m in method_order(data.method.unique()):
             line = data[data.method == m].sort_values("k")
-            ax.plot(line.k, line.pct, color=pal[m], marker="o", lw=2, ms=5, label=method_label(m))
+            ax.plot(line.k, line.pct, color=pal[m], label=method_label(m), clip_on=False, **style(m, res.methods))
         ax.set_xscale("log", base=2)
         ax.xaxis.set_major_locator(FixedLocator(ks))
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
@@ -465,11 +501,14 @@ def fig_pass_at_k(res: Results, cfg: Config, summary: pd.DataFrame, path: Path) 
         if len(ks) == 1:
             ax.set_xlim(ks[0] / 2, ks[0] * 2)
         ax.set_xlabel("k (samples per problem, log2 scale)")
-        ax.set_ylabel("Pass@k (%)")
+        ax.set_ylabel("Pass@k (%)" if ax in axes[:, 0] else "")
+    if not part.empty:
+        top = float(part.pct.max())
+        axes[0, 0].set_ylim(0, min(100.0, max(5.0, 1.1 * top)) if top < 95 else 101)
     for ax in list(axes.flat)[len(benches) or 1:]:
         ax.set_visible(False)
     if res.methods:
-        _legend(fig, res.methods, pal, marker="o")
+        _legend(fig, res.methods, pal)
     _save(fig, path)
 
 
@@ -481,8 +520,8 @@ def fig_token_efficiency(res: Results, cfg: Config, summary: pd.DataFrame, path:
     avg = summary[summary.benchmark == AVERAGE]
     for ax, split in zip(axes, SPLITS):
         benches = res.benchmarks_of(split)
-        ax.set_title(f"{SPLIT_LABEL[split]} benchmarks" + (f" ({len(benches)})" if len(benches) > 1 else
-                                                            f": {benches[0]}" if benches else ""))
+        names = ", ".join(benches) if len(benches) <= 3 else f"{len(benches)} benchmarks"
+        ax.set_title(f"{SPLIT_LABEL[split]}: {names}" if benches else f"{SPLIT_LABEL[split]} benchmarks")
         if not benches:
             _note(ax, f"no {SPLIT_LABEL[split]} benchmark evaluated")
             continue
@@ -491,26 +530,66 @@ def fig_token_efficiency(res: Results, cfg: Config, summary: pd.DataFrame, path:
             _note(ax, "no method has results on every benchmark of this split")
             continue
         part = part.dropna(subset=["pass@1", "mean_tokens"])
-        for m in method_order(part.index):
-            x, y = part.loc[m, "mean_tokens"], 100.0 * part.loc[m, "pass@1"]
-            ax.scatter([x], [y], color=pal[m], s=70, zorder=3, edgecolor="white", linewidth=0.8)
-            ax.annotate(method_label(m), (x, y), textcoords="offset points", xytext=(6, 4), fontsize=9, color=pal[m])
         xs, ys = part["mean_tokens"], 100.0 * part["pass@1"]
         xpad, ypad = max((xs.max() - xs.min()) * 0.15, 1.0), max((ys.max() - ys.min()) * 0.15, 1.0)
-        ax.set_xlim(xs.min() - xpad, xs.max() + 2 * xpad)
-        ax.set_ylim(ys.min() - ypad, ys.max() + ypad)
+        ax.set_xlim(xs.min() - xpad, xs.max() + 2.5 * xpad)
+        ax.set_ylim(max(ys.min() - ypad, 0.0) if ys.min() >= 0 else ys.min() - ypad, min(ys.max() + 2 * ypad, 100.0)
+                    if ys.max() < 100 else 101)
+        if ys.max() <= 0:
+            ax.set_ylim(0, 5)
+        # labels of points that (nearly) coincide are stacked instead of printed over each other
+        placed: list[tuple[float, float]] = []
+        xspan, yspan = np.diff(ax.get_xlim())[0], np.diff(ax.get_ylim())[0]
+        methods_here = method_order(part.index)
+        for m in methods_here:
+            x, y = float(part.loc[m, "mean_tokens"]), float(100.0 * part.loc[m, "pass@1"])
+            st = style(m, methods_here)
+            ax.plot([x], [y], color=pal[m], marker=st["marker"], ms=st["ms"] + 2, ls="none", zorder=3,
+                    mec="white", mew=0.8, clip_on=False)
+            near = sum(1 for px, py in placed if abs(px - x) < 0.04 * xspan and abs(py - y) < 0.06 * yspan)
+            placed.append((x, y))
+            ax.annotate(method_label(m), (x, y), textcoords="offset points", xytext=(8, 4 + 12 * near), fontsize=9,
+                        color=pal[m], va="center")
         ax.set_xlabel("mean generated tokens per sample")
         ax.set_ylabel("Pass@1 (%)" + (" (mean over benchmarks)" if len(benches) > 1 else ""))
         missing = sorted(set(res.methods) - set(part.index), key=res.methods.index)
         if missing:
-            ax.text(0.99, 0.01, "not on every benchmark: " + ", ".join(method_label(m) for m in missing),
+            ax.text(0.99, 0.01, "left out (not evaluated on every benchmark here): " + ", ".join(method_label(m) for m in missing),
                     transform=ax.transAxes, ha="right", va="bottom", fontsize=7, color="0.4")
     fig.text(0.5, -0.03, "up and to the left is better: higher accuracy with fewer generated tokens",
              ha="center", fontsize=8, color="0.35")
     _save(fig, path)
 
 
-def fig_soft_position(res: Results, cfg: Config, path: Path) -> None:
+POSITION_METHODS = ("tarpo", "lepo")
+
+
+def soft_position_frame(res: Results) -> pd.DataFrame:
+    """Per split and method (tarpo, lepo): soft and thinking steps per relative-position bin, pooled over the
+    split's benchmarks and all their samples (columns split, method, bin, position_from, position_to,
+    soft_steps, thinking_steps, soft_ratio, samples)."""
+    rows = []
+    for split in SPLITS:
+        for m in POSITION_METHODS:
+            counted = [0]
+
+            def stream(split=split, m=m, counted=counted):
+                for b in res.benchmarks_of(split):
+                    for row in res.samples(m, b):
+                        counted[0] += 1
+                        yield row
+
+            soft, steps = soft_by_position(stream())
+            if steps.sum() == 0:
+                continue
+            for i in range(N_POSITION_BINS):
+                rows.append((split, m, i, i / N_POSITION_BINS, (i + 1) / N_POSITION_BINS, int(soft[i]), int(steps[i]),
+                             soft[i] / steps[i] if steps[i] else math.nan, counted[0]))
+    return pd.DataFrame(rows, columns=["split", "method", "bin", "position_from", "position_to", "soft_steps",
+                                       "thinking_steps", "soft_ratio", "samples"])
+
+
+def fig_soft_position(res: Results, cfg: Config, positions: pd.DataFrame, path: Path) -> None:
     """Soft ratio per relative-position bin of the thinking phase (TARPO; LEPO for reference)."""
     pal = palette(["lepo", "tarpo"])
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), constrained_layout=True, sharey=True)
@@ -518,16 +597,13 @@ def fig_soft_position(res: Results, cfg: Config, path: Path) -> None:
     centres = (np.arange(N_POSITION_BINS) + 0.5) / N_POSITION_BINS
     # (split, method) -> (soft ratio per bin, pooled soft ratio, samples, thinking steps)
     curves: dict[tuple[str, str], tuple[np.ndarray, float, int, int]] = {}
-    for split in SPLITS:
-        for m in ("tarpo", "lepo"):
-            rows = [r for b in res.benchmarks_of(split) for r in (res.samples(m, b) or [])]
-            soft, steps = soft_by_position(rows)
-            if steps.sum() == 0:
-                continue
-            with np.errstate(invalid="ignore", divide="ignore"):
-                ratio = np.where(steps > 0, soft / np.maximum(steps, 1), np.nan)
-            curves[(split, m)] = (ratio, float(soft.sum() / steps.sum()), len(rows), int(steps.sum()))
+    for (split, m), part in positions.groupby(["split", "method"]):
+        part = part.sort_values("bin")
+        curves[(split, m)] = (part.soft_ratio.to_numpy(dtype=float),
+                              float(part.soft_steps.sum() / part.thinking_steps.sum()),
+                              int(part.samples.iloc[0]), int(part.thinking_steps.sum()))
     tarpo_max = max((np.nanmax(c[0]) for (_, m), c in curves.items() if m == "tarpo"), default=0.0)
+    top = max([1.15 * tarpo_max, 0.01] + [1.15 * c[1] for (_, m), c in curves.items() if m == "tarpo"])
     for ax, split in zip(axes, SPLITS):
         ax.set_title(f"{SPLIT_LABEL[split]} benchmarks")
         if (split, "tarpo") not in curves:
@@ -535,28 +611,33 @@ def fig_soft_position(res: Results, cfg: Config, path: Path) -> None:
                 why = "TARPO is not configured"
             elif not res.benchmarks_of(split):
                 why = f"no {SPLIT_LABEL[split]} benchmark evaluated"
+            elif not any(("tarpo", b) in res.samples_paths for b in res.benchmarks_of(split)):
+                why = f"TARPO has no evaluation samples\non {SPLIT_LABEL[split]} benchmarks yet"
             else:
-                why = f"no TARPO samples with thinking steps\non {SPLIT_LABEL[split]} benchmarks"
+                why = f"TARPO's samples on {SPLIT_LABEL[split]} benchmarks\nhave no thinking steps"
             _note(ax, why)
             continue
         ratio, overall, n_samples, n_steps = curves[(split, "tarpo")]
-        ax.plot(centres, ratio, color=pal["tarpo"], marker="o", lw=2,
-                label=f"TARPO ({n_samples} samples, {n_steps} thinking steps)")
+        seen = ~np.isnan(ratio)  # bins no step fell in are skipped, not drawn as gaps
+        ax.plot(centres[seen], ratio[seen], color=pal["tarpo"], marker="o", lw=2, clip_on=False,
+                label=f"TARPO ({_count(n_samples, 'sample')}, {_count(n_steps, 'thinking step')})")
         ax.axhline(overall, color=pal["tarpo"], ls=":", lw=1.2, label=f"TARPO, all positions ({overall:.3f})")
         if (split, "lepo") in curves:
-            lepo, lepo_overall = curves[(split, "lepo")][:2]
+            lepo, lepo_overall, lepo_n = curves[(split, "lepo")][:3]
             if np.nanmax(lepo) <= max(4 * tarpo_max, 0.2):
-                ax.plot(centres, lepo, color=pal["lepo"], marker="s", lw=1.5, ls="--", label="LEPO (reference)")
-            else:
-                ax.text(0.02, 0.97, f"LEPO (reference, off this scale): {lepo_overall:.0%} of its\n"
-                        "thinking steps are soft", transform=ax.transAxes, ha="left", va="top", fontsize=8,
-                        color=pal["lepo"])
+                top = max(top, 1.15 * float(np.nanmax(lepo)))
+                seen = ~np.isnan(lepo)
+                ax.plot(centres[seen], lepo[seen], color=pal["lepo"], marker="D", ms=5, lw=1.5, ls="--",
+                        label=f"LEPO, reference ({_count(lepo_n, 'sample')})")
+            else:  # an entry without a line: LEPO's ratio would flatten TARPO's curve to the axis
+                ax.plot([], [], ls="none", label=f"LEPO, reference: {lepo_overall:.0%} of thinking steps soft "
+                        "(off this scale)")
         ax.set_xlim(0, 1)
         ax.set_xticks(np.linspace(0, 1, 6))
         ax.set_xlabel("relative position in the thinking phase\n(0 = first step, 1 = just before ####)")
         ax.set_ylabel("soft ratio (soft / thinking steps)")
-        ax.set_ylim(bottom=0, top=max(1.15 * np.nanmax(ratio), 1.15 * overall, 0.01))
-        ax.legend(loc="lower right", fontsize=8, frameon=True)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.3), fontsize=8, frameon=False)
+    axes[0].set_ylim(0, min(top, 1.05))
     _save(fig, path)
 
 
@@ -575,14 +656,16 @@ def summarise_backbone(cfg: Config, results: Path, out: Path, backbone: str) -> 
         if len(missing) == len(cfg.evaluate.benchmarks):
             notes.append(f"{method_label(m)}: no evaluation results yet (left out of the table)")
         elif missing:
-            notes.append(f"{method_label(m)}: no result on {', '.join(missing)} (its averages over them are left out)")
+            notes.append(f"{method_label(m)}: no result on {', '.join(missing)} (so no average over that split)")
     title = _table_title(summary, f"Backbone {backbone} (config {cfg.name})")
     write_tables(main_table(summary), Path(out) / backbone / "tables", title, notes)
     directory = Path(out) / backbone
     fig_training_dynamics(res, cfg, directory / "training_dynamics.png")
     fig_pass_at_k(res, cfg, summary, directory / "pass_at_k.png")
     fig_token_efficiency(res, cfg, summary, directory / "token_efficiency.png")
-    fig_soft_position(res, cfg, directory / "soft_position.png")
+    positions = soft_position_frame(res)
+    atomic_write_text(directory / "soft_position.csv", positions.to_csv(index=False))
+    fig_soft_position(res, cfg, positions, directory / "soft_position.png")
     for note in res.notes:
         print(f"summarise: {note}")
     print(f"summarise: {backbone}: {len(res.evals)} evaluations, {len(res.training)} training runs -> "
@@ -601,9 +684,10 @@ def combined_table(cfg: Config, results: Path, out: Path) -> None:
             notes.append(f"{backbone}: no summary ({path})")
     summary = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
         columns=["backbone", "method", "benchmark", "split", "metric", "value"])
-    title = _table_title(summary, f"All backbones (config {cfg.name})")
-    write_tables(main_table(summary, [b for b in cfg.backbones if b in set(summary.backbone)]),
-                 Path(out) / "tables", title, notes)
+    found = [b for b in cfg.backbones if b in set(summary.backbone)]
+    title = _table_title(summary, f"{'Backbones' if len(found) > 1 else 'Backbone'} {', '.join(found) or '-'} "
+                                  f"(config {cfg.name})")
+    write_tables(main_table(summary, found), Path(out) / "tables", title, notes)
     print(f"summarise: {len(frames)} backbone summaries -> {Path(out) / 'tables'}/main.{{csv,md,tex}}")
 
 

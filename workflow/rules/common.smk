@@ -159,20 +159,28 @@ def evaluate_config(wildcards):
 
 
 def summarise_config(wildcards):
-    """Figures read the method list, the benchmarks and the backbone's name (not its training details)."""
-    b = wildcards.backbone
-    bb = to_dict(CFG.backbones[b])
-    bb.update(train={}, method_overrides={}, resources={})
-    ds = warm_start_dataset(b)
-    sliced = json.loads(_slice(datasets=[ds] if ds else [], backbones={b: bb}, methods=METHODS, sections=["evaluate"]))
+    """Figures and tables read the method list, the benchmarks and the backbone names (not training details):
+    the job's backbone (rule summarise), or every backbone (rule tables, no wildcard)."""
+    b = getattr(wildcards, "backbone", None)
+    names = [b] if b else BACKBONES
+    backbones = {}
+    for name in names:
+        bb = to_dict(CFG.backbones[name])
+        bb.update(train={}, method_overrides={}, resources={})
+        backbones[name] = bb
+    datasets = sorted({warm_start_dataset(n) for n in names} - {None})
+    sliced = json.loads(_slice(datasets=datasets, backbones=backbones, methods=METHODS, sections=["evaluate"]))
     sliced["baselines"] = list(CFG.baselines)
     return json.dumps(sliced, sort_keys=True)
 
 
 def summarise_inputs(wildcards):
+    """A backbone's evaluations (metrics + samples) and training runs (checkpoint/metrics.jsonl)."""
     b = wildcards.backbone
+    evals = [f"{RESULTS}/{b}/{m}/eval/{bench}" for m in EVAL_METHODS for bench in BENCHMARKS]
     return {
-        "evals": [f"{RESULTS}/{b}/{m}/eval/{bench}.json" for m in EVAL_METHODS for bench in BENCHMARKS],
+        "evals": [f"{e}.json" for e in evals],
+        "samples": [f"{e}.samples.jsonl" for e in evals],
         "checkpoints": [f"{RESULTS}/{b}/{m}/checkpoint" for m in METHODS],
     }
 

@@ -1,8 +1,32 @@
-# Figures and tables: one summarise job per backbone (its figures, its
-# summary.csv), then the all-backbone table. `snakemake --report report.html`
-# collects every figure with its caption from workflow/report/.
+# Tables and figures (`tarpo summarise`). One job per backbone reads that
+# backbone's evaluations (JSON + samples) and training metrics and writes
+#
+#   results/{backbone}/summary.csv                      long format, every eval metric + split averages
+#   results/figures/{backbone}/tables/main.{csv,md,tex} method x benchmark Pass@1 / Pass@k, best in bold
+#   results/figures/{backbone}/{figure}.png             the figures below (in the --report)
+#
+# and `tables` puts every backbone into results/figures/tables/main.*.
+# Both are cheap: they only read results. `snakemake --report report.html`
+# collects the figures and the table with their captions (workflow/report/*.rst;
+# the report's front page, workflow.rst, is set in the Snakefile).
 
-FIGURES = ["training_dynamics", "pass_at_k", "token_efficiency", "soft_position"]
+FIGURES_DIR = f"{RESULTS}/figures"
+
+
+def _figure(name, title):
+    """A figure output, declared for the report with its caption and labels."""
+    return report(
+        f"{FIGURES_DIR}/{{backbone}}/{name}.png",
+        caption=f"../report/{name}.rst",
+        category="Figures",
+        subcategory="{backbone}",
+        labels={"backbone": "{backbone}", "figure": title},
+    )
+
+
+# Not in the config's `resources` (ResourcesConfig has no entry for it): the
+# job plots and reads JSON, one CPU thread and a few GB at most at paper scale.
+SUMMARISE_RESOURCES = {"mem_mb": 4000, "runtime": 30, "gpu": 0}
 
 
 rule summarise:
@@ -10,32 +34,44 @@ rule summarise:
         unpack(summarise_inputs),
     output:
         summary=f"{RESULTS}/{{backbone}}/summary.csv",
-        figures=[
-            report(f"{RESULTS}/figures/{{backbone}}/{fig}.png", caption=f"../report/{fig}.rst",
-                   category="{backbone}")
-            for fig in FIGURES
-        ],
-        tables=multiext(f"{RESULTS}/figures/{{backbone}}/tables/main", ".csv", ".md", ".tex"),
+        tables=multiext(f"{FIGURES_DIR}/{{backbone}}/tables/main", ".csv", ".md", ".tex"),
+        positions=f"{FIGURES_DIR}/{{backbone}}/soft_position.csv",
+        training_dynamics=_figure("training_dynamics", "training dynamics"),
+        pass_at_k=_figure("pass_at_k", "Pass@k curves"),
+        token_efficiency=_figure("token_efficiency", "token efficiency"),
+        soft_position=_figure("soft_position", "soft ratio by position"),
     params:
         config=summarise_config,
     log:
         f"{LOGS}/summarise/{{backbone}}.log",
+    threads: 1
+    resources:
+        **SUMMARISE_RESOURCES,
     shell:
-        "PYTHONUNBUFFERED=1 tarpo summarise --config-json {params.config:q} --backbone {wildcards.backbone:q} "
-        "--results {RESULTS} --out {RESULTS}/figures 2>&1 | tee {log:q}"
+        "OMP_NUM_THREADS={threads} PYTHONUNBUFFERED=1 "
+        "tarpo summarise --config-json {params.config:q} --backbone {wildcards.backbone:q} "
+        "--results {RESULTS} --out {FIGURES_DIR} 2>&1 | tee {log:q}"
 
 
 rule tables:
     input:
         expand(f"{RESULTS}/{{backbone}}/summary.csv", backbone=BACKBONES),
     output:
-        report(multiext(f"{RESULTS}/figures/tables/main", ".csv", ".md", ".tex"),
-               caption="../report/tables.rst", category="tables"),
+        csv=report(
+            f"{FIGURES_DIR}/tables/main.csv",
+            caption="../report/tables.rst",
+            category="Tables",
+            labels={"table": "main results, every backbone"},
+        ),
+        md=f"{FIGURES_DIR}/tables/main.md",
+        tex=f"{FIGURES_DIR}/tables/main.tex",
     params:
-        config=lambda wildcards: _slice(backbones={b: to_dict(bb) for b, bb in CFG.backbones.items()},
-                                        methods=METHODS, datasets=DATASETS, sections=["evaluate"]),
+        config=summarise_config,
     log:
         f"{LOGS}/summarise/tables.log",
+    threads: 1
+    resources:
+        **SUMMARISE_RESOURCES,
     shell:
-        "tarpo summarise --config-json {params.config:q} --combined --results {RESULTS} "
-        "--out {RESULTS}/figures 2>&1 | tee {log:q}"
+        "PYTHONUNBUFFERED=1 tarpo summarise --config-json {params.config:q} --combined "
+        "--results {RESULTS} --out {FIGURES_DIR} 2>&1 | tee {log:q}"
