@@ -40,7 +40,7 @@ from transformers import (
 
 from tarpo.config import BackboneConfig, Config, ConfigError, TinyModelConfig, WarmStartConfig
 from tarpo.data.template import ANSWER_MARKER, build_prompt, user_message
-from tarpo.io import MissingInputError, atomic_dir, read_jsonl, write_json
+from tarpo.io import MissingInputError, atomic_dir, env_flag, hf_home, read_jsonl, write_json
 
 PAD_TOKEN = "<|endoftext|>"
 IM_START = "<|im_start|>"
@@ -317,14 +317,7 @@ def hub_cache_dir() -> Path:
     """The hub cache, read from the environment now (HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub)."""
     if os.environ.get("HF_HUB_CACHE"):
         return Path(os.environ["HF_HUB_CACHE"])
-    home = os.environ.get("HF_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.join(os.path.expanduser("~"), ".cache")), "huggingface"
-    )
-    return Path(home) / "hub"
-
-
-def _hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+    return hf_home() / "hub"
 
 
 def resolve_hub(repo_id: str, revision: str) -> Path:
@@ -341,7 +334,7 @@ def resolve_hub(repo_id: str, revision: str) -> Path:
         return Path(snapshot_download(repo_id, revision=revision, cache_dir=cache, local_files_only=True))
     except Exception as local_err:  # noqa: BLE001 - any cache miss / bad layout means "not available locally"
         error: Exception = local_err
-    if not _hub_offline():
+    if not env_flag("HF_HUB_OFFLINE"):
         try:
             return Path(snapshot_download(repo_id, revision=revision, cache_dir=cache))
         except Exception as online_err:  # noqa: BLE001

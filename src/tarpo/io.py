@@ -64,3 +64,16 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
 
 class MissingInputError(FileNotFoundError):
     """A dataset, model or checkpoint the job needs is not there; the message says how to get it."""
+
+
+def env_flag(name: str) -> bool:
+    """Whether an environment variable is set to a true value (1 / on / yes / true), as the HF libraries read it."""
+    return os.environ.get(name, "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def hf_home() -> Path:
+    """The Hugging Face cache root, read from the environment now (HF_HOME, else $XDG_CACHE_HOME/huggingface)."""
+    home = os.environ.get("HF_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.join(os.path.expanduser("~"), ".cache")), "huggingface"
+    )
+    return Path(home)

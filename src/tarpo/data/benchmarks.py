@@ -54,7 +54,7 @@ from typing import Any, Literal
 from urllib.parse import urlparse
 
 from tarpo.config import ConfigError
-from tarpo.io import MissingInputError, read_jsonl
+from tarpo.io import MissingInputError, env_flag, hf_home, read_jsonl
 
 Kind = Literal["math", "choice", "code"]
 Distribution = Literal["id", "ood", "train"]
@@ -442,12 +442,8 @@ def read_local_rows(path: Path, name: str = "") -> list[dict[str, Any]]:
 # ---------------------------------------------------------------- the hub, offline-safe
 
 
-def _truthy(name: str) -> bool:
-    return os.environ.get(name, "").strip().upper() in {"1", "ON", "YES", "TRUE"}
-
-
 def offline_requested() -> bool:
-    return _truthy("HF_HUB_OFFLINE") or _truthy("HF_DATASETS_OFFLINE") or _truthy("TRANSFORMERS_OFFLINE")
+    return env_flag("HF_HUB_OFFLINE") or env_flag("HF_DATASETS_OFFLINE") or env_flag("TRANSFORMERS_OFFLINE")
 
 
 @functools.lru_cache(maxsize=4)
@@ -480,10 +476,7 @@ def datasets_cache_dir() -> Path:
     """The `datasets` cache, read from the environment now (HF_DATASETS_CACHE, else HF_HOME/datasets)."""
     if os.environ.get("HF_DATASETS_CACHE"):
         return Path(os.environ["HF_DATASETS_CACHE"])
-    home = os.environ.get("HF_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.join(os.path.expanduser("~"), ".cache")), "huggingface"
-    )
-    return Path(home) / "datasets"
+    return hf_home() / "datasets"
 
 
 @contextlib.contextmanager
