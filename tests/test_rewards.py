@@ -237,3 +237,35 @@ def test_code_program_shapes() -> None:
     assert body == PROMPT + "    return a + b\n"
     full = code_program("```py\ndef add(a, b):\n    return a + b\n```", PROMPT, "add")
     assert full == PROMPT + "\ndef add(a, b):\n    return a + b\n"
+
+
+# ---------------------------------------------------------------------------
+# reasoning chains
+
+
+def test_reasoning_chain_reads_the_number_after_each_equals_sign() -> None:
+    from tarpo.rewards import chain_correct, gold_chain, reasoning_chain
+
+    gold = "5 + 3 = 8. 8 - 2 = 6. 6 * 2 = 12. #### 12"
+    assert gold_chain(gold) == ["8", "6", "12"]
+    assert reasoning_chain("5 + 3 = 8. 8 - 2 = 6. 6 * 2 = 12. #### 12") == ["8", "6", "12"]
+    assert reasoning_chain("a = 1,200. b = 8.0. c =-3 #### 1 = 2") == ["1200", "8", "-3"]  # after #### ignored
+    assert reasoning_chain("5 + 3 = . 8 - 2 = 6 #### 6") == ["", "6"]  # a step without a result
+    assert reasoning_chain("no steps #### 6") is None
+    assert chain_correct(gold, gold) is True
+    assert chain_correct("5 + 3 = 8. 8 - 2 = 6. 6 * 2 = 12.0 #### 12", gold) is True
+    # the right answer from the wrong steps (a slip that cancels out, a skipped step, no steps at all)
+    assert chain_correct("5 + 3 = 9. 9 - 3 = 6. 6 * 2 = 12. #### 12", gold) is False
+    assert chain_correct("5 + 3 = 8. 8 * 2 = 12. #### 12", gold) is False
+    assert chain_correct("#### 12", gold) is False
+
+
+def test_gold_without_a_readable_chain_gives_none() -> None:
+    from tarpo.rewards import chain_correct, gold_chain
+
+    assert gold_chain(None) is None and gold_chain("") is None
+    assert gold_chain("Natalia sold 48/2 = <<48/2=24>>24 clips. #### 72") is None  # GSM8K annotations
+    assert gold_chain("So $x = \\frac{1}{2}$, and the answer is $\\boxed{3}$.") is None  # MATH: no marker
+    assert gold_chain("It is 7. #### 7") is None  # no steps
+    assert gold_chain("x = y. y = 3. #### 3") is None  # a step without a number
+    assert chain_correct("5 = 5 #### 5", None) is None

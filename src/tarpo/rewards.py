@@ -12,6 +12,7 @@ import functools
 import re
 import textwrap
 import threading
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from math_verify import parse, verify
@@ -21,7 +22,7 @@ from tarpo.data.template import ANSWER_MARKER
 from tarpo.sandbox import run_program
 
 __all__ = ["ANSWER_MARKER", "extract_answer", "verify_math", "verify_choice", "verify_code",
-           "code_program", "reward"]
+           "code_program", "reward", "reasoning_chain", "gold_chain", "chain_correct"]
 
 MAX_ANSWER_CHARS = 512  # longer math "answers" (pred or gold) are rejected: rambling, and slow to parse
 _MATH_TIMEOUT_S = 3  # math-verify's own (SIGALRM) timeout; only usable on the main thread
@@ -257,3 +258,54 @@ def reward(completion: str, gold: str, kind: str = "math", **kw: Any) -> float:
         program = code_program(answer, kw["prompt"], entry_point)
         ok = verify_code(program, kw.get("test", gold), entry_point, timeout_s=kw.get("timeout_s", 5.0))
     return 1.0 if ok else 0.0
+
+
+# ---------------------------------------------------------------------------
+# reasoning chains (is a correct answer backed by the right steps?)
+#
+# A GSM8K-shaped reasoning writes each step's result after an "=":
+# "5 + 3 = 8. 8 - 2 = 6. #### 6". Its chain is the sequence of those results.
+# A completion's chain is right iff it equals the gold solution's; a correct
+# answer with a wrong chain was lucky (see evaluate's lucky_share).
+
+_CHAIN_STEP = re.compile(r"=\s*(-?\d[\d,]*(?:\.\d+)?)?")
+
+
+def _canonical_number(text: str) -> str:
+    """'1,200' -> '1200', '8.0' -> '8', '-0' -> '0': equal numbers compare equal as strings."""
+    try:
+        value = Decimal(text.replace(",", ""))
+    except InvalidOperation:
+        return text
+    value = value.normalize()
+    return "0" if value == 0 else format(value, "f")
+
+
+def reasoning_chain(text: str) -> list[str] | None:
+    """The number after each '=' in the reasoning (the text before the first answer marker), canonical;
+    a '=' followed by no number gives ''. None when the reasoning has no '='."""
+    if not isinstance(text, str):
+        return None
+    reasoning = text.split(ANSWER_MARKER, 1)[0]
+    steps = [_canonical_number(m.group(1)) if m.group(1) else "" for m in _CHAIN_STEP.finditer(reasoning)]
+    return steps or None
+
+
+def gold_chain(solution: str | None) -> list[str] | None:
+    """The chain of a gold solution written as `steps #### answer` with a number after every '='; None
+    where no such chain can be read: no solution or marker (MATH-style LaTeX proofs), GSM8K's `<<a+b=c>>`
+    calculator annotations (its free-form prose is not comparable step for step), a '=' without a number."""
+    if not isinstance(solution, str) or solution.count(ANSWER_MARKER) != 1 or "<<" in solution:
+        return None
+    chain = reasoning_chain(solution)
+    if chain is None or "" in chain:
+        return None
+    return chain
+
+
+def chain_correct(completion: str, solution: str | None) -> bool | None:
+    """Whether the completion's chain equals the gold solution's; None when the gold has no chain."""
+    gold = gold_chain(solution)
+    if gold is None:
+        return None
+    return reasoning_chain(completion) == gold
