@@ -68,7 +68,7 @@ def test_synthetic_benchmarks_read_prepared_files(tmp_path):
                   "solution": "#### 30", "answer": "30", "steps": 0}])
     (rec,) = bm.load_benchmark("synthetic_test_ood", data_root=tmp_path)
     assert rec == {"id": "test_ood-00000", "question": "Ann has 30 apples. How many apples does Ann have now?",
-                   "answer": "30", "kind": "math"}
+                   "answer": "30", "kind": "math", "solution": "#### 30"}
 
 
 def test_gsm8k_local_jsonl(tmp_path):

@@ -98,6 +98,37 @@ def test_smoke_evaluation_json_agrees_with_its_samples(prepared, tmp_path, monke
     assert written["kind"] == "math" and written["distribution"] == "id" and written["ood"] is False
     assert written["temperature"] == 1.0 and written["max_new_tokens"] == 10 and written["wall_seconds"] > 0
     assert "soft_ratio" not in written and "mean_gate" not in written
+    # what the statistics need: correct samples per problem id, and each pass@j's interval around it
+    assert written["correct_per_problem"] == {pid: sum(r["correct"] for r in v) for pid, v in by_problem.items()}
+    assert list(written["correct_per_problem"]) == list(by_problem)  # in the benchmark's order
+    for j in (1, 2, 4):
+        low, high = written["ci95"][f"pass@{j}"]
+        assert 0 <= low <= written[f"pass@{j}"] <= high <= 1 and low < high
+    # synthetic records carry their gold steps: every sample's chain is checked
+    assert all(isinstance(r["chain_ok"], bool) for r in rows)
+    lucky = sum(r["correct"] and not r["chain_ok"] for r in rows)
+    assert written["lucky_samples"] == lucky == sum(written["lucky_per_problem"].values())
+    assert written["lucky_share"] == pytest.approx(lucky / sum(r["correct"] for r in rows))
+
+
+def test_lucky_share_counts_correct_samples_with_a_wrong_chain():
+    gold = "5 + 3 = 8. 8 - 2 = 6. #### 6"
+    rows = [[{"problem_id": "a", "correct": True, "chain_ok": True, "n_tokens": 5, "n_thinking": 4},
+             {"problem_id": "a", "correct": True, "chain_ok": False, "n_tokens": 5, "n_thinking": 4}],
+            [{"problem_id": "b", "correct": True, "chain_ok": False, "n_tokens": 5, "n_thinking": 4},
+             {"problem_id": "b", "correct": False, "chain_ok": False, "n_tokens": 5, "n_thinking": 4}]]
+    metrics = ev.summarise(rows, k=2)
+    assert metrics["lucky_share"] == pytest.approx(2 / 3) and metrics["lucky_per_problem"] == {"a": 1, "b": 1}
+    assert metrics["correct_per_problem"] == {"a": 2, "b": 1}
+    assert metrics["pass@1"] == pytest.approx(0.75) and metrics["ci95"]["pass@1"] == [0.5, 1.0]
+    # no gold chain (chain_ok null): no lucky_share at all
+    for problem in rows:
+        for row in problem:
+            row["chain_ok"] = None
+    assert "lucky_share" not in ev.summarise(rows, k=2) and "lucky_per_problem" not in ev.summarise(rows, k=2)
+    from tarpo.rewards import chain_correct
+
+    assert chain_correct("5 + 3 = 9. 9 - 3 = 6. #### 6", gold) is False
 
 
 def test_resumed_evaluation_equals_an_uninterrupted_one(prepared, tmp_path, monkeypatch):

@@ -5,10 +5,19 @@ One call evaluates one policy (a trained checkpoint, or the bare backbone for
 (`results/{backbone}/{method}/eval/{benchmark}.json`):
 
     {benchmark}.json            metrics: n_problems, k, pass@1 (mean accuracy over the k samples), pass@j
-                                for j in 1, 2, 4, ... <= k (unbiased estimator), mean generated tokens,
-                                soft_ratio (tarpo, lepo) / mean_gate (hrpo), the sampling settings, wall time
+                                for j in 1, 2, 4, ... <= k (unbiased estimator) and its 95% bootstrap
+                                interval over problems (ci95), correct samples per problem id
+                                (correct_per_problem, what the statistics across seeds and methods need),
+                                lucky_share, mean generated tokens, soft_ratio (tarpo, lepo) / mean_gate
+                                (hrpo), the seed and sampling settings, wall time
     {benchmark}.samples.jsonl   one row per sample: problem id, sample index, completion, extracted
-                                answer, correct, token count, per-step soft flags (0/1), token ids
+                                answer, correct, chain_ok, token count, per-step soft flags (0/1), token ids
+
+lucky_share: among the correct samples, the share whose reasoning chain is
+wrong (the numbers after each '=' differ from the gold solution's steps, see
+`rewards.chain_correct`): right answers reached by luck or compensating
+slips. Only for benchmarks whose records carry a gold chain (the synthetic
+task); elsewhere `chain_ok` is null and lucky_share is left out.
     {benchmark}.html            the first trajectories with soft steps highlighted
 
 Sampling goes through the shared rollout engine, `evaluate.batch_size`
@@ -51,13 +60,15 @@ from tarpo.data.benchmarks import Benchmark, get_benchmark, load_benchmark
 from tarpo.io import atomic_write_text, write_json, write_jsonl
 from tarpo.metrics import mean_pass_at_k
 from tarpo.render import token_spans, trajectories_html
-from tarpo.rewards import extract_answer, reward
+from tarpo.rewards import chain_correct, extract_answer, reward
+from tarpo.stats import mean_ci, pass_at_k_values
 
 PASS_AT = (1, 2, 4, 8, 16, 32)
 HTML_SAMPLES = 20
 SPEC_KEY = "_spec"
 # Metrics logged to MLflow (besides every pass@j); the settings travel as params / in the JSON artifact.
-TRACKED = ("n_problems", "mean_tokens", "mean_thinking_tokens", "soft_ratio", "mean_gate", "wall_seconds")
+TRACKED = ("n_problems", "mean_tokens", "mean_thinking_tokens", "soft_ratio", "mean_gate", "lucky_share",
+           "wall_seconds")
 
 
 # ---------------------------------------------------------------- paths and settings
@@ -217,13 +228,35 @@ def summarise(rows_by_problem: list[list[dict[str, Any]]], k: int) -> dict[str, 
     counts = [(len(rows), sum(bool(r["correct"]) for r in rows)) for rows in rows_by_problem]
     samples = [r for rows in rows_by_problem for r in rows]
     metrics: dict[str, Any] = {"n_problems": len(rows_by_problem), "k": k, "n_samples": len(samples)}
+    ci95: dict[str, list[float]] = {}
     for j in PASS_AT:
         if j <= k:
             metrics[f"pass@{j}"] = mean_pass_at_k(counts, j)
+            interval = mean_ci(pass_at_k_values([c for _, c in counts], k, j))
+            ci95[f"pass@{j}"] = [interval.low, interval.high]
+    metrics["ci95"] = ci95  # 95% bootstrap interval over this evaluation's problems (one seed)
     metrics["mean_tokens"] = sum(r["n_tokens"] for r in samples) / len(samples)
     thinking = sum(r["n_thinking"] for r in samples)
     metrics["mean_thinking_tokens"] = thinking / len(samples)
+    metrics.update(lucky_metrics(rows_by_problem))
+    metrics["correct_per_problem"] = {rows[0]["problem_id"]: c for rows, (_, c) in zip(rows_by_problem, counts)}
     return metrics
+
+
+def lucky_metrics(rows_by_problem: list[list[dict[str, Any]]]) -> dict[str, Any]:
+    """lucky_share (correct samples with a wrong chain / correct samples), its counts, and the lucky samples
+    per problem id; nothing where no sample's gold has a chain (`chain_ok` missing or null)."""
+    checked = [[r for r in rows if r.get("chain_ok") is not None] for rows in rows_by_problem]
+    if not any(checked):
+        return {}
+    lucky = {rows[0]["problem_id"]: sum(bool(r["correct"]) and not r["chain_ok"] for r in rows)
+             for rows in checked if rows}
+    correct = sum(bool(r["correct"]) for rows in checked for r in rows)
+    out: dict[str, Any] = {"lucky_samples": sum(lucky.values()), "correct_with_chain": correct}
+    if correct:
+        out["lucky_share"] = sum(lucky.values()) / correct
+    out["lucky_per_problem"] = lucky
+    return out
 
 
 def mode_metrics(method: str, rows: list[dict[str, Any]]) -> dict[str, float]:
@@ -272,17 +305,20 @@ def _log_to_mlflow(cfg: Config, *, backbone: str, method: str, benchmark: str, c
         run_id = (Path(checkpoint) / "run_id.txt").read_text().strip() or None
     scalars = {f"eval/{benchmark}/{key}": float(value) for key, value in metrics.items()
                if key in TRACKED or key.startswith("pass@")}
-    tags = {"backbone": backbone, "method": method, f"eval/{benchmark}": "done"}
+    for key, (low, high) in metrics.get("ci95", {}).items():
+        scalars[f"eval/{benchmark}/{key}_ci95_low"], scalars[f"eval/{benchmark}/{key}_ci95_high"] = low, high
+    tags = {"backbone": backbone, "method": method, "seed": str(cfg.seed), f"eval/{benchmark}": "done"}
+    name = run_name(backbone, method, "evaluate", seed=cfg.seed)
     if run_id is not None:
         try:
-            with start_run(cfg.name, run_name(backbone, method, "evaluate"), tags=tags, run_id=run_id) as tracker:
+            with start_run(cfg.name, name, tags=tags, run_id=run_id) as tracker:
                 tracker.log_metrics(scalars)
                 for path in artifacts:
                     tracker.log_artifact(path, artifact_path=f"eval/{benchmark}")
                 return tracker.run_id
         except Exception as err:  # noqa: BLE001 - the training run lives in another store: log a new run instead
             print(f"could not reopen training run {run_id} ({type(err).__name__}: {err}); logging a new run")
-    with start_run(cfg.name, run_name(backbone, method, "evaluate"), params=params,
+    with start_run(cfg.name, name, params=params,
                    tags={**tags, "stage": "evaluate", "benchmark": benchmark}) as tracker:
         tracker.log_metrics(scalars)
         for path in artifacts:
@@ -368,6 +404,9 @@ def evaluate(
         bar.close()
 
     rows_by_problem = [done[r["id"]] for r in records]
+    for record, problem_rows in zip(records, rows_by_problem):  # after sampling, so resumed rows get it too
+        for row in problem_rows:
+            row["chain_ok"] = chain_correct(row["completion"], record.get("solution"))
     rows = [row for problem in rows_by_problem for row in problem]
     metrics = {
         "benchmark": benchmark, "kind": bench.kind, "distribution": bench.distribution, "ood": bench.ood,

@@ -1,13 +1,15 @@
-"""MLflow tracking: one run per job, named `{backbone}/{method}/{stage}`.
+"""MLflow tracking: one run per job, named `{backbone}/{method}/{stage}`
+(per-seed stages: `{backbone}/{method}/seed{seed}/{stage}`, `run_name`).
 
 Runs are grouped into one experiment per config (its `name`) and named so a
 reader finds them:
 
     {backbone}/sft/warm_start   the embedded backbone's supervised warm start (tarpo.backbone)
-    {backbone}/{method}/train   RL training, step metrics (tarpo.trainer); the method's
-                                evaluations attach `eval/{benchmark}/...` metrics to this
-                                same run (its id is in the checkpoint's run_id.txt)
-    {backbone}/cot/evaluate     an untrained baseline's evaluations (tarpo.evaluate)
+    {backbone}/{method}/seed{seed}/train   RL training with one seed, step metrics (tarpo.trainer);
+                                the method's evaluations attach `eval/{benchmark}/...` metrics
+                                to this same run (its id is in the checkpoint's run_id.txt)
+    {backbone}/cot/seed{seed}/evaluate     an untrained baseline's evaluations with one sampling
+                                seed (tarpo.evaluate)
 
 The default store is a local SQLite database under the results directory
 (`sqlite:///results/mlflow.db`, artifacts in `results/mlruns/`), so runs sit
@@ -201,9 +203,10 @@ def _experiment_id(client: Any, name: str, uri: str, results_dir: Path) -> str:
         return exp.experiment_id
 
 
-def run_name(backbone: str, method: str, stage: str) -> str:
-    """The run name convention: `{backbone}/{method}/{stage}`, e.g. `tiny/tarpo/train`."""
-    return f"{backbone}/{method}/{stage}"
+def run_name(backbone: str, method: str, stage: str, seed: int | None = None) -> str:
+    """The run name convention: `{backbone}/{method}/{stage}`, e.g. `tiny/sft/warm_start`, and
+    `{backbone}/{method}/seed{seed}/{stage}` for a per-seed run, e.g. `tiny/tarpo/seed0/train`."""
+    return f"{backbone}/{method}/{stage}" if seed is None else f"{backbone}/{method}/seed{seed}/{stage}"
 
 
 @contextlib.contextmanager

@@ -147,8 +147,11 @@ def render_choices(question: str, options: list[str]) -> str:
 
 
 def _norm_synthetic(row: dict[str, Any], index: int) -> dict[str, Any]:
-    return {"id": str(row.get("id", f"synthetic-{index:05d}")), "question": row["question"],
-            "answer": _text(row["answer"]), "kind": "math"}
+    out = {"id": str(row.get("id", f"synthetic-{index:05d}")), "question": row["question"],
+           "answer": _text(row["answer"]), "kind": "math"}
+    if row.get("solution"):  # the gold steps: evaluation checks a correct answer's chain against them
+        out["solution"] = str(row["solution"])
+    return out
 
 
 def _norm_gsm8k(row: dict[str, Any], index: int) -> dict[str, Any] | None:
