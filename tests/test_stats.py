@@ -116,3 +116,32 @@ def test_bad_input_is_rejected():
         stats.paired_comparison([1.0, 2.0], [1.0])
     with pytest.raises(ValueError):
         stats.mean_ci([1.0, float("nan")])
+
+
+def test_average_over_benchmarks_resamples_each_benchmark():
+    rng = np.random.default_rng(9)
+    a, b = (rng.random(400) < 0.3).astype(float), (rng.random(900) < 0.6).astype(float)
+    one = stats.average_ci([a])
+    assert one == stats.mean_ci(a)  # one group: the plain interval
+    avg = stats.average_ci([a, b])
+    assert avg.mean == pytest.approx((a.mean() + b.mean()) / 2) and avg.n_problems == 1300
+    # independent benchmarks: var(mean of two) = (var_a + var_b) / 4
+    want = math.hypot(stats.mean_ci(a).half_width, stats.mean_ci(b).half_width) / 2
+    assert avg.half_width == pytest.approx(want, rel=0.08)
+    assert stats.average_ci([np.full(5, 0.2), np.full(7, 0.6)]).half_width == 0.0
+    cmp = stats.paired_average([a + 0.1, b - 0.3], [a, b])
+    assert cmp.delta == pytest.approx(-0.1) and cmp.low == pytest.approx(-0.1) and cmp.significant
+    with pytest.raises(ValueError, match="same seeds"):
+        stats.average_ci([np.zeros((2, 3)), np.zeros((3, 3))])
+
+
+def test_ratio_of_sums():
+    den = np.arange(1, 41, dtype=float)
+    constant = stats.ratio_ci(0.25 * den, den)  # every problem has the same ratio
+    assert (constant.mean, constant.half_width) == (pytest.approx(0.25), pytest.approx(0.0))
+    values = (np.random.default_rng(10).random(500) < 0.4).astype(float)
+    assert stats.ratio_ci(values, np.ones(500)) == stats.mean_ci(values)  # denominator 1: a mean
+    pooled = stats.ratio_ci([[1, 0, 3]], [[2, 0, 4]])  # a problem without steps adds nothing
+    assert pooled.mean == pytest.approx(4 / 6) and pooled.low <= 4 / 6 <= pooled.high
+    with pytest.raises(ValueError, match="sums to 0"):
+        stats.ratio_ci([0.0], [0.0])

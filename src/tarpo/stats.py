@@ -16,7 +16,13 @@ sampling randomness) into the interval, which the per-problem mean over
 seeds alone would leave out; with few seeds (3) that part is estimated
 roughly, so read such intervals as approximate.
 
-Paired comparison (`paired_comparison`): two methods on the same problems,
+A split average (`average_ci`: the unweighted mean over benchmarks, as the
+paper averages) resamples each benchmark's problems on its own and the seeds
+jointly (seed s is one training run, on every benchmark). A ratio of sums
+(`ratio_ci`: soft steps / thinking steps, lucky / correct samples) resamples
+numerator and denominator together.
+
+Paired comparison (`paired_comparison`, `paired_average`): two methods on the same problems,
 paired by problem and by seed where both have it. Delta = mean of the
 per-(seed, problem) differences; its interval is the same crossed bootstrap
 of the differences; the two-sided p-value is the bootstrap one,
@@ -93,58 +99,112 @@ def as_matrix(values: Any) -> np.ndarray:
     return arr
 
 
-def bootstrap_means(values: Any, *, n_boot: int = N_BOOT, seed: int = RNG_SEED) -> np.ndarray:
-    """`n_boot` resampled means of a (seeds, problems) matrix: seeds (when several) and problems drawn with
-    replacement, independently. Deterministic for a given input, `n_boot` and `seed`."""
-    v = as_matrix(values)
-    n_seeds, n_problems = v.shape
+def _bootstrap(groups: Sequence[np.ndarray], n_boot: int, seed: int) -> np.ndarray:
+    """Resampled means, shape (n_boot, groups, channels). Each group is an array (channels, seeds, problems):
+    e.g. one benchmark, with one channel (a value) or two (numerator and denominator, drawn together). Per
+    resample the seeds are drawn once for all groups (seed s is the same run on every benchmark) and each
+    group's problems on their own, all with replacement."""
+    n_seeds, channels = groups[0].shape[1], groups[0].shape[0]
+    if any(g.shape[:2] != (channels, n_seeds) for g in groups):
+        raise ValueError("every group needs the same seeds (and channels)")
     rng = np.random.default_rng(seed)
-    out = np.empty(n_boot)
-    chunk = max(1, _CHUNK_CELLS // n_problems)
+    out = np.empty((n_boot, len(groups), channels))
+    chunk = max(1, _CHUNK_CELLS // max(g.shape[2] for g in groups))
     for start in range(0, n_boot, chunk):
         m = min(chunk, n_boot - start)
+        weights = None
         if n_seeds > 1:
             drawn = rng.integers(0, n_seeds, size=(m, n_seeds))
             weights = (drawn[:, :, None] == np.arange(n_seeds)).sum(axis=1) / n_seeds  # times each seed was drawn
-            per_problem = weights @ v  # (m, problems): each problem's mean over the drawn seeds
-        else:
-            per_problem = np.broadcast_to(v[0], (m, n_problems))
-        idx = rng.integers(0, n_problems, size=(m, n_problems))
-        out[start:start + m] = np.take_along_axis(per_problem, idx, axis=1).mean(axis=1)
+        for gi, group in enumerate(groups):
+            n_problems = group.shape[2]
+            idx = rng.integers(0, n_problems, size=(m, n_problems))
+            for c in range(channels):
+                # (m, problems): each problem's mean over the drawn seeds
+                per_problem = weights @ group[c] if weights is not None else np.broadcast_to(group[c, 0],
+                                                                                             (m, n_problems))
+                out[start:start + m, gi, c] = np.take_along_axis(per_problem, idx, axis=1).mean(axis=1)
     return out
+
+
+def bootstrap_means(values: Any, *, n_boot: int = N_BOOT, seed: int = RNG_SEED) -> np.ndarray:
+    """`n_boot` resampled means of a (seeds, problems) matrix: seeds (when several) and problems drawn with
+    replacement, independently. Deterministic for a given input, `n_boot` and `seed`."""
+    return _bootstrap([as_matrix(values)[None]], n_boot, seed)[:, 0, 0]
 
 
 def _percentiles(boot: np.ndarray, level: float) -> tuple[float, float]:
     alpha = (1 - level) / 2
-    low, high = np.quantile(boot, [alpha, 1 - alpha])
+    low, high = np.nanquantile(boot, [alpha, 1 - alpha])
     return float(low), float(high)
+
+
+def _interval(estimate: float, boot: np.ndarray, level: float, n_problems: int, n_seeds: int) -> Interval:
+    low, high = _percentiles(boot, level)
+    # float rounding of a constant input must not put the estimate outside its own (zero-width) interval
+    return Interval(estimate, min(low, estimate), max(high, estimate), n_problems=n_problems, n_seeds=n_seeds)
 
 
 def mean_ci(values: Any, *, level: float = LEVEL, n_boot: int = N_BOOT, seed: int = RNG_SEED) -> Interval:
     """The mean of a (seeds, problems) matrix (or a 1-D array over problems) with its percentile bootstrap
     interval."""
-    v = as_matrix(values)
-    low, high = _percentiles(bootstrap_means(v, n_boot=n_boot, seed=seed), level)
-    mean = float(v.mean())
-    # float rounding of a constant input must not put the mean outside its own (zero-width) interval
-    return Interval(mean, min(low, mean), max(high, mean), n_problems=v.shape[1], n_seeds=v.shape[0])
+    return average_ci([values], level=level, n_boot=n_boot, seed=seed)
+
+
+def average_ci(groups: Sequence[Any], *, level: float = LEVEL, n_boot: int = N_BOOT,
+               seed: int = RNG_SEED) -> Interval:
+    """The unweighted mean over groups (e.g. benchmarks: a split average) of each group's mean, with its
+    interval. Each group is a (seeds, problems) matrix, the same seeds in every group; every group's
+    problems are resampled on their own, the seeds jointly."""
+    mats = [as_matrix(g) for g in groups]
+    if not mats:
+        raise ValueError("no groups")
+    boot = _bootstrap([m[None] for m in mats], n_boot, seed)[:, :, 0].mean(axis=1)
+    estimate = float(np.mean([m.mean() for m in mats]))
+    return _interval(estimate, boot, level, sum(m.shape[1] for m in mats), mats[0].shape[0])
+
+
+def ratio_ci(numerator: Any, denominator: Any, *, level: float = LEVEL, n_boot: int = N_BOOT,
+             seed: int = RNG_SEED) -> Interval:
+    """sum(numerator) / sum(denominator) over (seeds, problems) cells (e.g. soft steps / thinking steps, lucky
+    / correct samples) with its interval; a resample whose denominator is 0 is left out."""
+    num, den = as_matrix(numerator), as_matrix(denominator)
+    if num.shape != den.shape:
+        raise ValueError(f"numerator and denominator must have the same shape, got {num.shape} and {den.shape}")
+    if den.sum() <= 0:
+        raise ValueError("the denominator sums to 0: no ratio")
+    boot = _bootstrap([np.stack([num, den])], n_boot, seed)[:, 0, :]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratios = np.where(boot[:, 1] > 0, boot[:, 0] / boot[:, 1], np.nan)
+    return _interval(float(num.sum() / den.sum()), ratios, level, num.shape[1], num.shape[0])
 
 
 def paired_comparison(a: Any, b: Any, *, level: float = LEVEL, n_boot: int = N_BOOT,
                       seed: int = RNG_SEED) -> Comparison:
     """a - b for two aligned (seeds, problems) matrices (row i of both = the same seed, column j = the same
     problem): mean difference, bootstrap interval and two-sided bootstrap p-value."""
-    a, b = as_matrix(a), as_matrix(b)
-    if a.shape != b.shape:
-        raise ValueError(f"paired values must have the same shape, got {a.shape} and {b.shape}")
-    diff = a - b
-    boot = bootstrap_means(diff, n_boot=n_boot, seed=seed)
+    return paired_average([a], [b], level=level, n_boot=n_boot, seed=seed)
+
+
+def paired_average(a_groups: Sequence[Any], b_groups: Sequence[Any], *, level: float = LEVEL,
+                   n_boot: int = N_BOOT, seed: int = RNG_SEED) -> Comparison:
+    """`paired_comparison` of unweighted means over groups (e.g. a split average over benchmarks): group i of
+    a and of b are aligned matrices."""
+    diffs = []
+    for a, b in zip(a_groups, b_groups, strict=True):
+        a, b = as_matrix(a), as_matrix(b)
+        if a.shape != b.shape:
+            raise ValueError(f"paired values must have the same shape, got {a.shape} and {b.shape}")
+        diffs.append(a - b)
+    if not diffs:
+        raise ValueError("no groups")
+    boot = _bootstrap([d[None] for d in diffs], n_boot, seed)[:, :, 0].mean(axis=1)
     low, high = _percentiles(boot, level)
-    delta = float(diff.mean())
+    delta = float(np.mean([d.mean() for d in diffs]))
     tail = min(int((boot <= 0).sum()), int((boot >= 0).sum()))
     p_value = min(1.0, 2 * (1 + tail) / (n_boot + 1))
-    return Comparison(delta, min(low, delta), max(high, delta), p_value, n_problems=diff.shape[1],
-                      n_seeds=diff.shape[0])
+    return Comparison(delta, min(low, delta), max(high, delta), p_value,
+                      n_problems=sum(d.shape[1] for d in diffs), n_seeds=diffs[0].shape[0])
 
 
 # ---------------------------------------------------------------- per-problem values keyed by seed and problem id
