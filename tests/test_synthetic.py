@@ -8,10 +8,10 @@ import re
 import pytest
 
 from tarpo.config import SyntheticDataConfig
-from tarpo.data.synthetic import CAP_FACTOR, SPLITS, generate_split, prepare_dataset, recompute_answer
+from tarpo.data.synthetic import SPLITS, generate_split, prepare_dataset, recompute_answer
 from tarpo.io import read_jsonl
 
-CFG = SyntheticDataConfig(n_train=200, n_test_id=60, n_test_ood=60)
+CFG = SyntheticDataConfig(n_train=200, n_test_id=60, n_test_ood=60, ood_max_operand=12, demo_error_rate=0.3)
 STEP_RE = re.compile(r"^(\d+) ([-+*]) (\d+) = (\d+)\.$")
 
 
@@ -52,33 +52,65 @@ def test_record_format(splits):
     for split, records in splits.items():
         assert len(records) == {"train": 200, "test_id": 60, "test_ood": 60}[split]
         for i, r in enumerate(records):
-            assert set(r) == {"id", "question", "solution", "answer", "steps"}
+            extra = {"demonstration"} if split == "train" else set()  # only train is imitated
+            assert set(r) == {"id", "question", "solution", "answer", "steps"} | extra
             assert r["id"] == f"{split}-{i:05d}"
             assert r["solution"].count("####") == 1
             assert r["solution"].endswith(f" #### {r['answer']}")
             assert r["answer"] == str(int(r["answer"]))
 
 
+OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
+
+
+def _steps(chain: str) -> list[tuple[int, str, int, int]]:
+    body = chain.split(" #### ")[0]
+    steps = [s + "." for s in body.split(". ")]
+    steps[-1] = steps[-1][:-1]  # the last one kept its own '.'
+    out = []
+    for step in steps:
+        m = STEP_RE.match(step)
+        assert m, step
+        out.append((int(m[1]), m[2], int(m[3]), int(m[4])))
+    return out
+
+
 def test_gold_answers_recompute_and_steps_are_correct(splits):
-    ops = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
     for split, records in splits.items():
-        cap = CAP_FACTOR * (CFG.ood_max_operand if split == "test_ood" else CFG.max_operand)
         for r in records:
             assert recompute_answer(r["question"]) == int(r["answer"]), r
-            body = r["solution"].split(" #### ")[0]
-            steps = [s + "." for s in body.split(". ")]
-            steps[-1] = steps[-1][:-1]  # the last one kept its own '.'
+            steps = _steps(r["solution"])
             assert len(steps) == r["steps"]
             value = _start(r["question"])
-            for step in steps:
-                m = STEP_RE.match(step)
-                assert m, step
-                a, op, b, c = int(m[1]), m[2], int(m[3]), int(m[4])
+            for a, op, b, c in steps:
                 assert a == value  # each step continues from the previous result
-                assert ops[op](a, b) == c
-                assert 0 <= c <= cap  # intermediate values non-negative and bounded
+                assert OPS[op](a, b) == c
+                assert 1 <= c <= CFG.max_value  # intermediate values positive and bounded
                 value = c
             assert value == int(r["answer"])
+
+
+def test_demonstrations_slip_by_one_at_the_configured_rate(splits):
+    slips = total = 0
+    for r in splits["train"]:
+        gold, demo = _steps(r["solution"]), _steps(r["demonstration"])
+        assert [(op, b) for _, op, b, _ in demo] == [(op, b) for _, op, b, _ in gold]  # same operations
+        value = _start(r["question"])
+        for a, op, b, c in demo:
+            assert a == value  # the teacher goes on from its own (possibly wrong) result
+            assert c - OPS[op](a, b) in (0, 1)
+            slips += c != OPS[op](a, b)
+            total += 1
+            value = c
+        final = int(r["demonstration"].split(" #### ")[1])
+        assert final == value
+        # a slipped chain never reaches the gold answer (every operation is increasing)
+        assert (final == int(r["answer"])) == (demo == gold)
+    assert abs(slips / total - CFG.demo_error_rate) < 0.05
+    clean = generate_split(SyntheticDataConfig(n_train=200), "train")
+    assert "demonstration" not in clean[0]
+    # the questions do not depend on the error rate
+    assert [r["question"] for r in clean] == [r["question"] for r in splits["train"]]
 
 
 def test_test_id_disjoint_from_train_and_questions_unique(splits):
@@ -97,15 +129,15 @@ def test_id_ranges(splits):
     assert {r["steps"] for r in splits["train"]} == set(range(CFG.min_steps, CFG.max_steps + 1))
 
 
-def test_ood_strictly_outside_train_ranges(splits):
+def test_ood_chains_are_longer_than_train(splits):
     train_max_steps = max(r["steps"] for r in splits["train"])
     train_max_start = max(_start(r["question"]) for r in splits["train"])
     assert train_max_steps == CFG.max_steps and train_max_start <= CFG.max_operand
     for r in splits["test_ood"]:
         assert CFG.ood_min_steps <= r["steps"] <= CFG.ood_max_steps
         assert r["steps"] > train_max_steps
-        assert CFG.max_operand < _start(r["question"]) <= CFG.ood_max_operand
-        assert _start(r["question"]) > train_max_start
+        assert 1 <= _start(r["question"]) <= CFG.ood_max_operand
+    assert max(_start(r["question"]) for r in splits["test_ood"]) > train_max_start  # ood_max_operand 12 > 9
     assert {r["steps"] for r in splits["test_ood"]} == set(range(CFG.ood_min_steps, CFG.ood_max_steps + 1))
 
 

@@ -157,6 +157,11 @@ def count_parameters(model: torch.nn.Module) -> int:
 # ---------------------------------------------------------------- warm start
 
 
+def demonstration(record: dict[str, Any]) -> str:
+    """What the warm start imitates: the record's (possibly imperfect) `demonstration`, else its `solution`."""
+    return record.get("demonstration", record["solution"])
+
+
 def _encode_sft(tokenizer: PreTrainedTokenizerFast, records: Sequence[dict[str, Any]]) -> list[tuple[list[int], int]]:
     """(prompt ids + solution ids + eos, prompt length) per record.
 
@@ -164,7 +169,7 @@ def _encode_sft(tokenizer: PreTrainedTokenizerFast, records: Sequence[dict[str, 
     sees them (the completion starts a fresh token after the prompt).
     """
     prompts = tokenizer([build_prompt(tokenizer, r["question"]) for r in records], add_special_tokens=False)["input_ids"]
-    completions = tokenizer([r["solution"] for r in records], add_special_tokens=False)["input_ids"]
+    completions = tokenizer([demonstration(r) for r in records], add_special_tokens=False)["input_ids"]
     eos = tokenizer.eos_token_id
     return [(p + c + [eos], len(p)) for p, c in zip(prompts, completions, strict=True)]
 

@@ -9,24 +9,31 @@ the question text alone (`recompute_answer` parses the templates back):
 
     solution: "5 + 3 = 8. 8 - 2 = 6. 6 * 2 = 12. #### 12"
 
-A problem is a starting amount followed by `steps` operations (add, subtract,
-double / triple). Every intermediate value stays in `[1, cap]`, with
-`cap = 5 * max_operand` for train / test_id and `5 * ood_max_operand` for
-test_ood.
+A problem is a starting amount followed by `steps` operations (add,
+subtract, double / triple). Add / subtract operands are at most
+`max_operand`; every intermediate value stays in `[1, max_value]`, so answers
+spread over a wide range and a guessed number rarely scores.
 
 Splits (each generated from its own `random.Random` stream seeded by
 `(seed, split)`, so a split never depends on global random state):
 
 - `train` and `test_id`: the same distribution (`min_steps..max_steps`
-  operations, every number in the question `<= max_operand`); `test_id` never
-  repeats a train question (deduplicated by question text).
-- `test_ood`: more operations (`ood_min_steps..ood_max_steps`) and a starting
-  amount in `(max_operand, ood_max_operand]`, i.e. longer chains over larger
-  values than train ever contains. Add / subtract operands keep the train
-  range, so the shift is in length and magnitude, not in vocabulary.
+  operations, starting amount `<= max_operand`); `test_id` never repeats a
+  train question (deduplicated by question text).
+- `test_ood`: longer chains (`ood_min_steps..ood_max_steps` operations) and a
+  starting amount up to `ood_max_operand`, over the same value range: the
+  shift is in length (and start), not in vocabulary.
+
+Imperfect demonstrations (`demo_error_rate`): the warm start imitates the
+train split's `demonstration` field, the gold chain replayed by a teacher
+whose step result is one too large with that probability. RL with the exact
+answer reward then has a shared, learnable thing to unlearn, and a slipped
+chain never lands on the gold answer by luck. `solution` is always the clean
+gold chain.
 
 Record: `{"id": "test_id-00007", "question", "solution": "<steps> #### <n>",
-"answer": "<n>", "steps": int}`.
+"answer": "<n>", "steps": int}` (+ `"demonstration"` on train when
+`demo_error_rate > 0`).
 """
 
 from __future__ import annotations
@@ -58,7 +65,6 @@ ADD_TEMPLATES = ("{p} buys {n} more.", "{p} finds {n} more.", "{p} gets {n} more
 SUB_TEMPLATES = ("{p} gives away {n}.", "{p} loses {n}.", "{p} sells {n}.")
 MUL_TEMPLATES = {2: "Then the number of {items} doubles.", 3: "Then the number of {items} triples."}
 
-CAP_FACTOR = 5  # intermediate values stay <= CAP_FACTOR * (largest starting number)
 
 _START_RE = re.compile(r"^(?P<name>[A-Z][a-z]+) has (?P<n>\d+) (?P<items>[a-z]+)$")
 _ADD_RE = re.compile(r"^(?:She|He) (?:buys|finds|gets) (?P<n>\d+) more$")
@@ -72,13 +78,15 @@ def _split_rng(seed: int, split: str) -> random.Random:
     return random.Random(f"tarpo-synthetic:{seed}:{split}")
 
 
-def _problem(rng: random.Random, n_steps: int, start_lo: int, start_hi: int, max_operand: int, cap: int) -> dict[str, Any]:
-    """One problem with exactly `n_steps` operations; values stay in [1, cap]."""
+def _problem(rng: random.Random, n_steps: int, start_lo: int, start_hi: int, max_operand: int, cap: int
+             ) -> tuple[dict[str, Any], int, list[tuple[str, int]]]:
+    """One problem with exactly `n_steps` operations (values stay in [1, cap]), its start and operations."""
     name, pronoun = rng.choice(NAMES)
     items = rng.choice(ITEMS)
-    value = rng.randint(start_lo, start_hi)
+    value = start = rng.randint(start_lo, start_hi)
     sentences = [f"{name} has {value} {items}."]
     steps: list[str] = []
+    ops_done: list[tuple[str, int]] = []
     for _ in range(n_steps):
         ops = []
         if value + 1 <= cap:
@@ -92,38 +100,61 @@ def _problem(rng: random.Random, n_steps: int, start_lo: int, start_hi: int, max
             n = rng.randint(1, min(max_operand, cap - value))
             sentences.append(rng.choice(ADD_TEMPLATES).format(p=pronoun, n=n))
             steps.append(f"{value} + {n} = {value + n}.")
+            ops_done.append(("+", n))
             value += n
         elif op == "sub":
             n = rng.randint(1, min(max_operand, value - 1))
             sentences.append(rng.choice(SUB_TEMPLATES).format(p=pronoun, n=n))
             steps.append(f"{value} - {n} = {value - n}.")
+            ops_done.append(("-", n))
             value -= n
         else:
             k = 3 if value * 3 <= cap and rng.random() < 0.5 else 2
             sentences.append(MUL_TEMPLATES[k].format(items=items))
             steps.append(f"{value} * {k} = {value * k}.")
+            ops_done.append(("*", k))
             value *= k
     sentences.append(f"How many {items} does {name} have now?")
-    return {
+    record = {
         "question": " ".join(sentences),
         "solution": f"{' '.join(steps)} {ANSWER_MARKER} {value}",
         "answer": str(value),
         "steps": n_steps,
     }
+    return record, start, ops_done
+
+
+def noisy_demonstration(start: int, ops: list[tuple[str, int]], error_rate: float, rng: random.Random) -> str:
+    """The chain of `ops` from `start`, each result one too large with probability `error_rate`.
+
+    Every operation is increasing in its input, so a slip is never undone by a
+    later step: a demonstration with a slip always ends on a wrong answer.
+    """
+    value, steps = start, []
+    for op, n in ops:
+        result = value + n if op == "+" else value - n if op == "-" else value * n
+        if rng.random() < error_rate:
+            result += 1
+        steps.append(f"{value} {op} {n} = {result}.")
+        value = result
+    return f"{' '.join(steps)} {ANSWER_MARKER} {value}"
 
 
 def split_ranges(cfg: SyntheticDataConfig, split: str) -> tuple[int, int, int, int, int]:
     """(min steps, max steps, smallest start, largest start, value cap) of a split."""
     if split == "test_ood":
-        return cfg.ood_min_steps, cfg.ood_max_steps, cfg.max_operand + 1, cfg.ood_max_operand, CAP_FACTOR * cfg.ood_max_operand
-    return cfg.min_steps, cfg.max_steps, 1, cfg.max_operand, CAP_FACTOR * cfg.max_operand
+        return cfg.ood_min_steps, cfg.ood_max_steps, 1, cfg.ood_max_operand, cfg.max_value
+    return cfg.min_steps, cfg.max_steps, 1, cfg.max_operand, cfg.max_value
 
 
 def _generate(cfg: SyntheticDataConfig, split: str, n: int, exclude: set[str]) -> list[dict[str, Any]]:
     lo_steps, hi_steps, start_lo, start_hi, cap = split_ranges(cfg, split)
-    if not (1 <= lo_steps <= hi_steps) or start_lo > start_hi or cfg.max_operand < 2:
+    if not (1 <= lo_steps <= hi_steps) or start_lo > start_hi or cfg.max_operand < 2 or cfg.max_value < 2 * start_hi:
         raise ValueError(f"synthetic split '{split}': empty range (steps {lo_steps}..{hi_steps}, start {start_lo}..{start_hi})")
     rng = _split_rng(cfg.seed, split)
+    # Slips draw from their own stream: the questions do not depend on the error rate.
+    demo_rng = _split_rng(cfg.seed, f"{split}:demonstrations")
+    demo_error_rate = cfg.demo_error_rate if split == "train" else 0.0
     seen = set(exclude)
     out: list[dict[str, Any]] = []
     attempts = 0
@@ -131,10 +162,12 @@ def _generate(cfg: SyntheticDataConfig, split: str, n: int, exclude: set[str]) -
         attempts += 1
         if attempts > 50 * n + 1000:
             raise ValueError(f"synthetic split '{split}': cannot find {n} distinct problems; widen the ranges")
-        rec = _problem(rng, rng.randint(lo_steps, hi_steps), start_lo, start_hi, cfg.max_operand, cap)
+        rec, start, ops = _problem(rng, rng.randint(lo_steps, hi_steps), start_lo, start_hi, cfg.max_operand, cap)
         if rec["question"] in seen:
             continue
         seen.add(rec["question"])
+        if demo_error_rate > 0:
+            rec["demonstration"] = noisy_demonstration(start, ops, demo_error_rate, demo_rng)
         out.append({"id": f"{split}-{len(out):05d}", **rec})
     return out
 
