@@ -35,6 +35,7 @@ wildcard_constraints:
     backbone=one_of(BACKBONES),
     method=one_of(EVAL_METHODS),
     benchmark=one_of(BENCHMARKS),
+    seed=one_of([str(s) for s in SEEDS]),
 
 
 rule all:

@@ -74,7 +74,7 @@ def _rerun_rules(dry_run_output: str) -> set[str]:
 
 # Summary rules (tables and figures from the evaluations) may rerun: they are
 # cheap and their outputs are not versioned.
-CHEAP = {"all", "summarise", "tables", "figures", "report"}
+CHEAP = {"all", "summarise", "tables", "figures", "report", "results_page"}
 
 
 @pytest.mark.slow
@@ -91,12 +91,13 @@ def test_dvc_push_clone_pull_leaves_nothing_to_rerun(tmp_path):
     # Build everything, record it, push it.
     run(origin, "snakemake", "--cores", "2", "all", timeout=1500)
     stages = run(origin, "dvc", "stage", "list")
-    assert "train@tiny-tarpo" in stages and "evaluate_baseline@tiny-cot-synthetic_test_id" in stages
+    assert "train@tiny-tarpo-0" in stages and "evaluate_baseline@tiny-cot-0-synthetic_test_id" in stages
     run(origin, "dvc", "commit", "-f")
     lock = yaml.safe_load((origin / "dvc.lock").read_text())["stages"]
     smoke = yaml.safe_load((origin / "config" / "config.yaml").read_text())
-    n_eval = len(smoke["evaluate"]["benchmarks"]) * (len(smoke["methods"]) + len(smoke["baselines"]))
-    assert len(lock) == len(smoke["datasets"]) + 1 + len(smoke["methods"]) + n_eval  # every output recorded
+    seeds = len(smoke["seeds"])
+    n_eval = len(smoke["evaluate"]["benchmarks"]) * (len(smoke["methods"]) + len(smoke["baselines"])) * seeds
+    assert len(lock) == len(smoke["datasets"]) + 1 + len(smoke["methods"]) * seeds + n_eval  # every output recorded
     assert "Data and pipelines are up to date" in run(origin, "dvc", "status")
     run(origin, "git", "add", "dvc.lock")
     run(origin, "git", "commit", "-q", "-m", "results")
@@ -110,8 +111,8 @@ def test_dvc_push_clone_pull_leaves_nothing_to_rerun(tmp_path):
     run(clone, "dvc", "pull")
     versioned = ["results/data", "results/backbones", "results/tiny"]
     for rel in versioned:
-        # summary.csv is the figures rule's cheap output, rebuilt rather than versioned
-        origin_files = {k: v for k, v in _digest(origin / rel).items() if k != "summary.csv"}
+        # summary.csv / paired.csv are the figures rule's cheap outputs, rebuilt rather than versioned
+        origin_files = {k: v for k, v in _digest(origin / rel).items() if k not in ("summary.csv", "paired.csv")}
         assert _digest(clone / rel) == origin_files, rel
     assert "Data and pipelines are up to date" in run(clone, "dvc", "status")
 
@@ -133,4 +134,4 @@ def test_dvc_push_clone_pull_leaves_nothing_to_rerun(tmp_path):
     out = run(clone, "snakemake", "--cores", "1", "-n", "all")
     rules = _rerun_rules(out)
     assert {"train", "evaluate"} <= rules and not rules & {"prepare", "backbone"}, out[-4000:]
-    assert "train@tiny-tarpo" in run(clone, "dvc", "status")
+    assert "train@tiny-tarpo-0" in run(clone, "dvc", "status")

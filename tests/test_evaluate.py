@@ -24,7 +24,7 @@ CONFIG = {
     # 8 problems in batches of 3: two full batches and a short one
     "evaluate": {"k": 4, "batch_size": 3, "max_new_tokens": 10, "temperature": 1.0},
 }
-VOLATILE = {"wall_seconds", "resumed_problems", "checkpoint"}
+VOLATILE = {"wall_seconds", "resumed_problems", "checkpoint", "machine"}
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +101,9 @@ def test_smoke_evaluation_json_agrees_with_its_samples(prepared, tmp_path, monke
     # what the statistics need: correct samples per problem id, and each pass@j's interval around it
     assert written["correct_per_problem"] == {pid: sum(r["correct"] for r in v) for pid, v in by_problem.items()}
     assert list(written["correct_per_problem"]) == list(by_problem)  # in the benchmark's order
+    assert written["tokens_per_problem"] == {pid: pytest.approx(sum(r["n_tokens"] for r in v) / 4)
+                                             for pid, v in by_problem.items()}
+    assert written["machine"]["cpus"] >= 1 and written["machine"]["torch"] == torch.__version__
     for j in (1, 2, 4):
         low, high = written["ci95"][f"pass@{j}"]
         assert 0 <= low <= written[f"pass@{j}"] <= high <= 1 and low < high

@@ -125,7 +125,7 @@ def test_mlflow_ui_lists_runs_logged_through_tarpo_tracking(store, tmp_path):
     with tracking.start_run("ui-test", name("tiny", "sft", "warm_start"), params={"steps": 3},
                             results_dir=store) as run:
         run.log_metrics({"loss": 2.0}, step=3)
-    with tracking.start_run("ui-test", name("tiny", "tarpo", "train"), params={"train": {"learning_rate": 1e-4}},
+    with tracking.start_run("ui-test", name("tiny", "tarpo", "train", seed=0), params={"train": {"learning_rate": 1e-4}},
                             tags={"stage": "train"}, results_dir=store) as run:
         for step in range(3):
             run.log_metrics({"reward_mean": 0.1 * step, "soft_ratio": 0.01 * step}, step=step)
@@ -133,20 +133,20 @@ def test_mlflow_ui_lists_runs_logged_through_tarpo_tracking(store, tmp_path):
     # evaluation reopens the training run and attaches its metrics (tarpo.evaluate does the same)
     with tracking.start_run("ui-test", "ignored", run_id=train_id, results_dir=store) as run:
         run.log_metrics({"eval/synthetic_test_id/pass@1": 0.5})
-    with tracking.start_run("ui-test", name("tiny", "cot", "evaluate"), results_dir=store) as run:
+    with tracking.start_run("ui-test", name("tiny", "cot", "evaluate", seed=0), results_dir=store) as run:
         run.log_metrics({"eval/synthetic_test_id/pass@1": 0.25})
     with tracking.start_run("other-config", name("tiny", "grpo", "train"), results_dir=store):
         pass
 
     with mlflow_ui(store / "mlflow.db", tmp_path / "ui.log") as base:
         runs = served_runs(base, "ui-test")
-        assert set(runs) == {"tiny/sft/warm_start", "tiny/tarpo/train", "tiny/cot/evaluate"}
+        assert set(runs) == {"tiny/sft/warm_start", "tiny/tarpo/seed0/train", "tiny/cot/seed0/evaluate"}
         assert all(r["status"] == "FINISHED" for r in runs.values())
-        train = runs["tiny/tarpo/train"]
+        train = runs["tiny/tarpo/seed0/train"]
         assert train["id"] == train_id and train["tags"]["stage"] == "train"
         assert train["metrics"]["reward_mean"] == pytest.approx(0.2)  # the latest step
         assert train["metrics"]["eval/synthetic_test_id/pass_at_1"] == pytest.approx(0.5)
-        assert runs["tiny/cot/evaluate"]["metrics"]["eval/synthetic_test_id/pass_at_1"] == pytest.approx(0.25)
+        assert runs["tiny/cot/seed0/evaluate"]["metrics"]["eval/synthetic_test_id/pass_at_1"] == pytest.approx(0.25)
         history = api(base, f"metrics/get-history?run_id={train_id}&metric_key=reward_mean")["metrics"]
         assert [(m["step"], round(m["value"], 6)) for m in history] == [(0, 0.0), (1, 0.1), (2, 0.2)]
         assert set(served_runs(base, "other-config")) == {"tiny/grpo/train"}  # one experiment per config
@@ -162,7 +162,8 @@ def test_smoke_pipeline_runs_are_in_the_store_and_served(tmp_path):
     env = dict(os.environ, TARPO_TRACKING="on")
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     env.pop("MLFLOW_TRACKING_URI", None)
-    targets = ["results/tiny/tarpo/eval/synthetic_test_id.json", "results/tiny/cot/eval/synthetic_test_id.json"]
+    targets = ["results/tiny/tarpo/seed0/eval/synthetic_test_id.json",
+               "results/tiny/cot/seed0/eval/synthetic_test_id.json"]
     proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", *targets,
                            "--configfile", "config/smoke.yaml"], cwd=wd, env=env, capture_output=True, text=True,
                           timeout=1200)
@@ -172,13 +173,16 @@ def test_smoke_pipeline_runs_are_in_the_store_and_served(tmp_path):
     assert db.exists() and not (wd / "mlflow.db").exists()
     with mlflow_ui(db, tmp_path / "ui.log") as base:
         runs = served_runs(base, "smoke")  # experiment = the config's `name`
-    assert set(runs) == {"tiny/sft/warm_start", "tiny/tarpo/train", "tiny/cot/evaluate"}, sorted(runs)
+    # the trainer names its run (tarpo.trainer): `tiny/tarpo/train`, or with the seed, `tiny/tarpo/seed0/train`
+    train_name = next(n for n in runs if n in ("tiny/tarpo/train", "tiny/tarpo/seed0/train"))
+    assert set(runs) == {"tiny/sft/warm_start", train_name, "tiny/cot/seed0/evaluate"}, sorted(runs)
     assert all(r["status"] == "FINISHED" for r in runs.values()), runs
-    train = runs["tiny/tarpo/train"]["metrics"]
+    train = runs[train_name]["metrics"]
     assert {"reward_mean", "kl", "soft_ratio"} <= set(train), sorted(train)
     # the evaluation of the trained checkpoint lands on the run that trained it
     assert "eval/synthetic_test_id/pass_at_1" in train, sorted(train)
-    assert (wd / "results" / "tiny" / "tarpo" / "checkpoint" / "run_id.txt").read_text().strip() == \
-        runs["tiny/tarpo/train"]["id"]
-    assert "eval/synthetic_test_id/pass_at_1" in runs["tiny/cot/evaluate"]["metrics"]
+    assert (wd / "results" / "tiny" / "tarpo" / "seed0" / "checkpoint" / "run_id.txt").read_text().strip() == \
+        runs[train_name]["id"]
+    assert "eval/synthetic_test_id/pass_at_1" in runs["tiny/cot/seed0/evaluate"]["metrics"]
+    assert "eval/synthetic_test_id/pass_at_1_ci95_low" in train
     assert runs["tiny/sft/warm_start"]["metrics"], "the warm start logs its loss curve"

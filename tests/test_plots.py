@@ -17,8 +17,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tarpo import plots
+from tarpo import plots, tables
 from tarpo.config import load_config
+from tarpo.metrics import mean_pass_at_k
 
 REPO = Path(__file__).resolve().parents[1]
 BACKBONE = "tiny"
@@ -26,13 +27,15 @@ METHODS = ("cot", "grpo", "hrpo", "lepo", "tarpo")
 # benchmark -> split: two ID benchmarks (so the ID average is a real mean) and one OOD
 BENCHMARKS = {"synthetic_test_id": "id", "gsm8k": "id", "synthetic_test_ood": "ood"}
 K = 4
-# Pass@1 per method and benchmark; pass@j = 1 - (1 - pass@1)^j (any increasing curve will do)
+N_PROBLEMS = 50  # x K = 200 samples: every Pass@1 below is a whole number of correct samples
+# Pass@1 per method and benchmark. On synthetic_test_ood TARPO is far ahead (significant); on
+# synthetic_test_id it leads HRPO by 3 points, 6 samples in two problems (not significant).
 PASS1 = {
     "cot": {"synthetic_test_id": 0.30, "gsm8k": 0.20, "synthetic_test_ood": 0.10},
     "grpo": {"synthetic_test_id": 0.50, "gsm8k": 0.40, "synthetic_test_ood": 0.20},
     "hrpo": {"synthetic_test_id": 0.52, "gsm8k": 0.41, "synthetic_test_ood": 0.22},
     "lepo": {"synthetic_test_id": 0.45, "gsm8k": 0.43, "synthetic_test_ood": 0.18},
-    "tarpo": {"synthetic_test_id": 0.55, "gsm8k": 0.42, "synthetic_test_ood": 0.25},
+    "tarpo": {"synthetic_test_id": 0.55, "gsm8k": 0.42, "synthetic_test_ood": 0.45},
 }
 TOKENS = {"cot": 60.0, "grpo": 48.0, "hrpo": 50.0, "lepo": 55.0, "tarpo": 40.0}
 
@@ -51,13 +54,27 @@ HAND_SOFT = [1, 2, 1, 1, 1, 0, 0, 0, 1, 0]
 HAND_STEPS = [1, 2, 1, 2, 1, 1, 2, 1, 2, 1]
 
 
-def pass_at(p1: float, j: int) -> float:
-    return 1 - (1 - p1) ** j
+def counts(p1: float) -> dict[str, int]:
+    """Correct samples (of K) per problem for a Pass@1 of p1: problems in one fixed order of easiness, the
+    easiest all correct, then one partly correct, the rest none (so methods differ on few problems)."""
+    total = round(p1 * N_PROBLEMS * K)
+    out = []
+    for _ in range(N_PROBLEMS):
+        c = min(K, total)
+        out.append(c)
+        total -= c
+    order = np.random.default_rng(0).permutation(N_PROBLEMS)  # the same problem order for every method
+    return {f"p{order[i]:02d}": c for i, c in enumerate(out)}
 
 
-def make_config(methods=METHODS, benchmarks=tuple(BENCHMARKS)):
+def pass_at_counts(correct: dict[str, int], j: int) -> float:
+    return mean_pass_at_k([(K, c) for c in correct.values()], j)
+
+
+def make_config(methods=METHODS, benchmarks=tuple(BENCHMARKS), seeds=(0,)):
     return load_config({
         "name": "fake",
+        "seeds": list(seeds),
         "backbones": {BACKBONE: {"kind": "embedded", "warm_start_dataset": "synthetic"}},
         "methods": {m: {} for m in methods if m != "cot"},
         "baselines": ["cot"] if "cot" in methods else [],
@@ -65,57 +82,82 @@ def make_config(methods=METHODS, benchmarks=tuple(BENCHMARKS)):
     })
 
 
-def make_results(root: Path, methods=METHODS, benchmarks=tuple(BENCHMARKS), steps: int = 30) -> Path:
-    """Fake results/{backbone}/{method}/{eval,checkpoint} for `methods` x `benchmarks`."""
+def make_results(root: Path, methods=METHODS, benchmarks=tuple(BENCHMARKS), steps: int = 30,
+                 seeds=(0,), spread: float = 0.0) -> Path:
+    """Fake results/{backbone}/{method}/seed{seed}/{eval,checkpoint} for `methods` x `benchmarks` x `seeds`;
+    seed i's Pass@1 is off by `spread` x (i - the middle seed), so the mean over seeds stays PASS1."""
     rng = np.random.default_rng(0)
     for m in methods:
-        base = root / BACKBONE / m
-        for b in benchmarks:
-            p1 = PASS1[m][b]
-            metrics = {"benchmark": b, "method": m, "backbone": BACKBONE, "kind": "math",
-                       "distribution": BENCHMARKS[b], "ood": BENCHMARKS[b] == "ood", "n_problems": 8, "k": K,
-                       "n_samples": 8 * K, "mean_tokens": TOKENS[m] + (10.0 if BENCHMARKS[b] == "ood" else 0.0),
-                       "mean_thinking_tokens": TOKENS[m] - 5, **{f"pass@{j}": pass_at(p1, j) for j in (1, 2, 4)}}
-            if m in ("tarpo", "lepo"):
-                metrics["soft_ratio"] = 0.3 if m == "tarpo" else 1.0
-                samples = TARPO_SAMPLES if m == "tarpo" else [
-                    {"n_thinking": 6, "soft": [1] * 6 + [0], "n_tokens": 7}]
-            else:
-                samples = [{"n_thinking": 5, "soft": [0] * 6, "n_tokens": 6}]
-            if m == "hrpo":
-                metrics["mean_gate"] = 0.99
-            (base / "eval").mkdir(parents=True, exist_ok=True)
-            (base / "eval" / f"{b}.json").write_text(json.dumps(metrics))
-            rows = [{"problem_id": f"p{i}", "sample": 0, "correct": False, **s} for i, s in enumerate(samples)]
-            (base / "eval" / f"{b}.samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        if m != "cot":
-            (base / "checkpoint").mkdir(parents=True, exist_ok=True)
-            lines = []
-            for step in range(1, steps + 1):
-                row = {"step": step, "reward_mean": min(1.0, 0.2 + 0.01 * step + 0.05 * rng.standard_normal()),
-                       "reward_std": 0.3, "loss": 0.1, "kl": 0.001 * step, "token_entropy": 2.0,
-                       "completion_length": 60 - 0.5 * step + rng.standard_normal(), "lr": 1e-4}
-                if m == "tarpo":
-                    row.update(soft_ratio=0.01 + 0.005 * step, action_entropy=0.06 + 0.004 * step,
-                               topk_entropy=1.5, soft_hard_distance=0.1)
-                if m == "lepo":
-                    row.update(soft_ratio=1.0)
+        for seed in seeds:
+            base = root / BACKBONE / m / f"seed{seed}"
+            for b in benchmarks:
+                correct = counts(PASS1[m][b] + spread * (seed - (len(seeds) - 1) / 2))
+                metrics = {"benchmark": b, "method": m, "backbone": BACKBONE, "kind": "math",
+                           "distribution": BENCHMARKS[b], "ood": BENCHMARKS[b] == "ood", "n_problems": N_PROBLEMS,
+                           "k": K, "n_samples": N_PROBLEMS * K, "seed": seed,
+                           "mean_tokens": TOKENS[m] + (10.0 if BENCHMARKS[b] == "ood" else 0.0),
+                           "mean_thinking_tokens": TOKENS[m] - 5,
+                           **{f"pass@{j}": pass_at_counts(correct, j) for j in (1, 2, 4)},
+                           "correct_per_problem": correct,
+                           "tokens_per_problem": {p: TOKENS[m] + (10.0 if BENCHMARKS[b] == "ood" else 0.0)
+                                                  for p in correct},
+                           "machine": {"platform": "Linux-test", "cpus": 2, "torch": "2.x", "device": "cpu",
+                                       "date": "2026-01-02"}}
+                if b.startswith("synthetic"):  # one lucky sample in every problem with three or more correct
+                    lucky = {p: int(c >= 3) for p, c in correct.items()}
+                    metrics.update(lucky_per_problem=lucky, lucky_samples=sum(lucky.values()),
+                                   lucky_share=sum(lucky.values()) / max(sum(correct.values()), 1))
+                if m in ("tarpo", "lepo"):
+                    metrics["soft_ratio"] = 0.3 if m == "tarpo" else 1.0
+                    samples = TARPO_SAMPLES if m == "tarpo" else [
+                        {"n_thinking": 6, "soft": [1] * 6 + [0], "n_tokens": 7}]
+                else:
+                    samples = [{"n_thinking": 5, "soft": [0] * 6, "n_tokens": 6}]
                 if m == "hrpo":
-                    row.update(mean_gate=0.99 - 0.0005 * step)
-                lines.append(json.dumps(row))
-            (base / "checkpoint" / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+                    metrics["mean_gate"] = 0.99
+                (base / "eval").mkdir(parents=True, exist_ok=True)
+                (base / "eval" / f"{b}.json").write_text(json.dumps(metrics))
+                rows = [{"problem_id": f"p{i}", "sample": 0, "correct": False, **s} for i, s in enumerate(samples)]
+                (base / "eval" / f"{b}.samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+            if m != "cot":
+                (base / "checkpoint").mkdir(parents=True, exist_ok=True)
+                lines = []
+                for step in range(1, steps + 1):
+                    row = {"step": step, "reward_mean": min(1.0, 0.2 + 0.01 * step + 0.05 * rng.standard_normal()),
+                           "reward_std": 0.3, "loss": 0.1, "kl": 0.001 * step, "token_entropy": 2.0,
+                           "completion_length": 60 - 0.5 * step + rng.standard_normal(), "lr": 1e-4}
+                    if m == "tarpo":
+                        row.update(soft_ratio=0.01 + 0.005 * step, action_entropy=0.06 + 0.004 * step,
+                                   topk_entropy=1.5, soft_hard_distance=0.1)
+                    if m == "lepo":
+                        row.update(soft_ratio=1.0)
+                    if m == "hrpo":
+                        row.update(mean_gate=0.99 - 0.0005 * step)
+                    lines.append(json.dumps(row))
+                (base / "checkpoint" / "metrics.jsonl").write_text("\n".join(lines) + "\n")
     return root
 
 
 def md_table(path: Path) -> tuple[list[str], list[list[str]]]:
-    """Header and body rows of the pipe table in a markdown file."""
-    lines = [ln for ln in path.read_text().splitlines() if ln.startswith("|")]
+    """Header and body rows of the (first) pipe table in a markdown file."""
+    lines = []
+    for ln in path.read_text().splitlines():
+        if ln.startswith("|"):
+            lines.append(ln)
+        elif lines:
+            break
     split = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines]
     return split[0], split[2:]
 
 
 def number(cell: str) -> float:
-    return float(cell.strip("*")) if cell != plots.MISSING else math.nan
+    """The value of a '55.0 ± 4.1' cell (bold or not)."""
+    cell = cell.strip("*")
+    return float(cell.split(" ± ")[0]) if cell != plots.MISSING else math.nan
+
+
+def half_width(cell: str) -> float:
+    return float(cell.strip("*").split(" ± ")[1])
 
 
 @pytest.fixture(scope="module")
@@ -130,34 +172,56 @@ def full(tmp_path_factory):
 def test_every_output_is_written_and_parses(full):
     results, out = full
     summary = pd.read_csv(results / BACKBONE / "summary.csv")
-    assert list(summary.columns) == ["backbone", "method", "benchmark", "split", "metric", "value"]
+    assert list(summary.columns) == ["backbone", "method", "benchmark", "split", "metric", "value", "ci_low",
+                                     "ci_high", "n_seeds", "best"]
     assert set(summary.method) == set(METHODS)
+    paired = pd.read_csv(results / BACKBONE / "paired.csv")
+    assert set(paired.comparison) == {"vs_cot", "vs_grpo", "best_vs_runner_up"}
     for name in plots.FIGURES:
         png = out / BACKBONE / f"{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000, name
     for where in (out / BACKBONE / "tables", out / "tables"):
         table = pd.read_csv(where / "main.csv")
         assert list(table.method) == list(METHODS)
+        assert {"synthetic_test_id Pass@1 ci_low", "synthetic_test_id Pass@1 ci_high"} <= set(table.columns)
         tex = (where / "main.tex").read_text()
         assert tex.count("\\begin{tabular}") == 1 and "\\bottomrule" in tex and "synthetic\\_test\\_id" in tex
         assert tex.count("\\\\") == 2 + len(METHODS)  # benchmark row, metric row, one row per method
+        assert "$\\pm$" in tex
+        assert (where / "paired.md").read_text().count("method − CoT") == 1
+        assert (where / "paired.tex").read_text().count("\\begin{tabular}") == 2  # vs CoT, vs GRPO
     assert not list(results.rglob(".*.tmp*"))
 
 
-def test_summary_holds_the_inputs_and_split_averages(full):
+def test_summary_holds_the_inputs_intervals_and_split_averages(full):
     results, _ = full
-    s = pd.read_csv(results / BACKBONE / "summary.csv").set_index(["method", "benchmark", "split", "metric"]).value
+    s = pd.read_csv(results / BACKBONE / "summary.csv").set_index(["method", "benchmark", "split", "metric"])
     for m in METHODS:
         for b, split in BENCHMARKS.items():
-            assert s[(m, b, split, "pass@1")] == pytest.approx(PASS1[m][b])
-            assert s[(m, b, split, f"pass@{K}")] == pytest.approx(pass_at(PASS1[m][b], K))
-        assert s[(m, plots.AVERAGE, "id", "pass@1")] == pytest.approx((PASS1[m]["synthetic_test_id"]
-                                                                        + PASS1[m]["gsm8k"]) / 2)
-        assert s[(m, plots.AVERAGE, "ood", "mean_tokens")] == pytest.approx(TOKENS[m] + 10)
+            correct = counts(PASS1[m][b])
+            assert s.value[(m, b, split, "pass@1")] == pytest.approx(PASS1[m][b])
+            assert s.value[(m, b, split, f"pass@{K}")] == pytest.approx(pass_at_counts(correct, K))
+            low, high = s.ci_low[(m, b, split, "pass@1")], s.ci_high[(m, b, split, "pass@1")]
+            assert low < PASS1[m][b] < high and high - low < 0.5
+            assert s.n_seeds[(m, b, split, "pass@1")] == 1
+        assert s.value[(m, plots.AVERAGE, "id", "pass@1")] == pytest.approx((PASS1[m]["synthetic_test_id"]
+                                                                              + PASS1[m]["gsm8k"]) / 2)
+        assert s.value[(m, plots.AVERAGE, "ood", "mean_tokens")] == pytest.approx(TOKENS[m] + 10)
+        # constant tokens per problem: a zero-width interval
+        assert s.ci_low[(m, "gsm8k", "id", "mean_tokens")] == s.ci_high[(m, "gsm8k", "id", "mean_tokens")]
+        # the ID average's interval is narrower than either benchmark's (two independent halves)
+        avg = s.ci_high[(m, plots.AVERAGE, "id", "pass@1")] - s.ci_low[(m, plots.AVERAGE, "id", "pass@1")]
+        assert avg < max(s.ci_high[(m, b, "id", "pass@1")] - s.ci_low[(m, b, "id", "pass@1")]
+                         for b in ("synthetic_test_id", "gsm8k"))
+        # lucky share: lucky / correct, pooled over problems, with its interval
+        correct = counts(PASS1[m]["synthetic_test_id"])
+        want = sum(c >= 3 for c in correct.values()) / sum(correct.values())
+        assert s.value[(m, "synthetic_test_id", "id", "lucky_share")] == pytest.approx(want)
+        assert (m, "gsm8k", "id", "lucky_share") not in s.index
 
 
-def test_markdown_table_numbers_equal_the_inputs_and_best_is_bold(full):
-    _, out = full
+def test_best_is_bold_only_where_significantly_above_the_runner_up(full):
+    results, out = full
     header, rows = md_table(out / BACKBONE / "tables" / "main.md")
     ids = [b for b, s in BENCHMARKS.items() if s == "id"]
     expected_cols = ["Method"] + [f"{b} Pass@{j}" for b in BENCHMARKS for j in (1, K)] + \
@@ -165,21 +229,76 @@ def test_markdown_table_numbers_equal_the_inputs_and_best_is_bold(full):
     assert header == expected_cols
     assert [r[0] for r in rows] == [plots.METHOD_LABEL[m] for m in METHODS]
     for row, m in zip(rows, METHODS):
-        want = [100 * pass_at(PASS1[m][b], j) for b in BENCHMARKS for j in (1, K)]
-        want += [100 * np.mean([pass_at(PASS1[m][b], j) for b in ids]) for j in (1, K)]
-        want += [100 * pass_at(PASS1[m]["synthetic_test_ood"], j) for j in (1, K)]
-        assert [number(c) for c in row[1:]] == pytest.approx(want, abs=0.005)
+        c = {b: counts(PASS1[m][b]) for b in BENCHMARKS}
+        want = [100 * pass_at_counts(c[b], j) for b in BENCHMARKS for j in (1, K)]
+        want += [100 * np.mean([pass_at_counts(c[b], j) for b in ids]) for j in (1, K)]
+        want += [100 * pass_at_counts(c["synthetic_test_ood"], j) for j in (1, K)]
+        assert [number(cell) for cell in row[1:]] == pytest.approx(want, abs=0.05)
+        assert all(half_width(cell) > 0 for cell in row[1:])  # every value carries its interval
+    paired = pd.read_csv(results / BACKBONE / "paired.csv")
+    best = paired[paired.comparison == "best_vs_runner_up"]
     for col in range(1, len(header)):
-        values = [number(r[col]) for r in rows]
-        bold = [r[col].startswith("**") and r[col].endswith("**") for r in rows]
-        assert bold == [v == max(values) for v in values], header[col]
-    # by hand: TARPO is best on synthetic_test_id Pass@1 (55.00), LEPO on gsm8k Pass@1 (43.00)
-    assert rows[METHODS.index("tarpo")][1] == "**55.00**" and rows[METHODS.index("lepo")][3] == "**43.00**"
-    # ID avg Pass@1: HRPO (0.52 + 0.41) / 2 = 46.50 and TARPO (0.55 + 0.42) / 2 = 48.50 (best)
-    id_avg = header.index("ID avg Pass@1")
-    assert rows[METHODS.index("hrpo")][id_avg] == "46.50" and rows[METHODS.index("tarpo")][id_avg] == "**48.50**"
+        bold = [r[col].startswith("**") for r in rows]
+        group, metric = header[col].rsplit(" ", 1)
+        bench = {"ID avg": plots.AVERAGE, "OOD avg": plots.AVERAGE}.get(group, group)
+        split = {"ID avg": "id", "OOD avg": "ood"}.get(group, BENCHMARKS.get(group))
+        test = best[(best.benchmark == bench) & (best.split == split) & (best.metric == metric.lower())]
+        assert len(test) == 1, header[col]
+        top = plots.METHOD_LABEL[test.method.iloc[0]]
+        assert bold == [bool(test.significant.iloc[0]) and r[0] == top for r in rows], header[col]
+    # by hand: TARPO 45% vs HRPO 22% on synthetic_test_ood is a clear win; 55% vs 52% on synthetic_test_id is not
+    assert rows[METHODS.index("tarpo")][header.index("synthetic_test_ood Pass@1")].startswith("**45.0 ± ")
+    assert not any(r[header.index("synthetic_test_id Pass@1")].startswith("**") for r in rows)
     tex = (out / BACKBONE / "tables" / "main.tex").read_text()
-    assert "TARPO & \\textbf{55.00}" in tex
+    assert "\\textbf{45.0}" in tex
+
+
+def test_paired_comparisons_against_cot_and_grpo(full):
+    results, out = full
+    paired = pd.read_csv(results / BACKBONE / "paired.csv")
+    vs_cot = paired[paired.comparison == "vs_cot"].set_index(["method", "benchmark", "split"])
+    for m in ("grpo", "hrpo", "lepo", "tarpo"):
+        for b, split in BENCHMARKS.items():
+            row = vs_cot.loc[(m, b, split)]
+            assert row.delta == pytest.approx(PASS1[m][b] - PASS1["cot"][b])
+            assert row.ci_low <= row.delta <= row.ci_high and 0 < row.p_value <= 1
+            assert row.significant == (row.ci_low > 0 or row.ci_high < 0)
+            assert row.n_problems == N_PROBLEMS and row.n_seeds == 1
+        avg = vs_cot.loc[(m, plots.AVERAGE, "id")]
+        assert avg.delta == pytest.approx(np.mean([PASS1[m][b] - PASS1["cot"][b] for b in ("synthetic_test_id", "gsm8k")]))
+    assert vs_cot.loc[("tarpo", "synthetic_test_ood", "ood")].significant  # +35 points
+    vs_grpo = paired[paired.comparison == "vs_grpo"]
+    assert set(vs_grpo.method) == {"hrpo", "lepo", "tarpo"}  # CoT - GRPO would repeat GRPO - CoT
+    header, rows = md_table(out / BACKBONE / "tables" / "paired.md")
+    assert header == ["Method", "synthetic_test_id", "gsm8k", "synthetic_test_ood", "ID avg", "OOD avg"]
+    tarpo = rows[[r[0] for r in rows].index("TARPO")]
+    assert tarpo[3].startswith("**+35.0 [") and "p<0.001" in tarpo[3]
+
+
+def test_precision_is_reported_per_benchmark(full):
+    _, out = full
+    md = (out / BACKBONE / "tables" / "main.md").read_text()
+    assert f"synthetic_test_id: {N_PROBLEMS} problems x {K} samples x 1 seed; Pass@1 interval ±" in md
+    assert "paired difference to CoT ±" in md
+
+
+def test_several_seeds_widen_intervals_and_pair_by_seed(tmp_path):
+    results = make_results(tmp_path / "results", seeds=(0, 1, 2), spread=0.04)
+    out = results / "figures"
+    plots.summarise(make_config(seeds=(0, 1, 2)), results, out)
+    s = pd.read_csv(results / BACKBONE / "summary.csv").set_index(["method", "benchmark", "split", "metric"])
+    key = ("tarpo", "synthetic_test_id", "id", "pass@1")
+    assert s.n_seeds[key] == 3 and s.value[key] == pytest.approx(PASS1["tarpo"]["synthetic_test_id"])
+    paired = pd.read_csv(results / BACKBONE / "paired.csv")
+    assert set(paired.n_seeds) == {3}
+    for name in plots.FIGURES:
+        assert (out / BACKBONE / f"{name}.png").stat().st_size > 10_000
+    one = make_results(tmp_path / "one")
+    plots.summarise(make_config(), one, one / "figures")
+    s1 = pd.read_csv(one / BACKBONE / "summary.csv").set_index(["method", "benchmark", "split", "metric"])
+    # seeds that disagree (Pass@1 51%, 55%, 59%) add their spread to the interval
+    assert s.ci_high[key] - s.ci_low[key] > s1.ci_high[key] - s1.ci_low[key]
+    assert "3 seeds" in (out / BACKBONE / "tables" / "main.md").read_text()
 
 
 def test_soft_ratio_by_position_is_the_hand_computed_one(full):
@@ -192,6 +311,8 @@ def test_soft_ratio_by_position_is_the_hand_computed_one(full):
     assert tarpo_id.soft_steps.tolist() == [2 * s for s in HAND_SOFT]  # two ID benchmarks
     assert tarpo_id.soft_ratio.tolist() == pytest.approx([a / b for a, b in zip(HAND_SOFT, HAND_STEPS)])
     assert tarpo_id.soft_ratio.tolist()[3] == 0.5 and tarpo_id.soft_ratio.tolist()[1] == 1.0
+    assert (tarpo_id.ci_low <= tarpo_id.soft_ratio).all() and (tarpo_id.soft_ratio <= tarpo_id.ci_high).all()
+    assert tarpo_id.ci_low.tolist()[1] == 1.0  # every step of bin 1 soft: no uncertainty left
     lepo = pos[pos.method == "lepo"]
     # six thinking steps, all soft (the answer step is not counted): bins 0, 2, 4, 5, 7, 9; the rest empty (NaN)
     assert lepo.groupby("split").thinking_steps.sum().tolist() == [6 * 2, 6]
@@ -211,7 +332,7 @@ def test_missing_methods_and_benchmarks_degrade_gracefully(tmp_path, capsys):
     # TARPO never trained or evaluated, HRPO trained but evaluated on one benchmark only, LEPO never trained
     results = make_results(tmp_path / "results", methods=("cot", "grpo", "lepo"))
     make_results(tmp_path / "results", methods=("hrpo",), benchmarks=("synthetic_test_id",))
-    shutil.rmtree(results / BACKBONE / "lepo" / "checkpoint")
+    shutil.rmtree(results / BACKBONE / "lepo" / "seed0" / "checkpoint")
     out = results / "figures"
     plots.summarise(make_config(), results, out)
     for name in plots.FIGURES:
@@ -219,13 +340,28 @@ def test_missing_methods_and_benchmarks_degrade_gracefully(tmp_path, capsys):
     header, rows = md_table(out / BACKBONE / "tables" / "main.md")
     assert [r[0] for r in rows] == ["CoT", "GRPO", "HRPO", "LEPO"]
     hrpo = rows[2]
-    assert hrpo[header.index("synthetic_test_id Pass@1")] == "**52.00**"  # best once TARPO is missing
+    assert number(hrpo[header.index("synthetic_test_id Pass@1")]) == 52.0
     assert hrpo[header.index("gsm8k Pass@1")] == plots.MISSING
     assert hrpo[header.index("ID avg Pass@1")] == plots.MISSING  # never an average over fewer benchmarks
     md = (out / BACKBONE / "tables" / "main.md").read_text()
     assert "TARPO: no evaluation results yet" in md and "HRPO: no result on gsm8k, synthetic_test_ood (so no average" in md
     assert pd.read_csv(out / BACKBONE / "soft_position.csv").method.unique().tolist() == ["lepo"]
     assert "no training metrics" in capsys.readouterr().out
+
+
+def test_results_without_per_problem_counts_get_no_interval_and_no_bold(tmp_path):
+    results = make_results(tmp_path / "results")
+    for path in results.rglob("*.json"):  # as written before the statistics existed
+        metrics = json.loads(path.read_text())
+        for key in ("correct_per_problem", "tokens_per_problem", "lucky_per_problem"):
+            metrics.pop(key, None)
+        path.write_text(json.dumps(metrics))
+    out = results / "figures"
+    plots.summarise(make_config(), results, out)
+    header, rows = md_table(out / BACKBONE / "tables" / "main.md")
+    assert number(rows[METHODS.index("tarpo")][1]) == 55.0 and " ± " not in rows[0][1]
+    assert not any(cell.startswith("**") for r in rows for cell in r)
+    assert pd.read_csv(results / BACKBONE / "paired.csv").empty
 
 
 def test_nothing_at_all_still_writes_every_output(tmp_path):
@@ -236,36 +372,43 @@ def test_nothing_at_all_still_writes_every_output(tmp_path):
     for fmt in plots.TABLE_FORMATS:
         assert (out / BACKBONE / "tables" / f"main.{fmt}").exists() and (out / "tables" / f"main.{fmt}").exists()
     assert "No evaluation results" in (out / BACKBONE / "tables" / "main.md").read_text()
-
-
-def test_ties_are_all_bold_and_a_column_without_a_loser_has_no_best():
-    index = pd.MultiIndex.from_tuples([("a", "cot"), ("a", "grpo"), ("a", "tarpo"), ("b", "cot")],
-                                      names=["backbone", "method"])
-    cols = pd.MultiIndex.from_tuples([("x", "Pass@1"), ("y", "Pass@1")], names=["group", "metric"])
-    table = pd.DataFrame([[10.0, 5.0], [20.001, 5.0], [19.999, math.nan], [1.0, 3.0]], index=index, columns=cols)
-    mask = plots.best_mask(table)
-    assert mask[("x", "Pass@1")].tolist() == [False, True, True, False]  # 20.00 == 20.00 as shown; b has one row
-    assert not mask[("y", "Pass@1")].any()  # all equal within a: nothing is best
+    assert (out / "tables" / "paired.md").exists()
 
 
 def test_combined_table_groups_backbones(tmp_path):
     results = make_results(tmp_path / "results")
     cfg = make_config()
     plots.summarise_backbone(cfg, results, tmp_path / "figures", BACKBONE)
-    other = pd.read_csv(results / BACKBONE / "summary.csv")
-    other["backbone"] = "big"
-    other.loc[other.metric.str.startswith("pass@"), "value"] *= 0.5
     (results / "big").mkdir()
-    other.to_csv(results / "big" / "summary.csv", index=False)
+    for name in ("summary", "paired"):
+        other = pd.read_csv(results / BACKBONE / f"{name}.csv")
+        other["backbone"] = "big"
+        other.to_csv(results / "big" / f"{name}.csv", index=False)
     cfg.backbones["big"] = cfg.backbones[BACKBONE]
     plots.combined_table(cfg, results, tmp_path / "figures")
     header, rows = md_table(tmp_path / "figures" / "tables" / "main.md")
     assert header[:2] == ["Backbone", "Method"] and [r[0] for r in rows] == [BACKBONE] * 5 + ["big"] * 5
-    col = header.index("synthetic_test_id Pass@1")
+    col = header.index("synthetic_test_ood Pass@1")
     # best is per backbone: TARPO in both blocks
     assert [r[col].startswith("**") for r in rows] == [m == "tarpo" for m in METHODS] * 2
-    assert rows[9][col] == "**27.50**"
     assert (tmp_path / "figures" / "tables" / "main.tex").read_text().count("\\midrule") == 2
+    assert (tmp_path / "figures" / "tables" / "paired.md").read_text().count("**big: method − CoT") == 1
+
+
+def test_results_page(full, tmp_path):
+    results, _ = full
+    page = tmp_path / "docs" / "results.md"
+    text = tables.results_page(make_config(), results, page)
+    assert page.read_text() == text
+    for heading in ("# Results: config `fake`", "## Main results", "## Paired comparisons",
+                    "## Lucky share, tokens, soft ratio / gate", "## Precision"):
+        assert heading in text, heading
+    assert "Linux-test, 2 CPUs, torch 2.x, device cpu (15 evaluations, 2026-01-02)" in text
+    assert "### tiny: method − CoT" in text and "### tiny: method − GRPO" in text
+    assert f"| synthetic_test_id | ID | {N_PROBLEMS} | {K} | 1 |" in text
+    assert "seeds: 0" in text and "This page was generated on" in text
+    tarpo = next(ln for ln in text.splitlines() if ln.startswith("| TARPO | synthetic_test_id |"))
+    assert "soft 0.300" in tarpo and " [" in tarpo  # lucky share with its interval
 
 
 def test_cli_summarises_one_backbone(tmp_path):
@@ -274,14 +417,17 @@ def test_cli_summarises_one_backbone(tmp_path):
     results = make_results(tmp_path / "results", methods=("cot", "tarpo"))
     cfg = {"name": "fake", "methods": {"tarpo": {}}, "baselines": ["cot"],
            "evaluate": {"benchmarks": list(BENCHMARKS), "k": K}}
-    args = ["summarise", "--config-json", json.dumps(cfg), "--results", str(results), "--out",
-            str(tmp_path / "figures")]
-    assert main(args + ["--backbone", BACKBONE]) == 0
+    args = ["summarise", "--config-json", json.dumps(cfg), "--results", str(results)]
+    out = ["--out", str(tmp_path / "figures")]
+    assert main(args + out + ["--backbone", BACKBONE]) == 0
     assert (results / BACKBONE / "summary.csv").exists() and (tmp_path / "figures" / BACKBONE / "pass_at_k.png").exists()
     assert not (tmp_path / "figures" / "tables").exists()  # one backbone: no all-backbone table
-    assert main(args + ["--combined"]) == 0
+    assert main(args + out + ["--combined"]) == 0
     assert (tmp_path / "figures" / "tables" / "main.md").exists()
-    assert main(args + ["--backbone", "nope"]) == 2
+    assert main(args + ["--page", str(tmp_path / "page.md")]) == 0
+    assert (tmp_path / "page.md").read_text().startswith("# Results: config `fake`")
+    assert main(args + out + ["--backbone", "nope"]) == 2
+    assert main(args) == 2  # neither --out nor --page
 
 
 def test_workflow_declares_every_figure_with_a_caption():
@@ -291,4 +437,6 @@ def test_workflow_declares_every_figure_with_a_caption():
         caption = REPO / "workflow" / "report" / f"{name}.rst"
         assert caption.exists() and caption.read_text().strip(), caption
     assert (REPO / "workflow" / "report" / "workflow.rst").exists()
+    assert (REPO / "workflow" / "report" / "paired.rst").exists()
+    assert "rule results_page" in rules
     assert re.search(r'include:\s*"workflow/rules/figures.smk"', (REPO / "Snakefile").read_text())

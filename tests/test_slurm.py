@@ -400,13 +400,13 @@ def test_paper_config_dry_run_with_the_profile_requests_gpus(tmp_path, fake):
         resources = next((ln.split(":", 1)[1].strip() for ln in block.splitlines() if "resources:" in ln), "")
         jobs[(name, wildcards)] = dict(kv.split("=", 1) for kv in resources.split(", ") if "=" in kv)
     train = {w: r for (n, w), r in jobs.items() if n == "train"}
-    assert len(train) == 5 * 4  # five backbones x four methods
+    assert len(train) == 5 * 4 * 3  # five backbones x four methods x three seeds
     for wildcards, res in train.items():
         big = "qwen2.5-7b" in wildcards or "llama3.1-8b" in wildcards
         assert res["gpu"] == ("2" if big else "1"), (wildcards, res)
         assert res["slurm_partition"] == PARTITION and res["slurm_account"] == ACCOUNT and res["nodes"] == "1"
     evaluate = [r for (n, _), r in jobs.items() if n == "evaluate"]
-    assert len(evaluate) == 5 * 5 * 8 and all(r["gpu"] == "1" for r in evaluate)
+    assert len(evaluate) == 5 * 5 * 3 * 8 and all(r["gpu"] == "1" for r in evaluate)
     assert all(r["gpu"] == "0" for (n, _), r in jobs.items() if n in ("prepare", "backbone"))
 
 
@@ -457,8 +457,8 @@ def test_paper_config_jobs_ask_for_gpus_and_multi_gpu_training_uses_accelerate(t
     """Paper-scale jobs through the fake queue with the ML stubbed out: what each sbatch asked for."""
     fake = fake_stub_ml
     wd = _workdir(tmp_path)
-    targets = ["results/qwen2.5-1.5b/tarpo/checkpoint", "results/qwen2.5-7b/tarpo/checkpoint",
-               "results/qwen2.5-7b/tarpo/eval/gsm8k.json"]
+    targets = ["results/qwen2.5-1.5b/tarpo/seed0/checkpoint", "results/qwen2.5-7b/tarpo/seed0/checkpoint",
+               "results/qwen2.5-7b/tarpo/seed0/eval/gsm8k.json"]
     proc = _snakemake(wd, fake.env(), *targets, "--configfile", "config/paper.yaml")
     out = _out(proc)
     assert proc.returncode == 0, out[-6000:]
@@ -467,8 +467,8 @@ def test_paper_config_jobs_ask_for_gpus_and_multi_gpu_training_uses_accelerate(t
 
     subs = {(s["rule"], s["wildcards"]): s["options"] for s in fake.submissions()}
     assert sorted(subs) == [
-        ("backbone", "qwen2.5-1.5b"), ("backbone", "qwen2.5-7b"), ("evaluate", "qwen2.5-7b_tarpo_gsm8k"),
-        ("prepare", "gsm8k_train"), ("train", "qwen2.5-1.5b_tarpo"), ("train", "qwen2.5-7b_tarpo"),
+        ("backbone", "qwen2.5-1.5b"), ("backbone", "qwen2.5-7b"), ("evaluate", "qwen2.5-7b_tarpo_0_gsm8k"),
+        ("prepare", "gsm8k_train"), ("train", "qwen2.5-1.5b_tarpo_0"), ("train", "qwen2.5-7b_tarpo_0"),
     ], sorted(subs)
     for opts in subs.values():
         assert opts["-p"] == PARTITION and opts["-A"] == ACCOUNT and opts["--nodes"] == "1"
@@ -476,9 +476,9 @@ def test_paper_config_jobs_ask_for_gpus_and_multi_gpu_training_uses_accelerate(t
     want = {
         ("prepare", "gsm8k_train"): (None, "1", "8000", "30"),
         ("backbone", "qwen2.5-1.5b"): (None, "2", "16000", "120"),
-        ("train", "qwen2.5-1.5b_tarpo"): ("1", "8", "64000", "2880"),
-        ("train", "qwen2.5-7b_tarpo"): ("2", "16", "128000", "2880"),
-        ("evaluate", "qwen2.5-7b_tarpo_gsm8k"): ("1", "8", "64000", "720"),
+        ("train", "qwen2.5-1.5b_tarpo_0"): ("1", "8", "64000", "2880"),
+        ("train", "qwen2.5-7b_tarpo_0"): ("2", "16", "128000", "2880"),
+        ("evaluate", "qwen2.5-7b_tarpo_0_gsm8k"): ("1", "8", "64000", "720"),
     }
     for key, (gpus, cpus, mem, time) in want.items():
         opts = subs[key]

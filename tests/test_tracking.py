@@ -80,6 +80,7 @@ def test_fluent_mlflow_calls_log_into_the_run(store):
     assert "MLFLOW_TRACKING_URI" not in os.environ  # mlflow.set_tracking_uri exports it; start_run puts it back
     got = MlflowClient(tracking_uri=tracking.tracking_uri(store)).get_run(run.run_id)
     assert got.info.run_name == "tiny/sft/warm_start"
+    assert tracking.run_name("tiny", "tarpo", "train", seed=2) == "tiny/tarpo/seed2/train"
     assert got.info.status == "FINISHED"
     assert got.data.metrics["loss"] == 0.5
     assert got.data.params["lib_param"] == "x"

@@ -202,6 +202,32 @@ def test_dry_run_fails_on_misspelt_key_naming_it(workdir, dotted, value):
     assert dotted.rsplit(".", 1)[-1] in _out(proc)
 
 
+def test_every_seed_trains_and_evaluates_every_method(workdir):
+    cfg = yaml.safe_load((workdir / "config" / "smoke.yaml").read_text())
+    cfg["seeds"] = [0, 5]
+    (workdir / "config" / "seeds.yaml").write_text(yaml.safe_dump(cfg))
+    proc = snakemake(workdir, "-n", "-p", "all", "--configfile", "config/seeds.yaml")
+    out = _out(proc)
+    assert proc.returncode == 0, out
+    stats = out.split("Job stats:", 1)[1].split("total", 1)[0]
+    counts = {row.split()[0]: int(row.split()[1]) for row in stats.splitlines()[3:] if row.strip()}
+    assert counts["train"] == 4 * 2 and counts["evaluate"] == 5 * 2 * 2  # methods (+ cot) x seeds x benchmarks
+    assert "--out results/tiny/tarpo/seed5/checkpoint" in out
+    assert "results/tiny/cot/seed5/eval/synthetic_test_ood.json" in out
+    train = next(ln for ln in proc.stdout.splitlines() if "tarpo train" in ln and "--seed 5" in ln)
+    sliced = json.loads(train.split("--config-json '", 1)[1].split("' --backbone", 1)[0])
+    assert sliced["seeds"] == [5]  # a job's slice holds its own seed only: adding a seed reruns no other job
+    assert "results/figures/tables/results.md" in out  # not the default config: the page stays under results/
+
+
+def test_seeds_must_be_a_non_empty_list_of_distinct_seeds():
+    for bad, match in (([], "at least one"), ([1, 1], "repeat"), ([-1], "non-negative")):
+        with pytest.raises(tconfig.ConfigError, match=match):
+            tconfig.load_config({"seeds": bad})
+    assert tconfig.load_config({}).seeds == [0]
+    assert tconfig.load_config(REPO / "config" / "paper.yaml").seeds == [0, 1, 2]
+
+
 def test_dry_run_fails_on_unknown_method_naming_it(workdir):
     cfg = _default_config()
     cfg["methods"]["ppo"] = {}
@@ -216,8 +242,8 @@ def test_dvc_stages_parse():
     proc = subprocess.run([str(dvc), "stage", "list"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     names = {line.split()[0] for line in proc.stdout.splitlines() if line.strip()}
-    assert {"prepare@synthetic", "backbone@tiny", "train@tiny-tarpo", "evaluate@tiny-tarpo-synthetic_test_id",
-            "evaluate_baseline@tiny-cot-synthetic_test_ood"} <= names
+    assert {"prepare@synthetic", "backbone@tiny", "train@tiny-tarpo-0", "evaluate@tiny-tarpo-0-synthetic_test_id",
+            "evaluate_baseline@tiny-cot-0-synthetic_test_ood"} <= names
 
 
 # ------------------------------------------------------------------ a real run

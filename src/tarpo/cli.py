@@ -22,6 +22,14 @@ def _config(args: argparse.Namespace) -> Config:
     return load_config(args.config)
 
 
+def _seeded(cfg: Config, seed: int | None) -> Config:
+    """`--seed` (default: the config's first of `seeds`) becomes `cfg.seed` for this run: the training RNG,
+    batch order and rollout sampling of `train`, the sampling of `evaluate`. (`seed` itself stays the
+    backbone warm start's seed; `tarpo backbone` reads it as it is.)"""
+    cfg.seed = cfg.seeds[0] if seed is None else seed
+    return cfg
+
+
 def cmd_schema(args: argparse.Namespace) -> None:
     from tarpo.config import schema_yaml
 
@@ -68,14 +76,14 @@ def cmd_backbone(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     from tarpo.trainer import train
 
-    cfg = _config(args)
+    cfg = _seeded(_config(args), args.seed)
     train(cfg, args.backbone, args.method, Path(args.backbone_dir), Path(args.data), Path(args.out))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from tarpo.evaluate import evaluate
 
-    cfg = _config(args)
+    cfg = _seeded(_config(args), args.seed)
     evaluate(
         cfg,
         backbone=args.backbone,
@@ -92,7 +100,14 @@ def cmd_summarise(args: argparse.Namespace) -> None:
     from tarpo.plots import summarise
 
     cfg = _config(args)
-    if args.combined:
+    if not args.page and not args.out:
+        raise ConfigError("tarpo summarise needs --out (figures and tables) or --page (the results page)")
+    if args.page:
+        from tarpo.tables import results_page
+
+        results_page(cfg, Path(args.results), Path(args.page))
+        print(f"summarise: results page -> {args.page}")
+    elif args.combined:
         from tarpo.plots import combined_table
 
         combined_table(cfg, Path(args.results), Path(args.out))
@@ -136,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone-dir", required=True, help="directory written by `tarpo backbone`")
     p.add_argument("--data", required=True, help="prepared training dataset directory")
     p.add_argument("--out", required=True, help="checkpoint directory; a rerun resumes from it")
+    p.add_argument("--seed", type=int, help="training seed (default: the first of the config's `seeds`)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", parents=[conf], help="sample k completions per problem and score them")
@@ -146,16 +162,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--benchmark", required=True)
     p.add_argument("--data-root", default="results/data", help="where prepared datasets live (default: %(default)s)")
     p.add_argument("--out", required=True, help="result JSON; samples go beside it")
+    p.add_argument("--seed", type=int, help="sampling seed (default: the first of the config's `seeds`)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("summarise", parents=[conf], help="tables and figures from every evaluation")
     p.add_argument("--results", default="results", help="results root (default: %(default)s)")
-    p.add_argument("--out", required=True, help="figures and tables go to OUT/{backbone}/ (OUT/tables/: all backbones)")
+    p.add_argument("--out", help="figures and tables go to OUT/{backbone}/ (OUT/tables/: all backbones)")
     p.add_argument("--backbone", action="append",
                    help="summarise only this backbone (repeatable); default: every configured backbone, then the "
                    "all-backbone table")
     p.add_argument("--combined", action="store_true",
-                   help="only the all-backbone table OUT/tables/main.*, from each results/{backbone}/summary.csv")
+                   help="only the all-backbone tables OUT/tables/main.*, paired.*, from each "
+                   "results/{backbone}/summary.csv, paired.csv")
+    p.add_argument("--page", help="only the Markdown results page, written to PAGE (from each "
+                   "results/{backbone}/summary.csv, paired.csv and the evaluations)")
     p.set_defaults(func=cmd_summarise)
     return parser
 

@@ -184,7 +184,19 @@ class Config:
     """The whole pipeline configuration (the workflow's config file)."""
 
     name: str = _doc("Experiment name (the MLflow experiment).", default="default")
-    seed: int = _doc("Global seed of training and evaluation.", default=0)
+    seed: int = _doc("Seed of the embedded backbone's warm start (the synthetic data has its own, datasets.NAME.seed).",
+                     default=0)
+    seeds: list[int] = _doc(
+        "Seeds of training and evaluation: every trained method is trained and evaluated once per seed, CoT "
+        "evaluated once per seed (its sampling seed), so comparisons pair by seed. `tarpo train` / `tarpo "
+        "evaluate --seed S` runs one of them (default: the first).",
+        default_factory=lambda: [0],
+    )
+    results_page: str = _doc(
+        "Markdown page `snakemake all` writes from the summaries (main table with 95% CIs, paired comparisons, "
+        "lucky share, tokens, machine); config/config.yaml sends the default run's to the tracked docs/results.md.",
+        default="results/figures/tables/results.md",
+    )
     datasets: dict[str, SyntheticDataConfig] = _doc(
         "Generated datasets by name.", default_factory=lambda: {"synthetic": SyntheticDataConfig()}
     )
@@ -307,6 +319,12 @@ def to_dict(obj: Any) -> Any:
 
 def validate(cfg: Config) -> Config:
     """Cross-field checks the types cannot express."""
+    if not cfg.seeds:
+        raise ConfigError("'seeds' must list at least one seed")
+    if len(set(cfg.seeds)) != len(cfg.seeds):
+        raise ConfigError(f"'seeds' must not repeat a seed, got {cfg.seeds}")
+    if any(s < 0 for s in cfg.seeds):
+        raise ConfigError(f"'seeds' must be non-negative integers, got {cfg.seeds}")
     for name in cfg.methods:
         if name not in METHODS:
             raise ConfigError(f"unknown method 'methods.{name}'; known methods: {', '.join(METHODS)}")

@@ -8,8 +8,9 @@ One call evaluates one policy (a trained checkpoint, or the bare backbone for
                                 for j in 1, 2, 4, ... <= k (unbiased estimator) and its 95% bootstrap
                                 interval over problems (ci95), correct samples per problem id
                                 (correct_per_problem, what the statistics across seeds and methods need),
-                                lucky_share, mean generated tokens, soft_ratio (tarpo, lepo) / mean_gate
-                                (hrpo), the seed and sampling settings, wall time
+                                lucky_share, mean generated tokens (and per problem, tokens_per_problem),
+                                soft_ratio (tarpo, lepo) / mean_gate (hrpo), the seed and sampling
+                                settings, the machine (platform, CPUs, torch, device, date), wall time
     {benchmark}.samples.jsonl   one row per sample: problem id, sample index, completion, extracted
                                 answer, correct, chain_ok, token count, per-step soft flags (0/1), token ids
 
@@ -240,7 +241,24 @@ def summarise(rows_by_problem: list[list[dict[str, Any]]], k: int) -> dict[str, 
     metrics["mean_thinking_tokens"] = thinking / len(samples)
     metrics.update(lucky_metrics(rows_by_problem))
     metrics["correct_per_problem"] = {rows[0]["problem_id"]: c for rows, (_, c) in zip(rows_by_problem, counts)}
+    metrics["tokens_per_problem"] = {rows[0]["problem_id"]: sum(r["n_tokens"] for r in rows) / len(rows)
+                                     for rows in rows_by_problem}
     return metrics
+
+
+def machine_info(device: torch.device) -> dict[str, Any]:
+    """Where an evaluation ran, for the results page."""
+    import datetime
+    import platform
+
+    try:
+        cpus = len(os.sched_getaffinity(0))  # what this job may use, not the whole node
+    except AttributeError:
+        cpus = os.cpu_count() or 0
+    return {"platform": platform.platform(), "cpus": cpus, "torch": torch.__version__,
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "python": platform.python_version(),
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")}
 
 
 def lucky_metrics(rows_by_problem: list[list[dict[str, Any]]]) -> dict[str, Any]:
@@ -416,7 +434,7 @@ def evaluate(
         "seed": cfg.seed, "max_problems": e.max_problems,
         "revision": (cfg.benchmarks.get(benchmark, {}).get("revision", bench.revision)
                      if not cfg.benchmarks.get(benchmark, {}).get("path") else "local file"),
-        "resumed_problems": resumed,
+        "resumed_problems": resumed, "machine": machine_info(device),
         "wall_seconds": time.perf_counter() - started,
     }
     write_jsonl(paths["samples"], rows)

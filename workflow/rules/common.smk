@@ -28,6 +28,9 @@ TRAIN_SETS_USED = sorted({CFG.train_config(b, m).dataset for b in BACKBONES for 
 DATASETS = sorted(CFG.datasets) + TRAIN_SETS_USED
 EVAL_METHODS = sorted(CFG.baselines) + METHODS  # what gets evaluated: untrained baselines and trained methods
 BENCHMARKS = list(CFG.evaluate.benchmarks)
+# Every trained method is trained and evaluated once per seed, and every baseline evaluated once per seed
+# (its sampling seed), so that comparisons pair by seed: paths carry a {seed} wildcard.
+SEEDS = list(CFG.seeds)
 
 
 def _check_train_sets():
@@ -61,6 +64,19 @@ def backbone_dir(backbone):
     return f"{RESULTS}/backbones/{backbone}"
 
 
+def run_dir(backbone, method, seed):
+    """One seed's run of a method: checkpoint/, train_state/ (trained methods), eval/."""
+    return f"{RESULTS}/{backbone}/{method}/seed{seed}"
+
+
+def checkpoint_dir(backbone, method, seed):
+    return f"{run_dir(backbone, method, seed)}/checkpoint"
+
+
+def eval_json(backbone, method, seed, benchmark):
+    return f"{run_dir(backbone, method, seed)}/eval/{benchmark}.json"
+
+
 def warm_start_dataset(backbone):
     """The dataset an embedded backbone is warm-started on; None for hub backbones."""
     bb = CFG.backbones[backbone]
@@ -68,22 +84,22 @@ def warm_start_dataset(backbone):
 
 
 def backbone_targets(backbone):
-    """Everything `all` builds for one backbone (its `all_<backbone>` target).
-
-    Issues 3-5 extend this with the backbone's checkpoints, evaluations and
-    summary; `all` is the union over backbones plus the datasets."""
+    """Everything `all` builds for one backbone (its `all_<backbone>` target): the backbone (and its
+    warm-start data), a checkpoint per trained method and seed, every method's evaluation per seed on every
+    benchmark, and the backbone's summary (tables, paired comparisons, figures). `all` is the union over
+    backbones plus the datasets, the all-backbone table and the results page."""
     targets = [backbone_dir(backbone)]
     ds = warm_start_dataset(backbone)
     if ds:
         targets.append(data_dir(ds))
-    targets += [f"{RESULTS}/{backbone}/{m}/checkpoint" for m in METHODS]
-    targets += [f"{RESULTS}/{backbone}/{m}/eval/{b}.json" for m in EVAL_METHODS for b in BENCHMARKS]
-    targets.append(f"{RESULTS}/{backbone}/summary.csv")
+    targets += [checkpoint_dir(backbone, m, s) for m in METHODS for s in SEEDS]
+    targets += [eval_json(backbone, m, s, b) for m in EVAL_METHODS for s in SEEDS for b in BENCHMARKS]
+    targets += [f"{RESULTS}/{backbone}/summary.csv", f"{RESULTS}/{backbone}/paired.csv"]
     return targets
 
 
 def all_targets():
-    targets = [data_dir(d) for d in DATASETS] + [f"{RESULTS}/figures/tables/main.md"]
+    targets = [data_dir(d) for d in DATASETS] + [f"{RESULTS}/figures/tables/main.md", CFG.results_page]
     for b in BACKBONES:
         targets += [t for t in backbone_targets(b) if t not in targets]
     return targets
@@ -92,12 +108,14 @@ def all_targets():
 # ------------------------------------------------------------------ config slices
 
 
-def _slice(datasets=(), backbones=None, methods=(), sections=()):
+def _slice(datasets=(), backbones=None, methods=(), sections=(), seeds=None):
     """A complete, valid config holding only the named parts: `datasets` and
     `methods` by name, `backbones` as given, whole top-level `sections` (e.g.
-    "train", "evaluate"); every other collection empty, so its defaults do not
-    leak in. `name` (the MLflow experiment) and `seed` always travel along. A
-    registry training set in `datasets` brings its `benchmarks` override, if any."""
+    "train", "evaluate"), `seeds` when given (a per-seed job gets its own seed
+    only, so adding a seed reruns no existing job); every other collection empty,
+    so its defaults do not leak in. `name` (the MLflow experiment) and `seed`
+    always travel along. A registry training set in `datasets` brings its
+    `benchmarks` override, if any."""
     full = to_dict(CFG)
     out = {
         "name": full["name"],
@@ -107,6 +125,8 @@ def _slice(datasets=(), backbones=None, methods=(), sections=()):
         "methods": {m: full["methods"][m] for m in methods},
         "baselines": [],
     }
+    if seeds is not None:
+        out["seeds"] = [int(s) for s in seeds]
     registry = {d: full["benchmarks"][d] for d in datasets if d in full["benchmarks"]}
     if registry:
         out["benchmarks"] = registry
@@ -127,10 +147,11 @@ def backbone_config(wildcards):
 
 
 def train_config(wildcards):
-    """Everything a training job reads: its backbone, its method, the train section and the training set."""
+    """Everything a training job reads: its backbone, its method, its seed, the train section and the training set."""
     b, m = wildcards.backbone, wildcards.method
     dataset = CFG.train_config(b, m).dataset
-    return _slice(datasets=[dataset], backbones={b: to_dict(CFG.backbones[b])}, methods=[m], sections=["train"])
+    return _slice(datasets=[dataset], backbones={b: to_dict(CFG.backbones[b])}, methods=[m], sections=["train"],
+                  seeds=[wildcards.seed])
 
 
 def synthetic_dataset_of(benchmark):
@@ -149,7 +170,7 @@ def evaluate_config(wildcards):
     bb.update(train={}, method_overrides={}, resources={})
     sets = sorted({d for d in (synthetic_dataset_of(bench), warm_start_dataset(b)) if d})
     sliced = json.loads(_slice(datasets=sets, backbones={b: bb}, methods=[m] if m in CFG.methods else [],
-                               sections=["evaluate"]))
+                               sections=["evaluate"], seeds=[wildcards.seed]))
     if m not in CFG.methods:
         merged = _merge(to_dict(CFG.train), CFG.backbones[b].train)
         sliced["train"] = {key: merged[key] for key in ("max_prompt_tokens", "mixed_precision")}
@@ -169,19 +190,30 @@ def summarise_config(wildcards):
         bb.update(train={}, method_overrides={}, resources={})
         backbones[name] = bb
     datasets = sorted({warm_start_dataset(n) for n in names} - {None})
-    sliced = json.loads(_slice(datasets=datasets, backbones=backbones, methods=METHODS, sections=["evaluate"]))
+    sliced = json.loads(_slice(datasets=datasets, backbones=backbones, methods=METHODS, sections=["evaluate"],
+                               seeds=SEEDS))
     sliced["baselines"] = list(CFG.baselines)
     return json.dumps(sliced, sort_keys=True)
 
 
+def backbone_eval_jsons(backbone):
+    return [eval_json(backbone, m, s, bench) for m in EVAL_METHODS for s in SEEDS for bench in BENCHMARKS]
+
+
+def results_page_config(wildcards):
+    """The summary slice of every backbone, plus the sampling settings and `results_page` the page states."""
+    sliced = json.loads(summarise_config(wildcards))
+    sliced["results_page"] = CFG.results_page
+    return json.dumps(sliced, sort_keys=True)
+
+
 def summarise_inputs(wildcards):
-    """A backbone's evaluations (metrics + samples) and training runs (checkpoint/metrics.jsonl)."""
+    """A backbone's evaluations (metrics + samples) and training runs (checkpoint/metrics.jsonl), every seed."""
     b = wildcards.backbone
-    evals = [f"{RESULTS}/{b}/{m}/eval/{bench}" for m in EVAL_METHODS for bench in BENCHMARKS]
     return {
-        "evals": [f"{e}.json" for e in evals],
-        "samples": [f"{e}.samples.jsonl" for e in evals],
-        "checkpoints": [f"{RESULTS}/{b}/{m}/checkpoint" for m in METHODS],
+        "evals": backbone_eval_jsons(b),
+        "samples": [e[: -len(".json")] + ".samples.jsonl" for e in backbone_eval_jsons(b)],
+        "checkpoints": [checkpoint_dir(b, m, s) for m in METHODS for s in SEEDS],
     }
 
 
@@ -191,7 +223,7 @@ def summarise_inputs(wildcards):
 def evaluate_inputs(wildcards):
     inputs = {"backbone": backbone_dir(wildcards.backbone)}
     if wildcards.method in CFG.methods:
-        inputs["checkpoint"] = f"{RESULTS}/{wildcards.backbone}/{wildcards.method}/checkpoint"
+        inputs["checkpoint"] = checkpoint_dir(wildcards.backbone, wildcards.method, wildcards.seed)
     ds = synthetic_dataset_of(wildcards.benchmark)
     if ds:
         inputs["data"] = data_dir(ds)
@@ -203,7 +235,7 @@ def evaluate_inputs(wildcards):
 
 def evaluate_checkpoint_arg(wildcards):
     if wildcards.method in CFG.methods:
-        return f"--checkpoint {RESULTS}/{wildcards.backbone}/{wildcards.method}/checkpoint"
+        return f"--checkpoint {checkpoint_dir(wildcards.backbone, wildcards.method, wildcards.seed)}"
     return ""
 
 

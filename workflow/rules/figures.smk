@@ -1,12 +1,18 @@
 # Tables and figures (`tarpo summarise`). One job per backbone reads that
-# backbone's evaluations (JSON + samples) and training metrics and writes
+# backbone's evaluations (JSON + samples, every seed) and training metrics and writes
 #
-#   results/{backbone}/summary.csv                      long format, every eval metric + split averages
-#   results/figures/{backbone}/tables/main.{csv,md,tex} method x benchmark Pass@1 / Pass@k, best in bold
+#   results/{backbone}/summary.csv                      long format, every eval metric with its 95% CI
+#                                                       (over problems and seeds) + split averages
+#   results/{backbone}/paired.csv                       paired comparisons (vs CoT, vs GRPO, best vs runner-up)
+#   results/figures/{backbone}/tables/main.{csv,md,tex} method x benchmark Pass@1 / Pass@k ± CI; bold only
+#                                                       where the best is significantly above the runner-up
+#   results/figures/{backbone}/tables/paired.{md,tex}   method - CoT / - GRPO: delta, 95% CI, p-value
 #   results/figures/{backbone}/{figure}.png             the figures below (in the --report)
 #
-# and `tables` puts every backbone into results/figures/tables/main.*.
-# Both are cheap: they only read results. `snakemake --report report.html`
+# `tables` puts every backbone into results/figures/tables/main.* and paired.*,
+# and `results_page` writes the Markdown results page to the config's
+# `results_page` (config/config.yaml: the tracked docs/results.md; other
+# configs: results/figures/tables/results.md). All are cheap: they only read results. `snakemake --report report.html`
 # collects the figures and the table with their captions (workflow/report/*.rst;
 # the report's front page, workflow.rst, is set in the Snakefile).
 
@@ -34,7 +40,9 @@ rule summarise:
         unpack(summarise_inputs),
     output:
         summary=f"{RESULTS}/{{backbone}}/summary.csv",
+        paired=f"{RESULTS}/{{backbone}}/paired.csv",
         tables=multiext(f"{FIGURES_DIR}/{{backbone}}/tables/main", ".csv", ".md", ".tex"),
+        paired_tables=multiext(f"{FIGURES_DIR}/{{backbone}}/tables/paired", ".md", ".tex"),
         positions=f"{FIGURES_DIR}/{{backbone}}/soft_position.csv",
         training_dynamics=_figure("training_dynamics", "training dynamics"),
         pass_at_k=_figure("pass_at_k", "Pass@k curves"),
@@ -55,7 +63,7 @@ rule summarise:
 
 rule tables:
     input:
-        expand(f"{RESULTS}/{{backbone}}/summary.csv", backbone=BACKBONES),
+        expand(f"{RESULTS}/{{backbone}}/{{name}}.csv", backbone=BACKBONES, name=["summary", "paired"]),
     output:
         csv=report(
             f"{FIGURES_DIR}/tables/main.csv",
@@ -65,6 +73,13 @@ rule tables:
         ),
         md=f"{FIGURES_DIR}/tables/main.md",
         tex=f"{FIGURES_DIR}/tables/main.tex",
+        paired=report(
+            f"{FIGURES_DIR}/tables/paired.md",
+            caption="../report/paired.rst",
+            category="Tables",
+            labels={"table": "paired comparisons, every backbone"},
+        ),
+        paired_tex=f"{FIGURES_DIR}/tables/paired.tex",
     params:
         config=summarise_config,
     log:
@@ -75,3 +90,25 @@ rule tables:
     shell:
         "PYTHONUNBUFFERED=1 tarpo summarise --config-json {params.config:q} --combined "
         "--results {RESULTS} --out {FIGURES_DIR} 2>&1 | tee {log:q}"
+
+
+# The results page (README, "Results"): main table with CIs, paired table,
+# lucky share, tokens, soft ratio / gate, precision, and the machine the
+# evaluations ran on. It reads the summaries and, for the machine, the
+# evaluation JSONs.
+rule results_page:
+    input:
+        summaries=expand(f"{RESULTS}/{{backbone}}/{{name}}.csv", backbone=BACKBONES, name=["summary", "paired"]),
+        evals=[e for b in BACKBONES for e in backbone_eval_jsons(b)],
+    output:
+        CFG.results_page,
+    params:
+        config=results_page_config,
+    log:
+        f"{LOGS}/summarise/results_page.log",
+    threads: 1
+    resources:
+        **SUMMARISE_RESOURCES,
+    shell:
+        "PYTHONUNBUFFERED=1 tarpo summarise --config-json {params.config:q} --results {RESULTS} "
+        "--page {output:q} 2>&1 | tee {log:q}"

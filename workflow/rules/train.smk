@@ -1,4 +1,4 @@
-# RL training: one job per (backbone, method). The checkpoint directory
+# RL training: one job per (backbone, method, seed). The checkpoint directory
 # appears only when training has finished; periodic checkpoints live beside
 # it in train_state/, which is not a declared output, so a killed or
 # preempted job (SIGTERM: checkpoint, exit 143) resumes where it stopped when
@@ -10,17 +10,17 @@ rule train:
         backbone=f"{RESULTS}/backbones/{{backbone}}",
         data=train_data_dir,
     output:
-        directory(f"{RESULTS}/{{backbone}}/{{method}}/checkpoint"),
+        directory(f"{RESULTS}/{{backbone}}/{{method}}/seed{{seed}}/checkpoint"),
     params:
         config=train_config,
         launcher=train_launcher,
     log:
-        f"{LOGS}/train/{{backbone}}/{{method}}.log",
+        f"{LOGS}/train/{{backbone}}/{{method}}/seed{{seed}}.log",
     threads: rule_threads("train")
     resources:
         **rule_resources("train"),
     shell:
         "OMP_NUM_THREADS={threads} PYTHONUNBUFFERED=1 "
         "{params.launcher} train --config-json {params.config:q} "
-        "--backbone {wildcards.backbone:q} --method {wildcards.method:q} "
+        "--backbone {wildcards.backbone:q} --method {wildcards.method:q} --seed {wildcards.seed} "
         "--backbone-dir {input.backbone:q} --data {input.data:q} --out {output:q} 2>&1 | tee -a {log:q}"

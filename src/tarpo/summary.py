@@ -1,0 +1,421 @@
+"""Reading a run's results and turning them into statistics: means with 95% CIs, paired comparisons.
+
+Reads, for one backbone and every configured seed (a missing file is skipped
+with a note, never an error):
+
+    results/{backbone}/{method}/seed{seed}/eval/{benchmark}.json           metrics, per-problem counts
+    results/{backbone}/{method}/seed{seed}/eval/{benchmark}.samples.jsonl  per-sample soft flags
+    results/{backbone}/{method}/seed{seed}/checkpoint/metrics.jsonl        training metrics per step
+
+and computes (`tarpo.stats` holds the statistics and their choices):
+
+- `summary_frame`: long format, one row per (method, benchmark, metric): the
+  value aggregated over seeds and problems, its 95% bootstrap interval where
+  the per-problem data allow one (pass@j, mean tokens, lucky share), the
+  number of seeds, and `best`: the highest Pass@1 / Pass@k of its column that
+  is also significantly above the runner-up (paired). Benchmark "average" rows
+  hold the split's unweighted mean over benchmarks, as the paper averages.
+- `paired_frame`: each method minus CoT and minus GRPO (Pass@1, per benchmark
+  and split average: delta, 95% CI, p-value, significant), plus the best-vs-
+  runner-up comparisons behind `best`.
+- `soft_position_frame`: TARPO's (and LEPO's) soft ratio per relative position
+  in the thinking phase, with a 95% interval over problems and seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tarpo import stats
+from tarpo.config import Config
+from tarpo.metrics import pass_at_k
+
+METHOD_ORDER = ("cot", "grpo", "hrpo", "lepo", "tarpo")
+METHOD_LABEL = {"cot": "CoT", "grpo": "GRPO", "hrpo": "HRPO", "lepo": "LEPO", "tarpo": "TARPO"}
+SPLITS = ("id", "ood")
+SPLIT_LABEL = {"id": "ID", "ood": "OOD"}
+AVERAGE = "average"  # the benchmark name of split-average rows
+PAIRED_BASELINES = ("cot", "grpo")  # every method is compared with these (where evaluated)
+N_POSITION_BINS = 10
+
+SUMMARY_COLUMNS = ["backbone", "method", "benchmark", "split", "metric", "value", "ci_low", "ci_high", "n_seeds",
+                   "best"]
+PAIRED_COLUMNS = ["backbone", "comparison", "method", "baseline", "benchmark", "split", "metric", "delta", "ci_low",
+                  "ci_high", "p_value", "significant", "n_problems", "n_seeds"]
+# Per-seed metrics carried into the summary (mean over seeds where no interval can be computed).
+MEAN_METRICS = ("mean_tokens", "mean_thinking_tokens", "soft_ratio", "mean_gate", "lucky_share")
+COUNT_METRICS = ("n_problems", "k")
+
+PerSeed = dict[int, dict[str, float]]  # seed -> problem id -> value
+
+
+# ---------------------------------------------------------------- names and order
+
+
+def method_label(method: str) -> str:
+    return METHOD_LABEL.get(method, method)
+
+
+def method_order(methods: Iterable[str]) -> list[str]:
+    """Known methods in the paper's order (cot, grpo, hrpo, lepo, tarpo), any others after them by name."""
+    methods = set(methods)
+    return [m for m in METHOD_ORDER if m in methods] + sorted(methods - set(METHOD_ORDER))
+
+
+def configured_methods(cfg: Config) -> list[str]:
+    return method_order([*cfg.baselines, *cfg.methods])
+
+
+def pass_metrics(names: Iterable[str]) -> list[str]:
+    """The pass@j names among `names`, by j."""
+    return sorted({n for n in names if n.startswith("pass@") and n[5:].isdigit()}, key=lambda n: int(n[5:]))
+
+
+def largest_k(summary: pd.DataFrame) -> int:
+    ks = [int(m[5:]) for m in pass_metrics(summary.metric.unique())] if not summary.empty else []
+    return max(ks) if ks else 1
+
+
+def shown_metrics(k: int) -> list[str]:
+    """The metrics of the main table: Pass@1 and Pass@k for the largest k."""
+    return ["pass@1"] + ([f"pass@{k}"] if k > 1 else [])
+
+
+# ---------------------------------------------------------------- reading results
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    with open(path) as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def _split_of(metrics: dict[str, Any], benchmark: str, cfg: Config) -> str:
+    """'id' or 'ood': the eval JSON's own flag, else the benchmark registry."""
+    if metrics.get("distribution") in SPLITS:
+        return metrics["distribution"]
+    if "ood" in metrics:
+        return "ood" if metrics["ood"] else "id"
+    from tarpo.data.benchmarks import get_benchmark
+
+    return "ood" if get_benchmark(benchmark, cfg.datasets).ood else "id"
+
+
+class Results:
+    """Everything found for one backbone, every seed, plus notes on what was not."""
+
+    def __init__(self, cfg: Config, results: Path, backbone: str):
+        self.backbone = backbone
+        self.seeds = list(cfg.seeds)
+        self.notes: list[str] = []
+        self.evals: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}  # (method, benchmark) -> seed -> JSON
+        self.split: dict[str, str] = {}  # benchmark -> id | ood
+        self.training: dict[str, dict[int, pd.DataFrame]] = {}  # method -> seed -> per-step metrics
+        self.samples_paths: dict[tuple[str, str], dict[int, Path]] = {}
+        root = Path(results) / backbone
+        for method in configured_methods(cfg):
+            missing = []
+            for bench in cfg.evaluate.benchmarks:
+                for seed in self.seeds:
+                    path = root / method / f"seed{seed}" / "eval" / f"{bench}.json"
+                    if not path.exists():
+                        missing.append(bench if len(self.seeds) == 1 else f"{bench} (seed {seed})")
+                        continue
+                    metrics = json.loads(path.read_text())
+                    self.evals.setdefault((method, bench), {})[seed] = metrics
+                    self.split.setdefault(bench, _split_of(metrics, bench, cfg))
+                    samples = path.with_name(f"{bench}.samples.jsonl")
+                    if samples.exists():
+                        self.samples_paths.setdefault((method, bench), {})[seed] = samples
+            if missing:
+                self.notes.append(f"{backbone}/{method}: no evaluation on {', '.join(missing)}")
+            if method in cfg.methods:
+                for seed in self.seeds:
+                    path = root / method / f"seed{seed}" / "checkpoint" / "metrics.jsonl"
+                    if path.exists() and path.stat().st_size:
+                        frame = pd.DataFrame(_read_jsonl(path))
+                        if "step" in frame:
+                            self.training.setdefault(method, {})[seed] = frame.sort_values("step")
+                    else:
+                        self.notes.append(f"{backbone}/{method}: no training metrics ({path})")
+        self.methods = method_order({m for m, _ in self.evals})  # methods with at least one evaluation
+        self.benchmarks = [b for split in SPLITS for b in cfg.evaluate.benchmarks if self.split.get(b) == split]
+
+    def benchmarks_of(self, split: str) -> list[str]:
+        return [b for b in self.benchmarks if self.split[b] == split]
+
+    def samples(self, method: str, benchmark: str, seed: int) -> Iterator[dict[str, Any]]:
+        """The samples file's rows, streamed with only the fields the figures read (a paper-scale file holds
+        token ids and completions of hundreds of thousands of samples); nothing when there is no file."""
+        path = self.samples_paths.get((method, benchmark), {}).get(seed)
+        if path is None:
+            return
+        with open(path) as fh:
+            for line in fh:
+                if line.strip():
+                    row = json.loads(line)
+                    yield {"problem_id": row.get("problem_id"), "n_thinking": row.get("n_thinking", 0),
+                           "soft": row.get("soft") or []}
+
+    def per_problem(self, method: str, benchmark: str, metric: str) -> PerSeed | None:
+        """seed -> problem id -> the problem's value of `metric`: pass@j (from its correct samples out of k),
+        mean_tokens, or the counts behind lucky_share ("lucky", "correct"). None when a seed's evaluation
+        does not hold them (an older result file)."""
+        out: PerSeed = {}
+        for seed, m in self.evals.get((method, benchmark), {}).items():
+            if metric.startswith("pass@"):
+                counts, k, j = m.get("correct_per_problem"), int(m.get("k", 0)), int(metric[5:])
+                if counts is None or not 1 <= j <= k:
+                    return None
+                out[seed] = {pid: pass_at_k(k, int(c), j) for pid, c in counts.items()}
+            else:
+                key = {"mean_tokens": "tokens_per_problem", "lucky": "lucky_per_problem",
+                       "correct": "correct_per_problem"}[metric]
+                if m.get(key) is None:
+                    return None
+                out[seed] = {pid: float(v) for pid, v in m[key].items()}
+        return out or None
+
+
+# ---------------------------------------------------------------- aggregation helpers
+
+
+def _only(per_seed: PerSeed, seeds: Sequence[int]) -> PerSeed:
+    return {s: per_seed[s] for s in seeds}
+
+
+def _collapse(per_seed: PerSeed) -> PerSeed:
+    """Each problem's mean over the seeds that have it, as one pseudo-seed (-1)."""
+    problems = set.intersection(*(set(v) for v in per_seed.values()))
+    first = per_seed[min(per_seed)]
+    return {-1: {p: float(np.mean([v[p] for v in per_seed.values()])) for p in first if p in problems}}
+
+
+def _group_matrices(per_bench: Sequence[PerSeed]) -> list[np.ndarray]:
+    """(seeds, problems) matrices of several benchmarks over the seeds they all have (without one in common:
+    each benchmark's per-problem mean over its own seeds)."""
+    common = sorted(set.intersection(*(set(p) for p in per_bench)))
+    if common:
+        return [stats.matrix(_only(p, common)) for p in per_bench]
+    return [stats.matrix(_collapse(p)) for p in per_bench]
+
+
+def _paired_groups(a: Sequence[PerSeed], b: Sequence[PerSeed]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Aligned matrices of two methods on several benchmarks: the seeds both have on every benchmark, paired
+    by seed; without one, per-problem means over each side's seeds."""
+    common = sorted(set.intersection(*(set(p) for p in [*a, *b])))
+    pairs = []
+    for pa, pb in zip(a, b, strict=True):
+        if common:
+            pairs.append(stats.paired_matrices(_only(pa, common), _only(pb, common)))
+        else:
+            pairs.append(stats.paired_matrices(_collapse(pa), _collapse(pb)))
+    return [x for x, _ in pairs], [y for _, y in pairs]
+
+
+def _mean_over_seeds(res: Results, method: str, bench: str, metric: str) -> float:
+    values = [m[metric] for m in res.evals[(method, bench)].values()
+              if isinstance(m.get(metric), (int, float)) and not isinstance(m.get(metric), bool)]
+    return float(np.mean(values)) if values else math.nan
+
+
+def _cell(res: Results, method: str, benches: Sequence[str], metric: str) -> tuple[float, float, float, int]:
+    """(value, ci_low, ci_high, n_seeds) of `metric` over `benches` (one benchmark, or a split's: their
+    unweighted mean). The interval is NaN where the per-problem data are missing."""
+    n_seeds = min(len(res.evals[(method, b)]) for b in benches)
+    if metric.startswith("pass@") or metric == "mean_tokens":
+        per = [res.per_problem(method, b, metric) for b in benches]
+        if all(p is not None for p in per):
+            ci = stats.average_ci(_group_matrices(per))  # type: ignore[arg-type]
+            return ci.mean, ci.low, ci.high, ci.n_seeds
+    elif metric == "lucky_share" and len(benches) == 1:
+        lucky, correct = (res.per_problem(method, benches[0], key) for key in ("lucky", "correct"))
+        seeds = sorted(set(lucky) & set(correct)) if lucky is not None and correct is not None else []
+        if seeds:
+            problems = [p for p in lucky[seeds[0]] if all(p in lucky[s] and p in correct[s] for s in seeds)]
+            if problems:
+                num, den = stats.matrix(lucky, seeds, problems), stats.matrix(correct, seeds, problems)
+                if den.sum() > 0:
+                    ci = stats.ratio_ci(num, den)
+                    return ci.mean, ci.low, ci.high, ci.n_seeds
+    values = [_mean_over_seeds(res, method, b, metric) for b in benches]
+    return float(np.mean(values)), math.nan, math.nan, n_seeds
+
+
+# ---------------------------------------------------------------- the long summary and the paired comparisons
+
+
+def _groups(res: Results) -> list[tuple[str, str, list[str]]]:
+    """(benchmark or AVERAGE, split, its benchmarks): each benchmark, then each split's average."""
+    out = [(b, res.split[b], [b]) for b in res.benchmarks]
+    out += [(AVERAGE, split, res.benchmarks_of(split)) for split in SPLITS if res.benchmarks_of(split)]
+    return out
+
+
+def summary_and_paired(res: Results) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The long summary (SUMMARY_COLUMNS) and the paired comparisons (PAIRED_COLUMNS) of one backbone."""
+    rows: list[tuple[Any, ...]] = []
+    ks: set[str] = set()
+    for (method, bench), runs in res.evals.items():
+        ks |= set(pass_metrics(next(iter(runs.values()))))
+    for bench_name, split, benches in _groups(res):
+        for method in res.methods:
+            if not all((method, b) in res.evals for b in benches):
+                continue  # never an average over fewer benchmarks
+            first = {k: v for run in (res.evals[(method, b)] for b in benches) for v in run.values()
+                     for k in v}
+            if bench_name != AVERAGE:
+                for metric in COUNT_METRICS:
+                    value = next(iter(res.evals[(method, bench_name)].values())).get(metric)
+                    if isinstance(value, (int, float)):
+                        rows.append((res.backbone, method, bench_name, split, metric, float(value), math.nan,
+                                     math.nan, len(res.evals[(method, bench_name)]), False))
+            for metric in pass_metrics(first) + [m for m in MEAN_METRICS if m in first]:
+                if metric.startswith("pass@") and not all(
+                        metric in run for b in benches for run in res.evals[(method, b)].values()):
+                    continue
+                value, low, high, n_seeds = _cell(res, method, benches, metric)
+                if not math.isnan(value):
+                    rows.append((res.backbone, method, bench_name, split, metric, value, low, high, n_seeds, False))
+    summary = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+
+    paired: list[tuple[Any, ...]] = []
+
+    def compare(kind: str, method: str, baseline: str, bench_name: str, split: str, benches: list[str],
+                metric: str) -> stats.Comparison | None:
+        a = [res.per_problem(method, b, metric) for b in benches]
+        b = [res.per_problem(baseline, bb, metric) for bb in benches]
+        if any(p is None for p in [*a, *b]):
+            return None
+        cmp = stats.paired_average(*_paired_groups(a, b))  # type: ignore[arg-type]
+        paired.append((res.backbone, kind, method, baseline, bench_name, split, metric, cmp.delta, cmp.low,
+                       cmp.high, cmp.p_value, cmp.significant, cmp.n_problems, cmp.n_seeds))
+        return cmp
+
+    groups = _groups(res)
+    for baseline in PAIRED_BASELINES:
+        for method in res.methods:
+            if method in (baseline, "cot"):  # CoT - GRPO would only repeat GRPO - CoT
+                continue
+            for bench_name, split, benches in groups:
+                if all((m, b) in res.evals for m in (method, baseline) for b in benches):
+                    compare(f"vs_{baseline}", method, baseline, bench_name, split, benches, "pass@1")
+    # "best": the top value of a main-table column, significantly above the runner-up (paired)
+    k = largest_k(summary)
+    for bench_name, split, benches in groups:
+        for metric in shown_metrics(k):
+            col = summary[(summary.benchmark == bench_name) & (summary.split == split) & (summary.metric == metric)]
+            if len(col) < 2:
+                continue
+            ranked = col.sort_values("value", ascending=False, kind="stable")
+            top, runner_up = ranked.method.iloc[0], ranked.method.iloc[1]
+            cmp = compare("best_vs_runner_up", top, runner_up, bench_name, split, benches, metric)
+            if cmp is not None and cmp.significant and cmp.delta > 0:
+                summary.loc[ranked.index[0], "best"] = True
+    return _ordered(summary, res), pd.DataFrame(paired, columns=PAIRED_COLUMNS)
+
+
+def _ordered(frame: pd.DataFrame, res: Results) -> pd.DataFrame:
+    order = {m: i for i, m in enumerate(method_order(frame.method.unique()))}
+    bench_order = {b: i for i, b in enumerate(res.benchmarks)}
+    frame = frame.assign(_m=frame.method.map(order),
+                         _b=[bench_order.get(b, len(bench_order) + SPLITS.index(s))
+                             for b, s in zip(frame.benchmark, frame.split)])
+    return frame.sort_values(["_m", "_b", "metric"], kind="stable").drop(columns=["_m", "_b"]).reset_index(drop=True)
+
+
+def read_summary(path: Path) -> pd.DataFrame:
+    frame = pd.read_csv(path, dtype={"backbone": str, "method": str, "benchmark": str, "split": str, "metric": str})
+    for col in SUMMARY_COLUMNS:
+        if col not in frame:  # an older summary without intervals
+            frame[col] = False if col == "best" else math.nan
+    frame["best"] = frame["best"].astype(str).str.lower().eq("true")
+    return frame[SUMMARY_COLUMNS]
+
+
+def read_paired(path: Path) -> pd.DataFrame:
+    if not Path(path).exists() or not Path(path).stat().st_size:
+        return pd.DataFrame(columns=PAIRED_COLUMNS)
+    frame = pd.read_csv(path, dtype={"backbone": str, "method": str, "baseline": str, "benchmark": str})
+    frame["significant"] = frame["significant"].astype(str).str.lower().eq("true")
+    return frame
+
+
+# ---------------------------------------------------------------- soft ratio by position
+
+
+def position_bins(n_thinking: int, flags: Sequence[int], n_bins: int = N_POSITION_BINS) -> tuple[np.ndarray, np.ndarray]:
+    """(soft steps, thinking steps) per relative-position bin of one sample.
+
+    Thinking steps t = 0..n-1 (n = n_thinking, the steps before the answer
+    marker) fall in bin floor((t + 1/2) / n * n_bins): the relative position at
+    the step's centre. `flags[t]` is 1 when step t fed a soft input; flags past
+    the thinking phase are ignored."""
+    n = min(int(n_thinking or 0), len(flags))
+    if n <= 0:
+        return np.zeros(n_bins), np.zeros(n_bins)
+    t = np.arange(n)
+    # exact integer form of floor((t + 0.5) / n_thinking * n_bins)
+    bins = ((2 * t + 1) * n_bins) // (2 * int(n_thinking))
+    soft = np.asarray(flags[:n], dtype=float) != 0
+    return np.bincount(bins, weights=soft, minlength=n_bins), np.bincount(bins, minlength=n_bins).astype(float)
+
+
+def soft_by_position(samples: Iterable[dict[str, Any]], n_bins: int = N_POSITION_BINS) -> tuple[np.ndarray, np.ndarray]:
+    """(soft steps, thinking steps) per relative-position bin, pooled over samples (see `position_bins`)."""
+    soft_counts, step_counts = np.zeros(n_bins), np.zeros(n_bins)
+    for sample in samples:
+        soft, steps = position_bins(sample.get("n_thinking") or 0, sample.get("soft") or [], n_bins)
+        soft_counts += soft
+        step_counts += steps
+    return soft_counts, step_counts
+
+
+POSITION_METHODS = ("tarpo", "lepo")
+POSITION_COLUMNS = ["split", "method", "bin", "position_from", "position_to", "soft_steps", "thinking_steps",
+                    "soft_ratio", "ci_low", "ci_high", "samples", "n_seeds"]
+
+
+def soft_position_frame(res: Results) -> pd.DataFrame:
+    """Per split and method (tarpo, lepo): soft and thinking steps per relative-position bin, pooled over the
+    split's benchmarks, problems and seeds, with the soft ratio's 95% interval over problems and seeds
+    (POSITION_COLUMNS)."""
+    rows = []
+    for split in SPLITS:
+        for m in POSITION_METHODS:
+            per_seed: dict[int, dict[tuple[str, str], list[np.ndarray]]] = {}
+            n_samples = 0
+            for b in res.benchmarks_of(split):
+                for seed in res.samples_paths.get((m, b), {}):
+                    cells = per_seed.setdefault(seed, {})
+                    for i, row in enumerate(res.samples(m, b, seed)):
+                        n_samples += 1
+                        soft, steps = position_bins(row["n_thinking"], row["soft"])
+                        key = (b, str(row["problem_id"] if row["problem_id"] is not None else i))
+                        acc = cells.setdefault(key, [np.zeros(N_POSITION_BINS), np.zeros(N_POSITION_BINS)])
+                        acc[0] += soft
+                        acc[1] += steps
+            if not per_seed:
+                continue
+            seeds = sorted(per_seed)
+            problems = sorted(set().union(*(per_seed[s] for s in seeds)))
+            zero = [np.zeros(N_POSITION_BINS), np.zeros(N_POSITION_BINS)]
+            cube = np.array([[per_seed[s].get(p, zero) for p in problems] for s in seeds])  # seeds, problems, 2, bins
+            soft, steps = cube[:, :, 0, :], cube[:, :, 1, :]
+            if steps.sum() == 0:
+                continue
+            for i in range(N_POSITION_BINS):
+                total_soft, total_steps = soft[..., i].sum(), steps[..., i].sum()
+                ratio, low, high = math.nan, math.nan, math.nan
+                if total_steps:
+                    ci = stats.ratio_ci(soft[..., i], steps[..., i])
+                    ratio, low, high = ci.mean, ci.low, ci.high
+                rows.append((split, m, i, i / N_POSITION_BINS, (i + 1) / N_POSITION_BINS, int(total_soft),
+                             int(total_steps), ratio, low, high, n_samples, len(seeds)))
+    return pd.DataFrame(rows, columns=POSITION_COLUMNS)

@@ -1,0 +1,475 @@
+"""Tables (Markdown, CSV, LaTeX) and the results page, from the summaries of `tarpo.summary`.
+
+- Main table: rows (backbone, method), columns (benchmark or split average) x
+  (Pass@1, Pass@k for the largest k), in %: the mean over seeds and problems
+  "± half the width of its 95% bootstrap interval" (the CSV holds the exact
+  bounds; a percentile interval need not be symmetric). Bold marks the best
+  value of a column only where it is significantly above the runner-up
+  (paired bootstrap over problems and seeds); otherwise nothing is bold.
+- Paired table: each method minus CoT and minus GRPO, Pass@1 in points, per
+  benchmark and split average: delta [95% CI], p-value; bold where the
+  interval excludes 0.
+- Precision: per benchmark, problems x samples x seeds and the CI half-width
+  obtained (median over methods), i.e. the size of difference the run can detect.
+- Results page (`results_page`): all of the above for every backbone, the
+  lucky share, tokens and soft ratio / gate, and the machine it ran on.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import os
+import platform
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tarpo.config import Config
+from tarpo.io import atomic_write_text
+from tarpo.summary import (AVERAGE, PAIRED_BASELINES, SPLIT_LABEL, SPLITS, Results, largest_k, method_label,
+                           method_order, read_paired, read_summary, shown_metrics)
+
+TABLE_FORMATS = ("csv", "md", "tex")
+MISSING = "–"
+CI_NOTE = ("± = half the width of the 95% bootstrap interval over problems (and seeds); exact bounds in the CSV. "
+           "Bold: best in its column and significantly better than the runner-up (paired bootstrap, 95%); "
+           "no bold where the top two cannot be told apart.")
+
+
+def _nan(v: float | None) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+# ---------------------------------------------------------------- the main table
+
+
+@dataclass
+class MainTable:
+    """Values, interval bounds (all in %) and best flags, each a frame with rows (backbone, method) and
+    columns (group, metric)."""
+
+    value: pd.DataFrame
+    low: pd.DataFrame
+    high: pd.DataFrame
+    best: pd.DataFrame
+
+    @property
+    def empty(self) -> bool:
+        return self.value.empty
+
+
+def main_table(summary: pd.DataFrame, backbones: Sequence[str] | None = None) -> MainTable:
+    """Groups: every benchmark (ID, then OOD), then "ID avg", "OOD avg". Missing entries are NaN."""
+    if summary.empty:
+        empty = pd.DataFrame()
+        return MainTable(empty, empty, empty, empty)
+    metrics = shown_metrics(largest_k(summary))
+    groups: list[tuple[str, str, str]] = []  # (column group label, benchmark, split)
+    for split in SPLITS:
+        part = summary[(summary.split == split) & (summary.benchmark != AVERAGE)]
+        groups += [(b, b, split) for b in dict.fromkeys(part.benchmark)]
+    for split in SPLITS:
+        if ((summary.split == split) & (summary.benchmark != AVERAGE)).any():
+            groups.append((f"{SPLIT_LABEL[split]} avg", AVERAGE, split))
+    backbones = list(backbones) if backbones else list(dict.fromkeys(summary.backbone))
+    index, frames = [], {"value": [], "ci_low": [], "ci_high": [], "best": []}
+    for backbone in backbones:
+        sub = summary[summary.backbone == backbone]
+        for method in method_order(sub.method.unique()):
+            rows = sub[sub.method == method].set_index(["benchmark", "split", "metric"])
+            index.append((backbone, method))
+            for field, out in frames.items():
+                scale = 100.0 if field != "best" else 1
+                missing = False if field == "best" else math.nan
+                out.append([scale * rows[field].get((bench, split, metric), missing) if field != "best"
+                            else bool(rows[field].get((bench, split, metric), False))
+                            for _, bench, split in groups for metric in metrics])
+    columns = pd.MultiIndex.from_tuples([(label, metric.replace("pass", "Pass")) for label, _, _ in groups
+                                         for metric in metrics], names=["group", "metric"])
+    idx = pd.MultiIndex.from_tuples(index, names=["backbone", "method"])
+    made = {field: pd.DataFrame(data, index=idx, columns=columns) for field, data in frames.items()}
+    return MainTable(made["value"], made["ci_low"], made["ci_high"], made["best"].astype(bool))
+
+
+def _pm(value: float, low: float, high: float, tex: bool = False) -> tuple[str, str]:
+    """(value, '± half-width') strings in %, one decimal; the half-width empty without an interval."""
+    if _nan(value):
+        return (MISSING if not tex else "--"), ""
+    if _nan(low) or _nan(high):
+        return f"{value:.1f}", ""
+    half = f"{(high - low) / 2:.1f}"
+    return f"{value:.1f}", (f"{{\\scriptsize$\\pm$ {half}}}" if tex else f"± {half}")
+
+
+def _flat_columns(table: pd.DataFrame) -> list[str]:
+    return [f"{group} {metric}" for group, metric in table.columns]
+
+
+def table_csv(table: MainTable) -> str:
+    parts = []
+    for field, frame in (("", table.value), (" ci_low", table.low), (" ci_high", table.high), (" best", table.best)):
+        flat = frame.copy()
+        flat.columns = [f"{c}{field}" for c in _flat_columns(frame)]
+        parts.append(flat)
+    wide = pd.concat(parts, axis=1)
+    order = [f"{c}{field}" for c in _flat_columns(table.value) for field in ("", " ci_low", " ci_high", " best")]
+    return wide[order].reset_index().to_csv(index=False, float_format="%.4f")
+
+
+def table_markdown(table: MainTable, title: str, notes: Sequence[str] = ()) -> str:
+    many = table.value.index.get_level_values("backbone").nunique() > 1
+    head = (["Backbone"] if many else []) + ["Method"] + _flat_columns(table.value)
+    n = len(table.value.columns)
+    lines = [f"**{title}**", "", "| " + " | ".join(head) + " |",
+             "|" + "|".join(["---"] * (len(head) - n) + ["---:"] * n) + "|"]
+    for key in table.value.index:
+        cells = []
+        for col in table.value.columns:
+            value, half = _pm(table.value.loc[key, col], table.low.loc[key, col], table.high.loc[key, col])
+            text = f"{value} {half}".strip()
+            cells.append(f"**{text}**" if table.best.loc[key, col] else text)
+        backbone, method = key
+        lines.append("| " + " | ".join(([backbone] if many else []) + [method_label(method)] + cells) + " |")
+    lines += [""] + [f"- {note}" for note in notes]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _tex(text: str) -> str:
+    out = []
+    for ch in text:
+        out.append({"\\": r"\textbackslash{}", "_": r"\_", "&": r"\&", "%": r"\%", "#": r"\#", "$": r"\$",
+                    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}.get(ch, ch))
+    return "".join(out)
+
+
+def table_latex(table: MainTable, title: str, notes: Sequence[str] = ()) -> str:
+    """A booktabs `tabular` (\\usepackage{booktabs}), benchmark names spanning their Pass@1 / Pass@k columns."""
+    value = table.value
+    many = value.index.get_level_values("backbone").nunique() > 1
+    groups = list(dict.fromkeys(value.columns.get_level_values("group")))
+    per_group = {g: [m for gg, m in value.columns if gg == g] for g in groups}
+    lead = 2 if many else 1
+    out = [f"% {title}", "% Requires \\usepackage{booktabs}. " + CI_NOTE.replace("CSV", "main.csv")]
+    out += [f"% {note}" for note in notes]
+    out.append("\\begin{tabular}{" + "l" * lead + "r" * len(value.columns) + "}")
+    out.append("\\toprule")
+    header, rules, col = [""] * lead, [], lead + 1
+    for g in groups:
+        n = len(per_group[g])
+        header.append(f"\\multicolumn{{{n}}}{{c}}{{{_tex(g)}}}")
+        rules.append(f"\\cmidrule(lr){{{col}-{col + n - 1}}}")
+        col += n
+    out.append(" & ".join(header) + " \\\\")
+    out.append(" ".join(rules))
+    out.append(" & ".join((["Backbone"] if many else []) + ["Method"] + [m for g in groups for m in per_group[g]])
+               + " \\\\")
+    out.append("\\midrule")
+    previous = None
+    for key in value.index:
+        backbone, method = key
+        if many and previous is not None and backbone != previous:
+            out.append("\\midrule")
+        cells = []
+        for c in value.columns:
+            v, half = _pm(value.loc[key, c], table.low.loc[key, c], table.high.loc[key, c], tex=True)
+            v = f"\\textbf{{{v}}}" if table.best.loc[key, c] else v
+            cells.append(f"{v} {half}".strip())
+        name = [_tex(backbone) if backbone != previous else ""] if many else []
+        out.append(" & ".join(name + [method_label(method)] + cells) + " \\\\")
+        previous = backbone
+    out += ["\\bottomrule", "\\end{tabular}"]
+    return "\n".join(out) + "\n"
+
+
+def main_title(summary: pd.DataFrame, what: str) -> str:
+    k = largest_k(summary) if not summary.empty else 1
+    pk = f" / Pass@{k}" if k > 1 else ""
+    seeds = int(summary.n_seeds.max()) if not summary.empty and summary.n_seeds.notna().any() else 1
+    over = f"mean over {seeds} seeds and the problems" if seeds > 1 else "mean over the problems (1 seed)"
+    return (f"{what}: Pass@1{pk} (%) per benchmark, {over}, ± half-width of the 95% bootstrap interval; "
+            f"ID / OOD avg = unweighted mean over the split's benchmarks")
+
+
+def write_main(table: MainTable, directory: Path, title: str, notes: Sequence[str] = ()) -> None:
+    directory = Path(directory)
+    notes = [CI_NOTE, *notes]
+    if table.empty:
+        atomic_write_text(directory / "main.csv", "backbone,method\n")
+        atomic_write_text(directory / "main.md", f"**{title}**\n\nNo evaluation results found.\n"
+                          + "".join(f"- {n}\n" for n in notes[1:]))
+        atomic_write_text(directory / "main.tex", f"% no evaluation results found: {title}\n")
+        return
+    atomic_write_text(directory / "main.csv", table_csv(table))
+    atomic_write_text(directory / "main.md", table_markdown(table, title, notes))
+    atomic_write_text(directory / "main.tex", table_latex(table, title, notes))
+
+
+# ---------------------------------------------------------------- the paired table
+
+
+def _p(p: float) -> str:
+    return "p<0.001" if p < 0.001 else f"p={p:.3f}"
+
+
+def _delta(row: pd.Series, tex: bool = False) -> str:
+    d, lo, hi = 100 * row.delta, 100 * row.ci_low, 100 * row.ci_high
+    if tex:
+        text = f"${d:+.1f}$ {{\\scriptsize[${lo:+.1f}$, ${hi:+.1f}$] {_p(row.p_value)}}}"
+        return f"\\textbf{{{text}}}" if row.significant else text
+    text = f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}] {_p(row.p_value)}"
+    return f"**{text}**" if row.significant else text
+
+
+def _paired_blocks(paired: pd.DataFrame, backbones: Sequence[str]):
+    """(backbone, baseline, frame of its vs-baseline rows, column groups (benchmark, split, label))."""
+    rows = paired[paired.comparison.str.startswith("vs_")] if not paired.empty else paired
+    for backbone in backbones:
+        sub = rows[rows.backbone == backbone] if not rows.empty else rows
+        for baseline in PAIRED_BASELINES:
+            block = sub[sub.baseline == baseline] if not sub.empty else sub
+            if block.empty:
+                continue
+            cols = [(b, s, b) for s in SPLITS for b in dict.fromkeys(block[(block.split == s)
+                                                                            & (block.benchmark != AVERAGE)].benchmark)]
+            cols += [(AVERAGE, s, f"{SPLIT_LABEL[s]} avg") for s in SPLITS
+                     if ((block.split == s) & (block.benchmark == AVERAGE)).any()]
+            yield backbone, baseline, block, cols
+
+
+PAIRED_NOTE = ("Pass@1 difference in points (method minus baseline), mean over the paired problems and seeds; "
+               "[95% bootstrap interval] and two-sided bootstrap p-value, both from resampling problems (and "
+               "seeds, paired by seed); bold where the interval excludes 0.")
+
+
+def paired_markdown(paired: pd.DataFrame, backbones: Sequence[str], heading: str = "**") -> str:
+    """One table per backbone and baseline (`heading`: the Markdown wrapping of each table's title)."""
+    out = []
+    for backbone, baseline, block, cols in _paired_blocks(paired, backbones):
+        close = heading if heading == "**" else ""
+        out += [f"{heading}{backbone}: method − {method_label(baseline)}, Pass@1 (points){close}", "",
+                "| Method | " + " | ".join(label for _, _, label in cols) + " |",
+                "|---|" + "---:|" * len(cols)]
+        for method in method_order(block.method.unique()):
+            rows = block[block.method == method].set_index(["benchmark", "split"])
+            cells = [_delta(rows.loc[(b, s)]) if (b, s) in rows.index else MISSING for b, s, _ in cols]
+            out.append(f"| {method_label(method)} | " + " | ".join(cells) + " |")
+        out.append("")
+    if not out:
+        return "No paired comparison: it needs CoT or GRPO and another method with per-problem results.\n"
+    return "\n".join(out + [f"- {PAIRED_NOTE}"]) + "\n"
+
+
+def paired_latex(paired: pd.DataFrame, backbones: Sequence[str]) -> str:
+    out = ["% Requires \\usepackage{booktabs}. " + PAIRED_NOTE]
+    for backbone, baseline, block, cols in _paired_blocks(paired, backbones):
+        out += [f"% {backbone}: method minus {method_label(baseline)}",
+                "\\begin{tabular}{l" + "r" * len(cols) + "}", "\\toprule",
+                f"{_tex(backbone)} $-$ {method_label(baseline)} & "
+                + " & ".join(_tex(label) for _, _, label in cols) + " \\\\", "\\midrule"]
+        for method in method_order(block.method.unique()):
+            rows = block[block.method == method].set_index(["benchmark", "split"])
+            cells = [_delta(rows.loc[(b, s)], tex=True) if (b, s) in rows.index else "--" for b, s, _ in cols]
+            out.append(f"{method_label(method)} & " + " & ".join(cells) + " \\\\")
+        out += ["\\bottomrule", "\\end{tabular}", ""]
+    return "\n".join(out) + "\n"
+
+
+def write_paired(paired: pd.DataFrame, backbones: Sequence[str], directory: Path) -> None:
+    atomic_write_text(Path(directory) / "paired.md", paired_markdown(paired, backbones))
+    atomic_write_text(Path(directory) / "paired.tex", paired_latex(paired, backbones))
+
+
+# ---------------------------------------------------------------- precision: the CI half-width per benchmark
+
+
+def precision_frame(summary: pd.DataFrame, paired: pd.DataFrame) -> pd.DataFrame:
+    """Per backbone and benchmark: problems, samples per problem, seeds, and the median (over methods)
+    half-width in points of the Pass@1 interval and of the paired difference to CoT."""
+    rows = []
+    if summary.empty:
+        return pd.DataFrame(columns=["backbone", "benchmark", "split", "problems", "samples", "seeds",
+                                     "pass1_half_width", "vs_cot_half_width"])
+    for (backbone, bench, split), part in summary[summary.benchmark != AVERAGE].groupby(
+            ["backbone", "benchmark", "split"], sort=False):
+        def metric(name: str) -> pd.DataFrame:
+            return part[part.metric == name]
+
+        p1 = metric("pass@1")
+        halves = (p1.ci_high - p1.ci_low).dropna() / 2 * 100
+        vs = paired[(paired.backbone == backbone) & (paired.benchmark == bench)
+                    & (paired.comparison == "vs_cot")] if not paired.empty else paired
+        vs_half = ((vs.ci_high - vs.ci_low) / 2 * 100) if not vs.empty else pd.Series(dtype=float)
+        rows.append((backbone, bench, split, _first(metric("n_problems")), _first(metric("k")),
+                     int(p1.n_seeds.max()) if not p1.empty else 0,
+                     float(np.median(halves)) if len(halves) else math.nan,
+                     float(np.median(vs_half)) if len(vs_half) else math.nan))
+    return pd.DataFrame(rows, columns=["backbone", "benchmark", "split", "problems", "samples", "seeds",
+                                       "pass1_half_width", "vs_cot_half_width"])
+
+
+def _first(part: pd.DataFrame) -> int:
+    return int(part.value.iloc[0]) if not part.empty else 0
+
+
+def precision_notes(precision: pd.DataFrame) -> list[str]:
+    """One line per benchmark, for the notes under a table."""
+    out = []
+    for row in precision.itertuples():
+        if _nan(row.pass1_half_width):
+            continue
+        vs = f"; paired difference to CoT ± {row.vs_cot_half_width:.1f}" if not _nan(row.vs_cot_half_width) else ""
+        seeds = f" x {row.seeds} seeds" if row.seeds != 1 else " x 1 seed"
+        out.append(f"{row.benchmark}: {row.problems} problems x {row.samples} samples{seeds}; Pass@1 interval "
+                   f"± {row.pass1_half_width:.1f} points (median over methods){vs}")
+    return out
+
+
+def precision_markdown(precision: pd.DataFrame) -> str:
+    many = precision.backbone.nunique() > 1
+    head = (["Backbone"] if many else []) + ["Benchmark", "Split", "Problems", "Samples / problem", "Seeds",
+                                             "Pass@1 CI ± (points)", "Paired Δ vs CoT CI ± (points)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * (len(head) - 4) + "---:|" * 4]
+    for row in precision.itertuples():
+        cells = ([row.backbone] if many else []) + [
+            row.benchmark, SPLIT_LABEL.get(row.split, row.split), str(row.problems), str(row.samples),
+            str(row.seeds), MISSING if _nan(row.pass1_half_width) else f"{row.pass1_half_width:.1f}",
+            MISSING if _nan(row.vs_cot_half_width) else f"{row.vs_cot_half_width:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- lucky share, tokens, soft ratio / gate
+
+
+def _metric_text(rows: pd.DataFrame, metric: str, scale: float, digits: int) -> str:
+    part = rows[rows.metric == metric]
+    if part.empty:
+        return MISSING
+    row = part.iloc[0]
+    value = f"{scale * row.value:.{digits}f}"
+    if _nan(row.ci_low) or _nan(row.ci_high):
+        return value
+    return f"{value} [{scale * row.ci_low:.{digits}f}, {scale * row.ci_high:.{digits}f}]"
+
+
+def behaviour_markdown(summary: pd.DataFrame) -> str:
+    """Per backbone, method and benchmark: lucky share (%), mean generated tokens, soft ratio / HRPO gate."""
+    many = summary.backbone.nunique() > 1
+    head = (["Backbone"] if many else []) + ["Method", "Benchmark", "Lucky share (%)", "Mean tokens",
+                                             "Soft ratio / gate"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * (len(head) - 3) + "---:|" * 3]
+    part = summary[summary.benchmark != AVERAGE]
+    for backbone in dict.fromkeys(part.backbone):
+        sub = part[part.backbone == backbone]
+        for method in method_order(sub.method.unique()):
+            rows_m = sub[sub.method == method]
+            for bench in dict.fromkeys(rows_m.benchmark):
+                rows = rows_m[rows_m.benchmark == bench]
+                mode = MISSING
+                if (rows.metric == "soft_ratio").any():
+                    mode = f"soft {rows[rows.metric == 'soft_ratio'].value.iloc[0]:.3f}"
+                elif (rows.metric == "mean_gate").any():
+                    mode = f"gate a = {rows[rows.metric == 'mean_gate'].value.iloc[0]:.4f}"
+                cells = ([backbone] if many else []) + [
+                    method_label(method), bench, _metric_text(rows, "lucky_share", 100, 1),
+                    _metric_text(rows, "mean_tokens", 1, 1), mode]
+                lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- the results page
+
+
+def _machines(cfg: Config, results: Path) -> list[str]:
+    """The machines the evaluations ran on (from their JSONs), with the dates."""
+    seen: dict[tuple, list[str]] = {}
+    for backbone in cfg.backbones:
+        res = Results(cfg, results, backbone)
+        for runs in res.evals.values():
+            for metrics in runs.values():
+                m = metrics.get("machine")
+                if isinstance(m, dict):
+                    key = (m.get("platform"), m.get("cpus"), m.get("torch"), m.get("device"))
+                    seen.setdefault(key, []).append(str(m.get("date", "")))
+    lines = []
+    for (plat, cpus, torch_version, device), dates in seen.items():
+        dates = sorted(d for d in dates if d)
+        when = (dates[0] if dates[0] == dates[-1] else f"{dates[0]} to {dates[-1]}") if dates else "date unknown"
+        lines.append(f"{plat}, {cpus} CPUs, torch {torch_version}, device {device} ({len(dates) or '?'} "
+                     f"evaluations, {when})")
+    return lines
+
+
+def results_page(cfg: Config, results: Path, path: Path) -> str:
+    """The Markdown results page of a run (README, "Results"): main table with CIs, paired comparisons,
+    lucky share / tokens / soft ratio, precision, and the machine. Written to `path`; returns the text."""
+    results = Path(results)
+    summaries, paireds, missing = [], [], []
+    for backbone in cfg.backbones:
+        s_path, p_path = results / backbone / "summary.csv", results / backbone / "paired.csv"
+        if s_path.exists() and s_path.stat().st_size:
+            summaries.append(read_summary(s_path))
+            paireds.append(read_paired(p_path))
+        else:
+            missing.append(backbone)
+    summary = pd.concat(summaries, ignore_index=True) if summaries else pd.DataFrame(
+        columns=["backbone", "method", "benchmark", "split", "metric", "value", "ci_low", "ci_high", "n_seeds",
+                 "best"])
+    paired = pd.concat(paireds, ignore_index=True) if paireds else pd.DataFrame()
+    found = [b for b in cfg.backbones if b not in missing]
+    try:
+        torch_version = metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        torch_version = "not installed"
+    today = datetime.date.today().isoformat()
+    seeds = ", ".join(str(s) for s in cfg.seeds)
+    lines = [
+        f"# Results: config `{cfg.name}`", "",
+        f"Generated by the pipeline (`snakemake all`, rule `results_page`) on {today} from "
+        f"`results/{{backbone}}/summary.csv` and `paired.csv`; do not edit by hand, rerun the pipeline.", "",
+        "## Setup", "",
+        f"- Config `{cfg.name}`; backbones: {', '.join(found) or 'none summarised yet'}; methods: "
+        f"{', '.join(method_label(m) for m in method_order([*cfg.baselines, *cfg.methods]))}; "
+        f"seeds: {seeds} (every method trained and evaluated once per seed; CoT evaluated once per seed).",
+        f"- Sampling: k = {cfg.evaluate.k} samples per problem at temperature {cfg.evaluate.temperature}, "
+        f"at most {cfg.evaluate.max_new_tokens} new tokens.",
+    ]
+    machines = _machines(cfg, results)
+    lines += [f"- Evaluations ran on: {m}." for m in machines] or ["- Evaluations ran on: no record (older results)."]
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    lines += [f"- This page was generated on {platform.platform()}, {cpus} CPUs, Python "
+              f"{platform.python_version()}, torch {torch_version}, {today}."]
+    if missing:
+        lines.append(f"- No summary yet for: {', '.join(missing)}.")
+    lines += ["", "## Main results", ""]
+    table = main_table(summary, found)
+    if table.empty:
+        lines.append("No evaluation results found.")
+    else:
+        lines.append(table_markdown(table, main_title(summary, f"Config {cfg.name}"), [CI_NOTE]).rstrip())
+    lines += ["", "## Paired comparisons", "",
+              "Each trained method against CoT (the untrained backbone) and against GRPO (explicit RL), on the "
+              "same problems and, where both have them, the same seeds. A difference whose interval includes 0 "
+              "is not established by this run.", ""]
+    lines.append(paired_markdown(paired, found, heading="### ").rstrip() if not paired.empty
+                 else "No paired comparison (needs per-problem results of two methods).")
+    lines += ["", "## Lucky share, tokens, soft ratio / gate", "",
+              "Lucky share: among correct samples, the share whose reasoning chain (the number after each `=`) "
+              "differs from the gold solution's: a right answer from wrong steps. Only where the gold has "
+              "such a chain (the synthetic task). Mean tokens: generated tokens per sample. [95% interval]", ""]
+    lines.append(behaviour_markdown(summary).rstrip() if not summary.empty else "No results.")
+    lines += ["", "## Precision: what difference can this run detect?", "",
+              "Half-width of the 95% intervals per benchmark (median over methods). A difference between two "
+              "methods smaller than the paired half-width is within noise at this size (problems x samples x "
+              "seeds).", ""]
+    precision = precision_frame(summary, paired)
+    lines.append(precision_markdown(precision).rstrip() if not precision.empty else "No results.")
+    text = "\n".join(lines).rstrip() + "\n"
+    atomic_write_text(Path(path), text)
+    return text
+
