@@ -1,85 +1,319 @@
-"""The rollout engine and the training forward: the invariant, the marker, stopping, and each mode's formulas."""
+"""The rollout engine and the training forward: the invariant, the marker, stopping, and each mode's formulas.
 
+Most tests run on `format_model`, a tiny Qwen2 trained for a second to write
+`<steps> #### <n><eos>`, so rollouts cross the thinking/answer boundary and
+end with EOS mid-sequence (a random model never emits the marker or EOS).
+"""
+
+import contextlib
+import functools
 import math
+import random
 
 import pytest
 import torch
+from torch.testing import assert_close
 
-from tarpo.config import TrainConfig
+from tarpo.backbone import build_tiny_model
+from tarpo.config import TinyModelConfig, TrainConfig
 from tarpo.modes import build_mode
 from tarpo.modes.hrpo import init_lambda
 from tarpo.modes.lepo import concrete_log_density
-from tarpo.rollout import AnswerMarker, generate, score
+from tarpo.modes.tarpo import SOFT
+from tarpo.rollout import AnswerMarker, completion_inputs, generate, model_parts, score
 
 METHODS = ["grpo", "hrpo", "lepo", "tarpo"]
+LATENT = ["hrpo", "lepo", "tarpo"]
+TEMPERATURE = 0.8
+# Rollout (KV cache, one query per step) and training forward (one full pass) sum in different
+# orders, so fp32 log-probs agree to rounding error relative to their size: measured
+# max |diff| / (1 + |logp|) = 2e-6 on this test's model (7e-6 on a warm-started 128x4 one).
+# LEPO's Concrete log-densities reach 100-400, where an absolute tolerance alone is marginal.
+LOGP_TOL = {"rtol": 1e-5, "atol": 1e-5}
+# Input embeddings (entries ~0.02-0.1) rebuilt by other code paths: measured max |diff| 1.2e-7.
+EMBED_TOL = {"rtol": 1e-5, "atol": 1e-6}
+# TARPO bias 0: about half the thinking steps are soft; K = 5 keeps the mixtures spread.
+MODE_CFG = TrainConfig(action_bias_hard=0.0, soft_top_k=5, lepo_top_k=5)
 
 
-def prompts(tokenizer, n=6):
-    texts = ["Ann has 3 apples.", "Bo has 12 pears. He buys 4 more.", "x", "Cy has 7 figs. ####"] * 2
-    rows = [tokenizer(t)["input_ids"] for t in texts[:n]]
+# ---------------------------------------------------------------- a model that writes the format
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def format_corpus(n: int, seed: int = 0) -> list[tuple[str, str]]:
+    """(prompt, completion) pairs in the task's answer format, e.g. 'Ann has 5 coins.' -> '5 + 3 = 8. 8 - 2 = 6. #### 6'.
+
+    Written here rather than taken from the synthetic generator, so these tests
+    do not move when the task's defaults do.
+    """
+    rng = random.Random(seed)
+    pairs = []
+    for _ in range(n):
+        value = rng.randint(2, 12)
+        prompt = f"{rng.choice(['Ann', 'Ben', 'Cara', 'Dan'])} has {value} {rng.choice(['apples', 'coins', 'cards'])}."
+        steps = []
+        for _ in range(rng.randint(2, 3)):
+            k = rng.randint(1, 9)
+            if value <= k or rng.random() < 0.5:
+                steps.append(f"{value} + {k} = {value + k}.")
+                value += k
+            else:
+                steps.append(f"{value} - {k} = {value - k}.")
+                value -= k
+        pairs.append((prompt, f"{' '.join(steps)} #### {value}"))
+    return pairs
+
+
+def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(map(len, rows))
-    ids = torch.full((n, width), tokenizer.pad_token_id)
-    mask = torch.zeros((n, width), dtype=torch.long)
+    ids = torch.full((len(rows), width), pad_id)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):
         ids[i, width - len(r):] = torch.tensor(r)
         mask[i, width - len(r):] = 1
     return ids, mask
 
 
-def run(model, tokenizer, mode, greedy=False, steps=24, temperature=0.8, seed=0):
-    ids, mask = prompts(tokenizer)
-    return generate(model, mode, ids, mask, max_new_tokens=steps, temperature=temperature,
-                    eos_ids=[tokenizer.eos_token_id], pad_id=tokenizer.pad_token_id,
-                    marker=AnswerMarker(tokenizer, model.config.vocab_size),
-                    greedy=greedy, generator=torch.Generator().manual_seed(seed))
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """These models are tiny: one thread is as fast, and immune to oversubscription on a shared CPU."""
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def format_model(tiny_tokenizer):
+    """A tiny Qwen2 trained for 100 steps on `format_corpus` (about 2 s).
+
+    It has learnt the format, not the arithmetic: sampled and greedy
+    completions write a few steps, then `####`, a number and EOS.
+    """
+    tok = tiny_tokenizer
+    torch.manual_seed(0)
+    model = build_tiny_model(TinyModelConfig(hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
+                                             intermediate_size=64), tok)
+    pairs = [(tok(prompt)["input_ids"], tok(completion, add_special_tokens=False)["input_ids"] + [tok.eos_token_id])
+             for prompt, completion in format_corpus(200)]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    gen = torch.Generator().manual_seed(0)
+    model.train()
+    for _ in range(100):
+        batch = [pairs[i] for i in torch.randint(len(pairs), (16,), generator=gen).tolist()]
+        width = max(len(p) + len(c) for p, c in batch)
+        ids = torch.full((len(batch), width), tok.pad_token_id)
+        labels = torch.full((len(batch), width), -100)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, (p, c) in enumerate(batch):
+            ids[row, : len(p) + len(c)] = torch.tensor(p + c)
+            labels[row, len(p): len(p) + len(c)] = torch.tensor(c)  # loss on the completion only
+            mask[row, : len(p) + len(c)] = 1
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+class Sampled:
+    """A rollout and what its model saw: the input fed after each step and the logits each step sampled from."""
+
+    def __init__(self, mode, rollout, fed, logits):
+        self.mode, self.rollout = mode, rollout
+        self.fed = fed  # (B, L-1, d): fed[:, t] is the input embedding that followed step t
+        self.logits = logits  # (B, L, V), temperature-scaled
+
+
+@contextlib.contextmanager
+def recording(model):
+    """Record the decoder's `inputs_embeds` and the LM head's outputs of every forward."""
+    decoder, lm_head, _ = model_parts(model)
+    fed, logits = [], []
+    hooks = [
+        decoder.register_forward_pre_hook(lambda m, a, kw: fed.append(kw["inputs_embeds"].detach().clone()),
+                                          with_kwargs=True),
+        lm_head.register_forward_hook(lambda m, a, out: logits.append(out.detach().float().clone())),
+    ]
+    try:
+        yield fed, logits
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+@pytest.fixture(scope="module")
+def sampled(format_model, tiny_tokenizer):
+    """sampled(method, greedy) -> Sampled: one rollout of 12 prompts x 40 steps per mode, cached."""
+    tok = tiny_tokenizer
+    ids, mask = left_pad([tok(prompt)["input_ids"] for prompt, _ in format_corpus(12, seed=1)], tok.pad_token_id)
+    marker = AnswerMarker(tok, format_model.config.vocab_size)
+
+    @functools.cache
+    def run_mode(method: str, greedy: bool) -> Sampled:
+        torch.manual_seed(1)  # the mode's own initialisation (action head, gate)
+        mode = build_mode(method, MODE_CFG, format_model.config.hidden_size)
+        with recording(format_model) as (fed, logits):
+            rollout = generate(format_model, mode, ids, mask, max_new_tokens=40, temperature=TEMPERATURE,
+                               eos_ids=[tok.eos_token_id], pad_id=tok.pad_token_id, marker=marker,
+                               greedy=greedy, generator=torch.Generator().manual_seed(0))
+        steps = fed[1:]  # fed[0] is the prompt
+        assert len(steps) == rollout.tokens.shape[1] - 1 and len(logits) == rollout.tokens.shape[1]
+        return Sampled(mode, rollout, torch.cat(steps, 1), torch.stack(logits, 1) / TEMPERATURE)
+
+    return run_mode
+
+
+def decoded_thinking(tokenizer, rollout) -> torch.Tensor:
+    """The thinking mask from the decoded text alone: valid, no '####' in the completion so far, not EOS."""
+    out = torch.zeros_like(rollout.thinking)
+    for b, (tokens, valid) in enumerate(zip(rollout.tokens.tolist(), rollout.valid.tolist())):
+        for t in range(sum(valid)):
+            out[b, t] = "####" not in tokenizer.decode(tokens[: t + 1]) and tokens[t] != tokenizer.eos_token_id
+    return out
+
+
+def latent_steps(method: str, rollout) -> torch.Tensor:
+    """(B, L) steps whose next input is not the plain token embedding."""
+    if method == "tarpo":
+        return rollout.thinking & (rollout.meta["action"] == SOFT)
+    return rollout.thinking.clone()  # hrpo mixes, lepo relaxes every thinking step
+
+
+# ---------------------------------------------------------------- the invariant
 
 
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("greedy", [False, True])
-def test_training_forward_matches_rollout(tiny_model, tiny_tokenizer, method, greedy):
-    # Bias 0: about half the TARPO thinking steps are soft, so soft inputs are exercised.
-    cfg = TrainConfig(action_bias_hard=0.0, soft_top_k=5, lepo_top_k=5)
-    torch.manual_seed(1)
-    mode = build_mode(method, cfg, tiny_model.config.hidden_size)
-    rollout = run(tiny_model, tiny_tokenizer, mode, greedy=greedy)
-    assert rollout.thinking.any()
-    if method in ("tarpo", "lepo") and not greedy:
-        assert rollout.stats["soft"].sum() > 3
-    scored = score(tiny_model, mode, rollout, 0.8)
-    for key, value in rollout.logps.items():
-        diff = ((scored[key] - value).abs() * rollout.valid).max().item()
-        assert diff < 1e-4, (key, diff)
+def test_rollouts_cross_the_marker_and_end_mid_sequence(sampled, tiny_tokenizer, method, greedy):
+    """Precondition of the invariant tests: phase boundaries and early EOS occur in many rows."""
+    r = sampled(method, greedy).rollout
+    crossed = r.thinking.any(1) & (r.valid & ~r.thinking).any(1)
+    ended_early = (r.tokens == tiny_tokenizer.eos_token_id).any(1) & ~r.valid[:, -1]
+    assert crossed.float().mean() >= 0.5, crossed
+    assert ended_early.float().mean() >= 0.25, ended_early
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("greedy", [False, True])
+def test_thinking_mask_follows_the_decoded_marker(sampled, tiny_tokenizer, method, greedy):
+    r = sampled(method, greedy).rollout
+    assert torch.equal(r.thinking, decoded_thinking(tiny_tokenizer, r))
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("greedy", [False, True])
+def test_training_forward_feeds_the_rollouts_inputs(format_model, sampled, method, greedy):
+    s = sampled(method, greedy)
+    embeds, _, _ = completion_inputs(format_model, s.mode, s.rollout)
+    follow = embeds[:, s.rollout.prompt_ids.shape[1]:]
+    used = s.rollout.valid[:, 1:]  # the input after step t matters iff step t + 1 was recorded
+    assert_close(follow[used], s.fed[used], **EMBED_TOL)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("greedy", [False, True])
+def test_training_forward_matches_rollout(format_model, sampled, method, greedy):
+    s = sampled(method, greedy)
+    r = s.rollout
+    scored = score(format_model, s.mode, r, TEMPERATURE)
+    assert set(r.logps) <= set(scored)
+    for key, value in r.logps.items():
+        assert_close(scored[key][r.valid], value[r.valid], **LOGP_TOL, msg=lambda m, key=key: f"{key}: {m}")
     if method == "lepo":  # latent steps are scored by their Concrete density, not a token log-prob
-        assert (rollout.logps["token"][rollout.thinking] > 0).any()
+        assert (r.logps["token"][r.thinking] > 0).any()
 
 
-def test_soft_inputs_change_the_trajectory(tiny_model, tiny_tokenizer):
-    """Guard against a mode that silently feeds hard inputs: perturbing soft weights must change the scores."""
-    cfg = TrainConfig(action_bias_hard=-5.0, soft_top_k=5)  # nearly all soft
-    torch.manual_seed(1)
-    mode = build_mode("tarpo", cfg, tiny_model.config.hidden_size)
-    rollout = run(tiny_model, tiny_tokenizer, mode)
-    assert rollout.stats["soft"].sum() / rollout.thinking.sum() > 0.9
-    before = score(tiny_model, mode, rollout, 0.8)["token"]
-    rollout.meta["topk_weights"] = torch.roll(rollout.meta["topk_weights"], 1, dims=-1)
-    after = score(tiny_model, mode, rollout, 0.8)["token"]
-    assert ((after - before).abs() * rollout.valid).max() > 1e-3
+@pytest.mark.parametrize("method", LATENT)
+@pytest.mark.parametrize("greedy", [False, True])
+def test_latent_inputs_enter_the_model(format_model, sampled, method, greedy):
+    """Mutation: feeding plain token embeddings in the training forward must move the log-probs.
+
+    Positions before the first latent input of their row must not move; after
+    it, most must move beyond the invariant's tolerance (a mode feeding the
+    hard embedding on both sides would leave them all in place).
+    """
+    s = sampled(method, greedy)
+    r = s.rollout
+    latent = latent_steps(method, r)
+    assert latent.sum() >= max(20, 0.2 * r.thinking.sum()), (int(latent.sum()), int(r.thinking.sum()))
+    embeds, mask, positions = completion_inputs(format_model, s.mode, r)
+    _, _, embed = model_parts(format_model)
+    plain = embeds.clone()
+    plain[:, r.prompt_ids.shape[1]:] = embed(r.tokens[:, :-1])
+    mutated = score(format_model, s.mode, r, TEMPERATURE, inputs=(plain, mask, positions))["token"]
+    after = torch.cat([torch.zeros_like(latent[:, :1]), latent[:, :-1].cumsum(1) > 0], 1) & r.valid
+    before = r.valid & ~after
+    assert_close(mutated[before], r.logps["token"][before], **LOGP_TOL)
+    moved = ~torch.isclose(mutated, r.logps["token"], **LOGP_TOL) & after
+    assert moved.sum() >= 0.5 * after.sum(), (int(moved.sum()), int(after.sum()))
 
 
-def test_stopping_and_masks(tiny_model, tiny_tokenizer):
-    mode = build_mode("grpo", TrainConfig(), tiny_model.config.hidden_size)
-    rollout = run(tiny_model, tiny_tokenizer, mode, steps=40, temperature=3.0)
-    eos = tiny_tokenizer.eos_token_id
-    for tokens, valid in zip(rollout.tokens, rollout.valid):
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("greedy", [False, True])
+def test_rollout_feeds_each_modes_formula(format_model, sampled, method, greedy):
+    """The inputs the model received, recomputed from METHODS.md's formulas and the step's logits."""
+    s = sampled(method, greedy)
+    r = s.rollout
+    E = model_parts(format_model)[2].weight.detach()
+    tokens, thinking = r.tokens[:, :-1], r.thinking[:, :-1]
+    p = torch.softmax(s.logits[:, :-1], -1)
+    hard = E[tokens]
+    if method == "grpo":
+        expected = hard
+    elif method == "tarpo":  # soft: the top-K of p renormalised, mixing their embeddings
+        top = p.topk(MODE_CFG.soft_top_k, -1)
+        weights = top.values / top.values.sum(-1, keepdim=True)
+        soft = (weights.unsqueeze(-1) * E[top.indices]).sum(-2)
+        expected = torch.where((thinking & (r.meta["action"][:, :-1] == SOFT)).unsqueeze(-1), soft, hard)
+    elif method == "lepo":  # a relaxed sample w over the top-K of p; the token is its argmax
+        ids, log_w = r.meta["topk_ids"][:, :-1], r.meta["relaxed_log_w"][:, :-1]
+        top = p.topk(MODE_CFG.lepo_top_k, -1)
+        assert torch.equal(ids[thinking], top.indices[thinking])
+        assert torch.equal(tokens[thinking], ids.gather(-1, log_w.argmax(-1, keepdim=True)).squeeze(-1)[thinking])
+        if greedy:  # no Gumbel noise: w = softmax(log p~ / tau_g)
+            locations = torch.log(top.values / top.values.sum(-1, keepdim=True))
+            assert_close(log_w[thinking], torch.log_softmax(locations / MODE_CFG.lepo_tau_g, -1)[thinking],
+                         rtol=1e-5, atol=1e-5)
+        soft = (log_w.exp().unsqueeze(-1) * E[ids]).sum(-2)
+        expected = torch.where(thinking.unsqueeze(-1), soft, hard)
+    else:  # hrpo: a * E[y] + sqrt(1 - a^2) * (i * p^T E / ||p||)
+        latent = (p @ E) / p.norm(dim=-1, keepdim=True)
+        m = s.mode
+        gate_r = torch.sigmoid(hard @ m.gate_r.weight.T + m.gate_r.bias)
+        gate_i = torch.sigmoid(hard @ m.gate_i.weight.T + m.gate_i.bias)
+        a = torch.exp(-MODE_CFG.hrpo_c * torch.nn.functional.softplus(-m.log_lambda) * gate_r)
+        mixed = a * hard + torch.sqrt(1 - a * a) * (gate_i * latent)
+        expected = torch.where(thinking.unsqueeze(-1), mixed, hard)
+    used = r.valid[:, 1:]
+    assert_close(s.fed[used], expected[used].detach(), **EMBED_TOL)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_stopping_and_masks(sampled, tiny_tokenizer, method):
+    r = sampled(method, False).rollout
+    eos, pad = tiny_tokenizer.eos_token_id, tiny_tokenizer.pad_token_id
+    for tokens, valid in zip(r.tokens, r.valid):
         n = int(valid.sum())
         assert valid[:n].all() and not valid[n:].any()  # valid is a prefix
         hits = (tokens[:n] == eos).nonzero()
         if len(hits):  # an EOS ends the completion and is its last valid token
             assert hits[0].item() == n - 1
-            assert (tokens[n:] == tiny_tokenizer.pad_token_id).all()
+            assert (tokens[n:] == pad).all()
         else:
-            assert n == rollout.tokens.shape[1]
-    assert not (rollout.thinking & ~rollout.valid).any()
+            assert n == r.tokens.shape[1]
+    assert not (r.thinking & ~r.valid).any()
+    assert (r.tokens == eos).any()  # the EOS branch above was exercised
+
+
+# ---------------------------------------------------------------- the marker and each mode's formulas
 
 
 @pytest.mark.parametrize("text", ["a #### 5", "##\n## 3", "x ### # y", "#### ####", "no marker # here ###", "#"])
@@ -103,14 +337,6 @@ def test_marker_detection_random_sequences(tiny_tokenizer):
     for b in range(ids.shape[0]):
         for t in range(ids.shape[1]):
             assert bool(seen[b, t]) == ("####" in tiny_tokenizer.decode(ids[b, : t + 1].tolist()))
-
-
-def test_thinking_ends_at_the_marker(tiny_model, tiny_tokenizer):
-    mode = build_mode("grpo", TrainConfig(), tiny_model.config.hidden_size)
-    rollout = run(tiny_model, tiny_tokenizer, mode, steps=30, temperature=2.0)
-    seen = AnswerMarker(tiny_tokenizer).scan(rollout.tokens)
-    eos = rollout.tokens == tiny_tokenizer.eos_token_id
-    assert torch.equal(rollout.thinking, rollout.valid & ~seen & ~eos)
 
 
 def test_tarpo_initialisation_and_soft_input():
