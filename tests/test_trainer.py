@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tarpo.config import load_config
-from tarpo.trainer import EXIT_PREEMPTED, GrpoTrainer, NonFiniteLossError, latest_checkpoint
+from tarpo.config import TrainConfig, load_config
+from tarpo.modes import build_mode
+from tarpo.trainer import EXIT_PREEMPTED, GrpoTrainer, NonFiniteLossError, latest_checkpoint, optimizer_groups
 
 SMOKE = {
     "name": "test",
@@ -48,6 +49,66 @@ def make(prepared, tmp_path, method="tarpo", **train):
 
 def weights(trainer):
     return {k: v.detach().clone() for k, v in trainer.params.items()}
+
+
+def group_contents(groups, model, mode):
+    """{group name: (sorted parameter names, lr, weight decay)}, parameters named model.* / mode.*."""
+    names = {id(p): f"model.{n}" for n, p in model.named_parameters()}
+    names.update({id(p): f"mode.{n}" for n, p in mode.named_parameters()})
+    return {g["name"]: (sorted(names[id(p)] for p in g["params"]), g["lr"], g["weight_decay"]) for g in groups}
+
+
+# The embedded Qwen2 (2 layers) by hand: q/k/v have biases; RMSNorms before attention, MLP and the LM head;
+# the LM head is tied to the embedding (one parameter).
+EXEMPT = sorted(["model.model.embed_tokens.weight", "model.model.norm.weight"] + [
+    f"model.model.layers.{i}.{name}" for i in range(2)
+    for name in ("input_layernorm.weight", "post_attention_layernorm.weight",
+                 "self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias")])
+DECAYED = sorted(f"model.model.layers.{i}.{name}.weight" for i in range(2)
+                 for name in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                              "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"))
+HEADS = {
+    "grpo": {},
+    "lepo": {},
+    "tarpo": {"head": ["mode.action_head.weight"], "head_no_decay": ["mode.action_head.bias"]},
+    "hrpo": {"head": ["mode.gate_i.weight", "mode.gate_r.weight", "mode.log_lambda"],
+             "head_no_decay": ["mode.gate_i.bias", "mode.gate_r.bias"]},
+}
+
+
+@pytest.mark.parametrize("method", ["grpo", "lepo", "tarpo", "hrpo"])
+def test_weight_decay_spares_biases_norms_and_embeddings(tiny_model, method):
+    cfg = TrainConfig(weight_decay=0.1, learning_rate=1e-3, head_learning_rate=1e-2)
+    mode = build_mode(method, cfg, tiny_model.config.hidden_size)
+    got = group_contents(optimizer_groups(tiny_model, mode, cfg), tiny_model, mode)
+    expected = {"policy": (DECAYED, 1e-3, 0.1), "policy_no_decay": (EXEMPT, 1e-3, 0.0)}
+    expected.update({name: (params, 1e-2, 0.1 if name == "head" else 0.0) for name, params in HEADS[method].items()})
+    assert got == expected
+    n_trainable = sum(1 for _ in tiny_model.parameters()) + sum(1 for _ in mode.parameters())
+    assert sum(len(params) for params, _, _ in got.values()) == n_trainable  # each parameter exactly once
+
+
+def test_weight_decay_groups_with_lora(tiny_model):
+    from tarpo.policy import add_lora
+
+    cfg = TrainConfig(weight_decay=0.1, learning_rate=1e-3, head_learning_rate=1e-2)
+    model = add_lora(tiny_model, cfg)
+    mode = build_mode("tarpo", cfg, tiny_model.config.hidden_size)
+    got = group_contents(optimizer_groups(model, mode, cfg), model, mode)
+    lora = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert lora and all(".lora_A." in n or ".lora_B." in n for n in lora)
+    # adapters are matrices without biases: all decayed, frozen base weights in no group
+    assert got["policy"] == (sorted(f"model.{n}" for n in lora), 1e-3, 0.1)
+    assert set(got) == {"policy", "head", "head_no_decay"}
+
+
+def test_trainer_optimiser_uses_the_decay_groups(prepared, tmp_path):
+    trainer = make(prepared, tmp_path, "hrpo", weight_decay=0.05)
+    groups = [{**g, "lr": g["initial_lr"]} for g in trainer.optimizer.param_groups]  # lr itself is 0 in warmup
+    assert group_contents(groups, trainer.model, trainer.mode) == {
+        "policy": (DECAYED, 1e-3, 0.05), "policy_no_decay": (EXEMPT, 1e-3, 0.0),
+        "head": (HEADS["hrpo"]["head"], 1e-2, 0.05), "head_no_decay": (HEADS["hrpo"]["head_no_decay"], 1e-2, 0.0),
+    }
 
 
 @pytest.mark.parametrize("method", ["grpo", "hrpo", "lepo", "tarpo"])

@@ -22,6 +22,7 @@ import copy
 import dataclasses
 import math
 import random
+import re
 import shutil
 import signal
 import time
@@ -94,6 +95,43 @@ def total_steps(cfg: TrainConfig, n_records: int, world: int) -> int:
     if cfg.steps > 0:
         return cfg.steps
     return max(1, n_records // (cfg.prompts_per_step * cfg.grad_accum * world))
+
+
+# ---------------------------------------------------------------- optimiser
+
+# HF Trainer's rule (`Trainer.get_decay_parameter_names`, what the authors' trainer applies): no weight
+# decay for biases and normalisation weights, matched by name or by an nn.LayerNorm parent.
+NO_DECAY_NAME = re.compile(r"bias|layernorm|rmsnorm|(?:^|\.)norm(?:$|\.)|_norm(?:$|\.)")
+
+
+def no_decay_names(module: nn.Module) -> set[str]:
+    """Names of `module`'s parameters exempt from weight decay: biases, norm weights and embeddings.
+
+    Biases and norms by HF Trainer's rule. Embeddings are exempt too (the GPT-2 / minGPT
+    convention; HF's rule alone would decay them): decay would shrink the rows of tokens that
+    rarely occur, and with tied embeddings the LM head with them. With LoRA the embeddings are
+    frozen, so the authors' setting is the same under either rule. The same rule covers the
+    mode's own parameters: the action head's and HRPO gate's biases are exempt, their weights
+    (and HRPO's Lambda, which is neither a bias nor a norm) are decayed.
+    """
+    embeddings = {id(m.weight) for m in module.modules() if isinstance(m, nn.Embedding)}
+    norms = {id(p) for m in module.modules() if isinstance(m, nn.LayerNorm) for p in m.parameters(recurse=False)}
+    return {name for name, p in module.named_parameters()
+            if NO_DECAY_NAME.search(name.lower()) or id(p) in embeddings or id(p) in norms}
+
+
+def optimizer_groups(model: nn.Module, mode: Mode, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """AdamW groups: policy and mode parameters (action head / HRPO gate, at `head_learning_rate`),
+    each split into weight-decayed and exempt ones (see `no_decay_names`); empty groups are left out."""
+    groups = []
+    for prefix, module, lr in (("policy", model, cfg.learning_rate), ("head", mode, cfg.head_learning_rate)):
+        exempt = no_decay_names(module)
+        named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+        for suffix, params, decay in (("", [p for n, p in named if n not in exempt], cfg.weight_decay),
+                                      ("_no_decay", [p for n, p in named if n in exempt], 0.0)):
+            if params:
+                groups.append({"params": params, "lr": lr, "weight_decay": decay, "name": prefix + suffix})
+    return groups
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -205,11 +243,7 @@ class GrpoTrainer:
         self.steps = total_steps(self.tcfg, len(self.records), acc.num_processes)
 
         t = self.tcfg
-        policy_params = [p for p in self.model.parameters() if p.requires_grad]
-        groups = [{"params": policy_params, "lr": t.learning_rate, "name": "policy"}]
-        if self.mode.param_groups():
-            groups.append({"params": self.mode.param_groups(), "lr": t.head_learning_rate, "name": "head"})
-        self.optimizer = torch.optim.AdamW(groups, betas=(t.adam_beta1, t.adam_beta2), weight_decay=t.weight_decay)
+        self.optimizer = torch.optim.AdamW(optimizer_groups(self.model, self.mode, t), betas=(t.adam_beta1, t.adam_beta2))
         from transformers import get_cosine_schedule_with_warmup
 
         self.scheduler = get_cosine_schedule_with_warmup(
@@ -221,6 +255,10 @@ class GrpoTrainer:
         self.nonfinite_total = 0
         self.run_id: str | None = None
         self.history: list[dict[str, float]] = []
+
+    def group_lr(self, prefix: str) -> float | None:
+        """Current learning rate of the optimiser groups named `prefix` ('policy' or 'head'), None if absent."""
+        return next((g["lr"] for g in self.optimizer.param_groups if g["name"].startswith(prefix)), None)
 
     # -------------------------------------------------------- resume
 
@@ -376,7 +414,7 @@ class GrpoTrainer:
             "kl": float(sum(kls) / len(kls)),
             "token_entropy": float(sum(entropies) / max(len(entropies), 1)),
             "completion_length": float(lengths.mean()),
-            "lr": self.optimizer.param_groups[0]["lr"],
+            "lr": self.group_lr("policy"),
             "tokens_per_s": n_tokens / max(rollout_seconds, 1e-9),
             "step_seconds": time.perf_counter() - started,
             "nonfinite_skipped": float(self.nonfinite_total),
@@ -385,8 +423,8 @@ class GrpoTrainer:
         }
         if finite:
             metrics["grad_norm"] = float(grad_norm)
-        if len(self.optimizer.param_groups) > 1:
-            metrics["head_lr"] = self.optimizer.param_groups[1]["lr"]
+        if self.group_lr("head") is not None:
+            metrics["head_lr"] = self.group_lr("head")
         if action_entropies:
             metrics["action_entropy"] = sum(action_entropies) / len(action_entropies)
             metrics["action_kl"] = float(sum(action_kls) / len(action_kls))
