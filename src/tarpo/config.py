@@ -38,14 +38,20 @@ class SyntheticDataConfig:
 
     seed: int = _doc("Seed of the generator; the same seed gives byte-identical files.", default=1234)
     n_train: int = _doc("Training problems.", default=4000)
-    n_test_id: int = _doc("In-distribution test problems (disjoint from train).", default=200)
-    n_test_ood: int = _doc("Out-of-distribution test problems (more steps, larger numbers).", default=200)
+    n_test_id: int = _doc("In-distribution test problems (disjoint from train).", default=500)
+    n_test_ood: int = _doc("Out-of-distribution test problems (longer chains).", default=500)
     min_steps: int = _doc("Fewest arithmetic steps in a train / test_id problem.", default=2)
-    max_steps: int = _doc("Most arithmetic steps in a train / test_id problem.", default=3)
-    max_operand: int = _doc("Largest number appearing in a train / test_id problem.", default=12)
-    ood_min_steps: int = _doc("Fewest steps in a test_ood problem (must exceed max_steps).", default=4)
-    ood_max_steps: int = _doc("Most steps in a test_ood problem.", default=5)
-    ood_max_operand: int = _doc("Largest starting number in a test_ood problem (exceeds max_operand).", default=40)
+    max_steps: int = _doc("Most arithmetic steps in a train / test_id problem.", default=4)
+    max_operand: int = _doc("Largest add / subtract operand and starting amount in a train / test_id problem.", default=9)
+    max_value: int = _doc("Every intermediate value and answer stays in [1, max_value] (all splits).", default=99)
+    ood_min_steps: int = _doc("Fewest steps in a test_ood problem (must exceed max_steps).", default=5)
+    ood_max_steps: int = _doc("Most steps in a test_ood problem.", default=6)
+    ood_max_operand: int = _doc("Largest starting amount in a test_ood problem (at least max_operand).", default=9)
+    demo_error_rate: float = _doc(
+        "Chance that a step of a train demonstration (what the warm start imitates) is off by one; "
+        "the chain goes on from the slip. RL with the exact answer reward has this to unlearn. 0: clean.",
+        default=0.3,
+    )
 
 
 @dataclass
@@ -65,7 +71,7 @@ class TinyModelConfig:
 class WarmStartConfig:
     """Supervised warm start of the embedded backbone on synthetic solutions."""
 
-    steps: int = _doc("Optimiser steps of supervised training.", default=600)
+    steps: int = _doc("Optimiser steps of supervised training.", default=1000)
     batch_size: int = _doc("Sequences per step.", default=32)
     learning_rate: float = _doc("Peak AdamW learning rate (cosine decay, 5% warmup).", default=3e-3)
     weight_decay: float = _doc("AdamW weight decay.", default=0.01)
@@ -343,8 +349,11 @@ def validate(cfg: Config) -> Config:
                 raise ConfigError(f"unknown rule 'backbones.{bname}.resources.{rule}'")
             cfg.resources_for(bname, rule)
     for dname, ds in cfg.datasets.items():
-        if ds.ood_min_steps <= ds.max_steps or ds.ood_max_operand <= ds.max_operand:
-            raise ConfigError(f"'datasets.{dname}': test_ood must have more steps and larger numbers than train")
+        if ds.ood_min_steps <= ds.max_steps or ds.ood_max_operand < ds.max_operand:
+            raise ConfigError(f"'datasets.{dname}': test_ood must have more steps than train "
+                              "(ood_min_steps > max_steps) and ood_max_operand >= max_operand")
+        if not 0.0 <= ds.demo_error_rate < 1.0:
+            raise ConfigError(f"'datasets.{dname}.demo_error_rate' must be in [0, 1)")
     return cfg
 
 
