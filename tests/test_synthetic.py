@@ -107,7 +107,7 @@ def test_demonstrations_slip_by_one_at_the_configured_rate(splits):
         # a slipped chain never reaches the gold answer (every operation is increasing)
         assert (final == int(r["answer"])) == (demo == gold)
     assert abs(slips / total - CFG.demo_error_rate) < 0.05
-    clean = generate_split(SyntheticDataConfig(n_train=200), "train")
+    clean = generate_split(SyntheticDataConfig(n_train=200, demo_error_rate=0.0), "train")
     assert "demonstration" not in clean[0]
     # the questions do not depend on the error rate
     assert [r["question"] for r in clean] == [r["question"] for r in splits["train"]]
