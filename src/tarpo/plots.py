@@ -48,6 +48,7 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLoca
 
 from tarpo.config import Config  # noqa: E402
 from tarpo.io import atomic_write_text  # noqa: E402
+# (names, the soft-position helper and the table constants are also re-exported for callers of this module)
 from tarpo.summary import (AVERAGE, METHOD_LABEL, METHOD_ORDER, N_POSITION_BINS, SPLIT_LABEL,  # noqa: E402,F401
                            SPLITS, SUMMARY_COLUMNS, Results, configured_methods, method_label, method_order,
                            read_paired, read_summary, soft_by_position, soft_position_frame, summary_and_paired)

@@ -261,22 +261,18 @@ def _groups(res: Results) -> list[tuple[str, str, list[str]]]:
 def summary_and_paired(res: Results) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The long summary (SUMMARY_COLUMNS) and the paired comparisons (PAIRED_COLUMNS) of one backbone."""
     rows: list[tuple[Any, ...]] = []
-    ks: set[str] = set()
-    for (method, bench), runs in res.evals.items():
-        ks |= set(pass_metrics(next(iter(runs.values()))))
     for bench_name, split, benches in _groups(res):
         for method in res.methods:
             if not all((method, b) in res.evals for b in benches):
                 continue  # never an average over fewer benchmarks
-            first = {k: v for run in (res.evals[(method, b)] for b in benches) for v in run.values()
-                     for k in v}
+            names = {key for b in benches for run in res.evals[(method, b)].values() for key in run}
             if bench_name != AVERAGE:
                 for metric in COUNT_METRICS:
                     value = next(iter(res.evals[(method, bench_name)].values())).get(metric)
                     if isinstance(value, (int, float)):
                         rows.append((res.backbone, method, bench_name, split, metric, float(value), math.nan,
                                      math.nan, len(res.evals[(method, bench_name)]), False))
-            for metric in pass_metrics(first) + [m for m in MEAN_METRICS if m in first]:
+            for metric in pass_metrics(names) + [m for m in MEAN_METRICS if m in names]:
                 if metric.startswith("pass@") and not all(
                         metric in run for b in benches for run in res.evals[(method, b)].values()):
                     continue

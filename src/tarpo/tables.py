@@ -77,6 +77,7 @@ def main_table(summary: pd.DataFrame, backbones: Sequence[str] | None = None) ->
         if ((summary.split == split) & (summary.benchmark != AVERAGE)).any():
             groups.append((f"{SPLIT_LABEL[split]} avg", AVERAGE, split))
     backbones = list(backbones) if backbones else list(dict.fromkeys(summary.backbone))
+    keys = [(bench, split, metric) for _, bench, split in groups for metric in metrics]
     index, frames = [], {"value": [], "ci_low": [], "ci_high": [], "best": []}
     for backbone in backbones:
         sub = summary[summary.backbone == backbone]
@@ -84,11 +85,10 @@ def main_table(summary: pd.DataFrame, backbones: Sequence[str] | None = None) ->
             rows = sub[sub.method == method].set_index(["benchmark", "split", "metric"])
             index.append((backbone, method))
             for field, out in frames.items():
-                scale = 100.0 if field != "best" else 1
-                missing = False if field == "best" else math.nan
-                out.append([scale * rows[field].get((bench, split, metric), missing) if field != "best"
-                            else bool(rows[field].get((bench, split, metric), False))
-                            for _, bench, split in groups for metric in metrics])
+                if field == "best":
+                    out.append([bool(rows[field].get(key, False)) for key in keys])
+                else:
+                    out.append([100.0 * rows[field].get(key, math.nan) for key in keys])
     columns = pd.MultiIndex.from_tuples([(label, metric.replace("pass", "Pass")) for label, _, _ in groups
                                          for metric in metrics], names=["group", "metric"])
     idx = pd.MultiIndex.from_tuples(index, names=["backbone", "method"])
