@@ -218,6 +218,11 @@ def test_summary_holds_the_inputs_intervals_and_split_averages(full):
         want = sum(c >= 3 for c in correct.values()) / sum(correct.values())
         assert s.value[(m, "synthetic_test_id", "id", "lucky_share")] == pytest.approx(want)
         assert (m, "gsm8k", "id", "lucky_share") not in s.index
+    # ...and the table shows it, with its interval
+    md = (results / "figures" / BACKBONE / "tables" / "main.md").read_text()
+    row = next(ln for ln in md.splitlines() if ln.startswith("| TARPO | synthetic_test_id |"))
+    lucky = counts(PASS1["tarpo"]["synthetic_test_id"])
+    assert f"| {100 * sum(c >= 3 for c in lucky.values()) / sum(lucky.values()):.1f} [" in row
 
 
 def test_best_is_bold_only_where_significantly_above_the_runner_up(full):

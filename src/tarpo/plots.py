@@ -387,7 +387,8 @@ def summarise_backbone(cfg: Config, results: Path, out: Path, backbone: str) -> 
             notes.append(f"{method_label(m)}: no result on {', '.join(missing)} (so no average over that split)")
     notes += precision_notes(precision_frame(summary, paired))
     tables = Path(out) / backbone / "tables"
-    write_main(main_table(summary), tables, main_title(summary, f"Backbone {backbone} (config {cfg.name})"), notes)
+    write_main(main_table(summary), tables, main_title(summary, f"Backbone {backbone} (config {cfg.name})"), notes,
+               summary)
     write_paired(paired, [backbone], tables)
     directory = Path(out) / backbone
     fig_training_dynamics(res, cfg, directory / "training_dynamics.png")
@@ -421,7 +422,7 @@ def combined_table(cfg: Config, results: Path, out: Path) -> None:
     title = main_title(summary, f"{'Backbones' if len(found) > 1 else 'Backbone'} {', '.join(found) or '-'} "
                                 f"(config {cfg.name})")
     notes += precision_notes(precision_frame(summary, paired)) if not summary.empty else []
-    write_main(main_table(summary, found), Path(out) / "tables", title, notes)
+    write_main(main_table(summary, found), Path(out) / "tables", title, notes, summary)
     write_paired(paired, found, Path(out) / "tables")
     print(f"summarise: {len(frames)} backbone summaries -> {Path(out) / 'tables'}/main.{{csv,md,tex}}, paired.{{md,tex}}")
 

@@ -195,7 +195,9 @@ def main_title(summary: pd.DataFrame, what: str) -> str:
             f"ID / OOD avg = unweighted mean over the split's benchmarks")
 
 
-def write_main(table: MainTable, directory: Path, title: str, notes: Sequence[str] = ()) -> None:
+def write_main(table: MainTable, directory: Path, title: str, notes: Sequence[str] = (),
+               summary: pd.DataFrame | None = None) -> None:
+    """main.{csv,md,tex}; with `summary`, main.md also gets the lucky share / tokens / soft ratio table."""
     directory = Path(directory)
     notes = [CI_NOTE, *notes]
     if table.empty:
@@ -205,7 +207,11 @@ def write_main(table: MainTable, directory: Path, title: str, notes: Sequence[st
         atomic_write_text(directory / "main.tex", f"% no evaluation results found: {title}\n")
         return
     atomic_write_text(directory / "main.csv", table_csv(table))
-    atomic_write_text(directory / "main.md", table_markdown(table, title, notes))
+    md = table_markdown(table, title, notes)
+    if summary is not None and not summary.empty:
+        md += "\n**Lucky share (correct answers from a wrong chain), mean tokens, soft ratio / gate** [95% interval]\n\n"
+        md += behaviour_markdown(summary)
+    atomic_write_text(directory / "main.md", md)
     atomic_write_text(directory / "main.tex", table_latex(table, title, notes))
 
 
