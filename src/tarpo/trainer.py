@@ -452,12 +452,12 @@ class GrpoTrainer:
         return trajectories_html(f"{self.backbone}/{self.method}: step {self.step} samples", items)
 
     def run(self) -> dict[str, float]:
-        from tarpo.tracking import NullTracker, start_run
+        from tarpo.tracking import NullTracker, run_name, start_run
 
         acc = self.accelerator
         self.resume()
         if acc.is_main_process:
-            tracking = start_run(self.cfg.name, f"{self.backbone}/{self.method}/train",
+            tracking = start_run(self.cfg.name, run_name(self.backbone, self.method, "train", seed=self.cfg.seed),
                                  params=None if self.run_id else {"method": self.method, "backbone": self.backbone,
                                                                    "train": dataclasses.asdict(self.tcfg),
                                                                    "seed": self.cfg.seed, "steps": self.steps},
