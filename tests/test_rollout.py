@@ -296,6 +296,21 @@ def test_rollout_feeds_each_modes_formula(format_model, sampled, method, greedy)
     assert_close(s.fed[used], expected[used].detach(), **EMBED_TOL)
 
 
+@pytest.mark.parametrize("greedy", [False, True])
+def test_lepo_step_ending_thinking_is_drawn_from_top_k_and_scored_as_a_token(sampled, greedy):
+    """What lepo.py documents for the step that completes the marker or is an EOS drawn while thinking."""
+    s = sampled("lepo", greedy)
+    r = s.rollout
+    before = torch.cat([torch.ones_like(r.thinking[:, :1]), r.thinking[:, :-1]], 1) & r.valid  # phase before the token
+    ending = before & ~r.thinking
+    assert ending.sum() >= 6  # one per row that ended its thinking within the budget
+    ids, log_w = r.meta["topk_ids"], r.meta["relaxed_log_w"]
+    drawn = ids.gather(-1, log_w.argmax(-1, keepdim=True)).squeeze(-1)
+    assert torch.equal(r.tokens[ending], drawn[ending])  # the relaxed sample's argmax, a top-K token
+    token_logp = torch.log_softmax(s.logits, -1).gather(-1, r.tokens.unsqueeze(-1)).squeeze(-1)
+    assert_close(r.logps["token"][ending], token_logp[ending], **LOGP_TOL)  # log p(y) under the full p
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_stopping_and_masks(sampled, tiny_tokenizer, method):
     r = sampled(method, False).rollout

@@ -121,8 +121,12 @@ def no_decay_names(module: nn.Module) -> set[str]:
 
 
 def optimizer_groups(model: nn.Module, mode: Mode, cfg: TrainConfig) -> list[dict[str, Any]]:
-    """AdamW groups: policy and mode parameters (action head / HRPO gate, at `head_learning_rate`),
-    each split into weight-decayed and exempt ones (see `no_decay_names`); empty groups are left out."""
+    """AdamW groups: policy and mode parameters, each split into weight-decayed and exempt ones
+    (see `no_decay_names`); empty groups are left out.
+
+    The mode's parameters train at `head_learning_rate`: TARPO's action head as METHODS.md
+    says, and, our choice where it is silent, HRPO's gate (W_r, W_i, their biases, Lambda) too.
+    """
     groups = []
     for prefix, module, lr in (("policy", model, cfg.learning_rate), ("head", mode, cfg.head_learning_rate)):
         exempt = no_decay_names(module)
@@ -314,6 +318,16 @@ class GrpoTrainer:
         return rollout, records, texts, rewards
 
     def _scores(self, rollout: Rollout) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """(policy log-probs, reference log-probs) of a rollout.
+
+        The reference scores the policy's own input embeddings: those the
+        current policy builds from the rollout's stored metadata (its embedding
+        table, its HRPO gate, the stored top-K weights / relaxed samples /
+        latents), detached. It does not rebuild the inputs with its own
+        weights. So both KL terms (token and TARPO action) compare the two
+        models' next-step distributions given the very same inputs; METHODS.md
+        leaves this open.
+        """
         t = self.tcfg
         with self.accelerator.autocast():
             inputs = completion_inputs(self.model, self.mode, rollout)

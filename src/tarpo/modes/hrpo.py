@@ -9,7 +9,10 @@ a latent built from the whole next-token distribution:
     input = a * E[y] + sqrt(1 - a^2) * (i * latent)
 
 The rollout stores `latent` (detached); the training forward recomputes the
-gate from the current parameters so the gate gets gradients.
+gate from the current parameters so the gate gets gradients. The gate's
+parameters (W_r, W_i, their biases, Lambda) are the mode's, so they train at
+`head_learning_rate` like TARPO's action head: METHODS.md only says they are
+trained with the policy.
 """
 
 from __future__ import annotations

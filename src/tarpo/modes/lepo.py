@@ -10,8 +10,18 @@ of the stored w under the Concrete distribution with the current locations
 log p~ (top-K ids fixed from the rollout); answer-phase steps are ordinary
 tokens.
 
-Approximation, stated: the step whose token completes the answer marker was
-drawn from p~ but feeds back a hard input, so it is scored as a token under p.
+The step that ends the thinking phase, an approximation, stated: `sample`
+sees the phase *before* the step's token, so the step whose token completes
+`####`, or is an EOS drawn while thinking, is drawn like every thinking step
+(the Gumbel argmax over the top-K, an exact sample from p~) and a relaxed w
+is stored. But the rollout's `thinking` flag of that step (the phase *after*
+its token) is off, so its next input is the hard E[y] (after EOS there is
+none), the stored w is never used, and `logprobs` scores it as an ordinary
+token under the full p: log p(y), neither the Concrete density of w nor
+log p~(y) = log p(y) - log(top-K mass of p). Its ratio and KL are GRPO's;
+its policy gradient is that of log p(y) where the exact one is that of
+log p~(y): an extra grad log(top-K mass of p), small when the top-K holds
+nearly all of p. (tests/test_rollout.py pins this behaviour.)
 """
 
 from __future__ import annotations

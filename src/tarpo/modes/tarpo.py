@@ -5,6 +5,9 @@ sampled and recorded. Hard: next input E[y_t]. Soft: sum over the top-K of
 p_t of the renormalised probabilities times their embeddings. We renormalise
 in the rollout too (the authors mix un-normalised weights there), so rollout
 and training see the same inputs.
+
+The action term's gradient flows into the backbone through h_t (see
+`action_logits`); the head trains at `head_learning_rate`.
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ class TarpoMode(Mode):
             self.action_head.bias.copy_(torch.tensor([cfg.action_bias_hard, 0.0]))
 
     def action_logits(self, hidden: Tensor) -> Tensor:
+        # `hidden` is not detached: in training, the action term's gradient (policy gradient and
+        # action KL) reaches the backbone through h_t, not only the head. METHODS.md does not say.
         head = self.action_head
         return head(hidden.to(head.weight.dtype)).float() / self.cfg.tau_a
 
