@@ -1,7 +1,7 @@
 """End to end: GRPO and TARPO raise the training reward on a fixed prompt set (about 40 s on one core).
 
-A tiny Qwen2 is warm-started for a few seconds on one-step synthetic problems,
-so it solves about a quarter of them. RL then trains on the same 4 unseen
+A tiny Qwen2 is warm-started for a few seconds on one-step synthetic problems
+(imitating demonstrations with 30% slips), so it solves about a quarter of them. RL then trains on the same 4 unseen
 problems every step (8 completions each); the mean reward of the last 5 of 40
 steps must exceed that of the first 5 by more than 0.2. Everything else is
 the real path: `GrpoTrainer.run` with its loss, KL to the reference, weight
@@ -25,7 +25,7 @@ from tarpo.trainer import GrpoTrainer
 
 # Explicit sizes: the test must not move with the task's or the model's defaults.
 DATA = {"seed": 1234, "n_train": 400, "n_test_id": 32, "n_test_ood": 8, "min_steps": 1, "max_steps": 1,
-        "max_operand": 9}
+        "max_operand": 9, "demo_error_rate": 0.3}
 MODEL = {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2, "intermediate_size": 128,
          "vocab_size": 300}
 N_PROMPTS, STEPS, WINDOW = 4, 40, 5
