@@ -85,7 +85,6 @@ def _problem(rng: random.Random, n_steps: int, start_lo: int, start_hi: int, max
     items = rng.choice(ITEMS)
     value = start = rng.randint(start_lo, start_hi)
     sentences = [f"{name} has {value} {items}."]
-    steps: list[str] = []
     ops_done: list[tuple[str, int]] = []
     for _ in range(n_steps):
         ops = []
@@ -99,41 +98,39 @@ def _problem(rng: random.Random, n_steps: int, start_lo: int, start_hi: int, max
         if op == "add":
             n = rng.randint(1, min(max_operand, cap - value))
             sentences.append(rng.choice(ADD_TEMPLATES).format(p=pronoun, n=n))
-            steps.append(f"{value} + {n} = {value + n}.")
             ops_done.append(("+", n))
             value += n
         elif op == "sub":
             n = rng.randint(1, min(max_operand, value - 1))
             sentences.append(rng.choice(SUB_TEMPLATES).format(p=pronoun, n=n))
-            steps.append(f"{value} - {n} = {value - n}.")
             ops_done.append(("-", n))
             value -= n
         else:
             k = 3 if value * 3 <= cap and rng.random() < 0.5 else 2
             sentences.append(MUL_TEMPLATES[k].format(items=items))
-            steps.append(f"{value} * {k} = {value * k}.")
             ops_done.append(("*", k))
             value *= k
     sentences.append(f"How many {items} does {name} have now?")
     record = {
         "question": " ".join(sentences),
-        "solution": f"{' '.join(steps)} {ANSWER_MARKER} {value}",
+        "solution": chain(start, ops_done),
         "answer": str(value),
         "steps": n_steps,
     }
     return record, start, ops_done
 
 
-def noisy_demonstration(start: int, ops: list[tuple[str, int]], error_rate: float, rng: random.Random) -> str:
-    """The chain of `ops` from `start`, each result one too large with probability `error_rate`.
+def chain(start: int, ops: list[tuple[str, int]], error_rate: float = 0.0, rng: random.Random | None = None) -> str:
+    """The solution text of `ops` applied from `start`: the gold chain, or with `error_rate > 0` an
+    imperfect teacher's, each result one too large with that probability (drawn from `rng`).
 
     Every operation is increasing in its input, so a slip is never undone by a
-    later step: a demonstration with a slip always ends on a wrong answer.
+    later step: a chain with a slip always ends on a wrong answer.
     """
     value, steps = start, []
     for op, n in ops:
         result = value + n if op == "+" else value - n if op == "-" else value * n
-        if rng.random() < error_rate:
+        if error_rate > 0 and rng.random() < error_rate:
             result += 1
         steps.append(f"{value} {op} {n} = {result}.")
         value = result
@@ -167,7 +164,7 @@ def _generate(cfg: SyntheticDataConfig, split: str, n: int, exclude: set[str]) -
             continue
         seen.add(rec["question"])
         if demo_error_rate > 0:
-            rec["demonstration"] = noisy_demonstration(start, ops, demo_error_rate, demo_rng)
+            rec["demonstration"] = chain(start, ops, demo_error_rate, demo_rng)
         out.append({"id": f"{split}-{len(out):05d}", **rec})
     return out
 
