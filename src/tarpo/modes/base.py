@@ -95,7 +95,3 @@ class Mode(nn.Module):
     def rollout_stats(self, embed: nn.Embedding, tokens: Tensor, meta: dict[str, Tensor], thinking: Tensor) -> dict[str, float]:
         """Scalar summaries of a rollout (B, L) for logging: soft ratio, mean gate, ..."""
         return {}
-
-    def param_groups(self) -> list[nn.Parameter]:
-        """The mode's own trainable parameters (action head, gate): trained at `head_learning_rate`."""
-        return [p for p in self.parameters() if p.requires_grad]
