@@ -213,3 +213,114 @@ def test_two_cpu_processes_under_accelerate_launch(prepared, tmp_path):
     assert len(history) == 2 and history[-1]["world_size"] == 2
     # 2 processes x 2 prompts x group 2 completions were rewarded per step
     assert history[-1]["completions"] == 8
+
+
+# ---------------------------------------------------------------- resume only the same run, survive bad checkpoints
+
+
+def interrupt_at(prepared, tmp_path, monkeypatch, step, **train):
+    """Run until `step`, then deliver SIGTERM (a checkpoint is written at that step); returns the trainer."""
+    original = GrpoTrainer.train_step
+
+    def step_then_sigterm(self):
+        result = original(self)
+        if self.step == step:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return result
+
+    trainer = make(prepared, tmp_path, **train)
+    monkeypatch.setattr(GrpoTrainer, "train_step", step_then_sigterm)
+    with pytest.raises(SystemExit):
+        trainer.run()
+    monkeypatch.setattr(GrpoTrainer, "train_step", original)
+    return trainer
+
+
+def test_a_config_change_starts_over_and_says_which_key(prepared, tmp_path, monkeypatch, capsys):
+    straight = make(prepared, tmp_path / "straight", learning_rate=2e-3)
+    straight.run()
+
+    old = interrupt_at(prepared, tmp_path / "changed", monkeypatch, 3)  # learning_rate 1e-3
+    assert latest_checkpoint(old.state_dir).name == "step-000003"
+    capsys.readouterr()
+    new = make(prepared, tmp_path / "changed", learning_rate=2e-3)
+    assert new.state_dir != old.state_dir and new.state_dir.parent == old.state_dir.parent
+    new.run()
+    log = capsys.readouterr().out
+    assert "train.learning_rate: 0.001 -> 0.002" in log and "starts over" in log and "resuming" not in log
+    # the new learning rate was used from step 1: same weights and lr curve as a run that never saw the old one
+    assert [h["lr"] for h in new.history] == [h["lr"] for h in straight.history]
+    for name, value in weights(straight).items():
+        assert torch.allclose(weights(new)[name], value, atol=1e-6), name
+    recorded = json.loads((tmp_path / "changed" / "tarpo" / "checkpoint" / "run.json").read_text())
+    assert recorded["train"]["learning_rate"] == 2e-3 and recorded["fingerprint"] == new.state_dir.name
+
+
+def test_fewer_steps_than_an_old_checkpoint_start_over(prepared, tmp_path, monkeypatch):
+    interrupt_at(prepared, tmp_path, monkeypatch, 3)  # steps 4, checkpoint at 3
+    short = make(prepared, tmp_path, steps=2)
+    assert short.resume() is False and short.step == 0
+    short.run()
+    history = (tmp_path / "tarpo" / "checkpoint" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in history] == [1, 2]
+    saved = torch.load(tmp_path / "tarpo" / "checkpoint" / "trainer_state.pt", weights_only=False)
+    assert saved["step"] == 2
+
+
+def test_a_finished_run_leaves_no_train_state_and_a_rerun_retrains(prepared, tmp_path, capsys):
+    first = make(prepared, tmp_path)
+    first.run()
+    assert not first.state_root.exists()
+    assert "removed" in capsys.readouterr().out
+    # what `--forcerun train` does: the output is deleted, the job runs again, from step 0
+    import shutil
+
+    shutil.rmtree(tmp_path / "tarpo" / "checkpoint")
+    again = make(prepared, tmp_path)
+    assert again.resume() is False
+    again.run()
+    assert len(again.history) == 4
+
+
+def test_logging_settings_do_not_change_the_fingerprint(prepared, tmp_path):
+    assert make(prepared, tmp_path, checkpoint_every=2).state_dir == make(prepared, tmp_path, log_samples=1).state_dir
+    assert make(prepared, tmp_path).state_dir != make(prepared, tmp_path, beta=0.02).state_dir
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garble", "delete_checksum"])
+def test_a_corrupt_newest_checkpoint_falls_back_to_the_older_one(prepared, tmp_path, monkeypatch, capsys, damage):
+    straight = make(prepared, tmp_path / "straight")
+    straight.run()
+
+    killed = interrupt_at(prepared, tmp_path / "killed", monkeypatch, 3)
+    state_dir = killed.state_dir
+    assert [p.name for p in sorted(state_dir.glob("step-*"))] == ["step-000002", "step-000003"]
+    newest = state_dir / "step-000003" / "trainer_state.pt"
+    data = newest.read_bytes()
+    if damage == "truncate":
+        newest.write_bytes(data[: len(data) // 2])
+    elif damage == "garble":  # same size, loads fine with torch: only the checksum can tell
+        middle = len(data) // 2
+        newest.write_bytes(data[:middle] + bytes(b ^ 0xFF for b in data[middle:middle + 64]) + data[middle + 64:])
+    else:
+        (state_dir / "step-000003" / "trainer_state.sha256").unlink()
+    capsys.readouterr()
+
+    resumed = make(prepared, tmp_path / "killed")
+    assert resumed.resume() and resumed.step == 2
+    log = capsys.readouterr().out
+    assert "step-000003" in log and "unusable" in log and "set aside as corrupt-step-000003" in log
+    assert (state_dir / "corrupt-step-000003").is_dir() and not (state_dir / "step-000003").exists()
+    resumed = make(prepared, tmp_path / "killed")
+    resumed.run()
+    for name, value in weights(straight).items():
+        assert torch.allclose(weights(resumed)[name], value, atol=1e-6), name
+
+
+def test_every_checkpoint_corrupt_starts_over(prepared, tmp_path, monkeypatch):
+    killed = interrupt_at(prepared, tmp_path, monkeypatch, 2, checkpoint_every=1)
+    for ckpt in killed.state_dir.glob("step-*"):
+        (ckpt / "trainer_state.pt").write_bytes(b"not a checkpoint")
+    fresh = make(prepared, tmp_path)
+    assert fresh.resume() is False and fresh.step == 0
+    assert sorted(p.name for p in killed.state_dir.glob("corrupt-*")) == ["corrupt-step-000001", "corrupt-step-000002"]

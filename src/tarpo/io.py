@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import json
 import os
 import shutil
@@ -18,7 +20,7 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    os.chmod(tmp, 0o755)  # mkdtemp makes it owner-only; outputs are shared like any directory
+    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it owner-only; outputs are shared like any directory
     try:
         yield tmp
     except BaseException:
@@ -38,6 +40,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes it 0600; honour the umask like open() does
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
             fh.flush()
@@ -47,6 +50,94 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it (Linux exposes it in /proc)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # elsewhere: read by setting, then restore
+    os.umask(mask)
+    return mask
+
+
+class DiskFullError(OSError):
+    """Writing an output failed because its file system is full; the message says where and what is kept."""
+
+
+# torch.save reports a full disk as a RuntimeError from its zip writer ("unexpected pos ...",
+# "file write failed"); below this much free space we take such an error for a full disk.
+_NEARLY_FULL_BYTES = 64 * 2**20
+
+
+@contextlib.contextmanager
+def disk_full_as_error(path: str | Path, what: str, kept: str = "") -> Iterator[None]:
+    """Turn a full-disk failure while writing `what` under `path` into a DiskFullError with a clear message.
+
+    `kept` says what survives (e.g. the last complete checkpoint), so the user knows a rerun loses nothing.
+    """
+    try:
+        yield
+    except DiskFullError:
+        raise
+    except (OSError, RuntimeError) as err:
+        full = isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
+        if not full:
+            try:
+                full = shutil.disk_usage(_existing_parent(Path(path))).free < _NEARLY_FULL_BYTES
+            except OSError:
+                full = False
+        if not full:
+            raise
+        try:
+            free = f"{shutil.disk_usage(_existing_parent(Path(path))).free / 2**20:.1f} MiB free"
+        except OSError:
+            free = "free space unknown"
+        full_error = DiskFullError(f"no space left on device writing {what} to {path} ({free}); "
+                                   f"free some space and rerun{'; ' + kept if kept else ''}")
+        full_error.errno = errno.ENOSPC  # set after: OSError(errno, text) would prefix "[Errno 28]"
+        raise full_error from err
+
+
+def _existing_parent(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def file_digest(path: str | Path, whole_below: int = 256 * 2**20) -> str:
+    """sha256 of a file; above `whole_below` bytes, of its size, first and last MiB (weights of a
+    multi-GB model would take minutes to hash, and a change to them changes those too in practice)."""
+    path = Path(path)
+    size = path.stat().st_size
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        if size < whole_below:
+            for chunk in iter(lambda: fh.read(2**20), b""):
+                h.update(chunk)
+        else:
+            h.update(str(size).encode())
+            h.update(fh.read(2**20))
+            fh.seek(size - 2**20)
+            h.update(fh.read(2**20))
+    return h.hexdigest()
+
+
+def tree_digest(root: str | Path) -> str:
+    """sha256 over the relative paths and `file_digest`s of every file under `root` (hidden ones skipped)."""
+    root = Path(root)
+    h = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = path.relative_to(root)
+        if any(part.startswith(".") for part in rel.parts):
+            continue
+        h.update(f"{rel.as_posix()}\0{file_digest(path)}\n".encode())
+    return h.hexdigest()
 
 
 def write_json(path: str | Path, obj: Any) -> None:

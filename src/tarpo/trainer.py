@@ -7,12 +7,23 @@ and the training forward on the plain, unwrapped modules).
 Outputs of `train(..., out_dir)`:
 
     out_dir/                  the finished policy (see tarpo.policy) + metrics.jsonl, samples.html
-    out_dir/../train_state/   periodic checkpoints step-NNNNNN/ (trainable weights, optimiser,
-                              scheduler, RNG states, step); a rerun resumes from the newest one
+    out_dir/../train_state/{fingerprint}/
+                              periodic checkpoints step-NNNNNN/ (trainable weights, optimiser,
+                              scheduler, RNG states, step, with a sha256 sidecar) and run.json,
+                              what the fingerprint was computed from
 
 `out_dir` appears (atomically) only when training has finished, so a killed
 run is never mistaken for a finished one. SIGTERM (SLURM preemption) saves a
 checkpoint at the end of the current step and exits with status 143.
+
+A rerun resumes only from a checkpoint of the same run: the fingerprint hashes
+everything that determines the weights (the resolved train config, method,
+backbone weights, training data, seed, steps, world size), so after a config
+change the job starts over and says which keys differ. A checkpoint that fails
+verification (checksum, loadable, expected tensors) is set aside as
+`corrupt-step-NNNNNN/` and the next older one is tried. Once the final policy
+is saved, `train_state/` is deleted: out_dir holds the weights, optimiser and
+scheduler state, and the periodic checkpoints only served a killed run.
 """
 
 from __future__ import annotations
@@ -20,6 +31,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import hashlib
+import json
 import math
 import random
 import re
@@ -35,7 +48,8 @@ from tqdm import tqdm
 
 from tarpo.config import Config, TrainConfig
 from tarpo.data.template import build_prompt
-from tarpo.io import MissingInputError, atomic_dir, read_jsonl, write_jsonl
+from tarpo.io import (MissingInputError, atomic_dir, disk_full_as_error, file_digest, read_jsonl, tree_digest,
+                      write_json, write_jsonl)
 from tarpo.loss import group_advantages, grpo_loss
 from tarpo.modes import Mode, build_mode
 from tarpo.policy import add_lora, default_dtype, save_policy
@@ -44,7 +58,11 @@ from tarpo.rewards import extract_answer, reward
 from tarpo.rollout import AnswerMarker, Rollout, completion_inputs, eos_token_ids, generate, model_parts, score
 
 STATE_FILE = "trainer_state.pt"
+CHECKSUM_FILE = "trainer_state.sha256"
+RUN_FILE = "run.json"
 KEEP_CHECKPOINTS = 2
+# Train settings that change how a run is logged or checkpointed, not its weights: a change resumes.
+NOT_FINGERPRINTED = ("checkpoint_every", "log_samples")
 EXIT_PREEMPTED = 143
 
 
@@ -147,9 +165,17 @@ def trainable_parameters(model: nn.Module, mode: Mode) -> dict[str, nn.Parameter
     return params
 
 
+class CorruptCheckpointError(RuntimeError):
+    pass
+
+
+def checkpoints(state_dir: Path) -> list[Path]:
+    """Complete periodic checkpoints, oldest first (atomic renames: a step-* directory is always whole)."""
+    return sorted(p for p in Path(state_dir).glob("step-*") if (p / STATE_FILE).exists())
+
+
 def latest_checkpoint(state_dir: Path) -> Path | None:
-    """Newest complete periodic checkpoint (atomic renames: a step-* directory is always whole)."""
-    done = sorted(p for p in state_dir.glob("step-*") if (p / STATE_FILE).exists())
+    done = checkpoints(state_dir)
     return done[-1] if done else None
 
 
@@ -157,12 +183,61 @@ def save_checkpoint(state_dir: Path, step: int, params: dict[str, nn.Parameter],
     for name, p in params.items():
         if not torch.isfinite(p).all():
             raise NonFiniteLossError(f"refusing to checkpoint non-finite weights ({name}) at step {step}")
-    target = state_dir / f"step-{step:06d}"
-    with atomic_dir(target) as tmp:
+    target = Path(state_dir) / f"step-{step:06d}"
+    previous = latest_checkpoint(state_dir)
+    kept = f"the last complete checkpoint {previous} is intact" if previous else "no checkpoint was kept"
+    with disk_full_as_error(target, "a checkpoint", kept), atomic_dir(target) as tmp:
         torch.save({"params": {n: p.detach().cpu() for n, p in params.items()}, **extra}, tmp / STATE_FILE)
-    for old in sorted(state_dir.glob("step-*"))[:-KEEP_CHECKPOINTS]:
+        (tmp / CHECKSUM_FILE).write_text(f"{file_digest(tmp / STATE_FILE)}  {STATE_FILE}\n")
+    for old in checkpoints(state_dir)[:-KEEP_CHECKPOINTS]:
         shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+def load_checkpoint(ckpt: Path, params: dict[str, nn.Parameter]) -> dict[str, Any]:
+    """The state saved in `ckpt`, verified: checksum, loadable, every trainable tensor present with
+    its shape and finite. Raises CorruptCheckpointError saying what is wrong."""
+    state_file, sums = ckpt / STATE_FILE, ckpt / CHECKSUM_FILE
+    if not sums.exists():
+        raise CorruptCheckpointError(f"{sums.name} is missing")
+    expected = sums.read_text().split()[:1]
+    if [file_digest(state_file)] != expected:
+        raise CorruptCheckpointError(f"{STATE_FILE} does not match its sha256")
+    try:
+        state = torch.load(state_file, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - any unreadable file is corrupt
+        raise CorruptCheckpointError(f"{STATE_FILE} does not load: {err}") from err
+    missing = {"params", "optimizer", "scheduler", "rng", "step", "history"} - set(state)
+    if missing:
+        raise CorruptCheckpointError(f"missing entries {sorted(missing)}")
+    saved = state["params"]
+    if set(saved) != set(params):
+        raise CorruptCheckpointError(f"holds tensors {sorted(set(saved) ^ set(params))[:3]}... that do not match the model")
+    for name, p in params.items():
+        if saved[name].shape != p.shape or not torch.isfinite(saved[name]).all():
+            raise CorruptCheckpointError(f"tensor {name} has the wrong shape or non-finite values")
+    return state
+
+
+def fingerprint(identity: dict[str, Any]) -> str:
+    """Short hash of what determines a run (see GrpoTrainer.identity)."""
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def identity_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Dotted keys whose values differ between two run identities, as `key: old -> new`."""
+    a, b = _flatten(old), _flatten(new)
+    return [f"{k}: {a.get(k, '(absent)')} -> {b.get(k, '(absent)')}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 
 def rng_states() -> dict[str, Any]:
@@ -222,8 +297,10 @@ class GrpoTrainer:
         self.tcfg = cfg.train_config(backbone, method)
         self.backbone, self.method = backbone, method
         self.out_dir = Path(out_dir)
-        self.state_dir = self.out_dir.parent / "train_state"
+        self.state_root = self.out_dir.parent / "train_state"
         self.records = load_train_records(data_dir)
+        self.data_digest = file_digest(Path(data_dir) / "train.jsonl")
+        self.backbone_digest = tree_digest(backbone_dir)
         mp = "bf16" if self.tcfg.mixed_precision in ("auto", "bf16") and torch.cuda.is_available() else "no"
         self.accelerator = accelerator or Accelerator(mixed_precision=mp, cpu=not torch.cuda.is_available())
         acc = self.accelerator
@@ -259,6 +336,15 @@ class GrpoTrainer:
         self.nonfinite_total = 0
         self.run_id: str | None = None
         self.history: list[dict[str, float]] = []
+        self.identity = self.run_identity()
+        self.state_dir = self.state_root / fingerprint(self.identity)
+
+    def run_identity(self) -> dict[str, Any]:
+        """Everything that determines the trained weights; its hash names the checkpoint directory."""
+        train = {k: v for k, v in dataclasses.asdict(self.tcfg).items() if k not in NOT_FINGERPRINTED}
+        return {"backbone": self.backbone, "method": self.method, "seed": self.cfg.seed, "steps": self.steps,
+                "world_size": self.accelerator.num_processes, "train": train,
+                "train_data_sha256": self.data_digest, "backbone_sha256": self.backbone_digest}
 
     def group_lr(self, prefix: str) -> float | None:
         """Current learning rate of the optimiser groups named `prefix` ('policy' or 'head'), None if absent."""
@@ -267,26 +353,60 @@ class GrpoTrainer:
     # -------------------------------------------------------- resume
 
     def resume(self) -> bool:
-        ckpt = latest_checkpoint(self.state_dir)
-        if ckpt is None:
-            return False
-        state = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=False)
-        with torch.no_grad():
-            for name, p in self.params.items():
-                p.copy_(state["params"][name].to(p.device))
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        set_rng_states(state["rng"])
-        self.step = state["step"]
-        self.nonfinite_total = state["nonfinite_total"]
-        self.run_id = state.get("run_id")
-        self.history = state["history"]
-        if self.accelerator.is_main_process:
-            print(f"resuming {self.backbone}/{self.method} from {ckpt} (step {self.step}/{self.steps})")
-        return True
+        """Load the newest verified checkpoint of this very run; False (start over) if there is none."""
+        say = print if self.accelerator.is_main_process else (lambda *a, **k: None)
+        name = f"{self.backbone}/{self.method}"
+        self._report_other_runs(say, name)
+        for ckpt in reversed(checkpoints(self.state_dir)):
+            try:
+                state = load_checkpoint(ckpt, self.params)
+            except CorruptCheckpointError as err:
+                aside = ckpt.with_name(f"corrupt-{ckpt.name}")
+                say(f"WARNING {name}: checkpoint {ckpt} is unusable ({err}); set aside as {aside.name}, "
+                    f"trying the next older one")
+                if self.accelerator.is_main_process:
+                    with contextlib.suppress(OSError):
+                        shutil.rmtree(aside, ignore_errors=True)
+                        ckpt.rename(aside)
+                continue
+            with torch.no_grad():
+                for key, p in self.params.items():
+                    p.copy_(state["params"][key].to(p.device))
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            set_rng_states(state["rng"])
+            self.step = state["step"]
+            self.nonfinite_total = state["nonfinite_total"]
+            self.run_id = state.get("run_id")
+            self.history = state["history"]
+            say(f"resuming {name} from {ckpt} (step {self.step}/{self.steps})")
+            return True
+        return False
+
+    def _report_other_runs(self, say: Any, name: str) -> None:
+        """Say so when train_state/ holds checkpoints of another configuration: they are not resumed."""
+        if not self.state_root.is_dir():
+            return
+        for other in sorted(self.state_root.iterdir()):
+            if other == self.state_dir or not other.is_dir() or other.name.startswith("."):
+                continue
+            if other.name.startswith("step-"):  # written before checkpoints carried a fingerprint
+                say(f"{name}: ignoring {other}: an unfingerprinted checkpoint of an older version; starting over")
+                continue
+            try:
+                old = json.loads((other / RUN_FILE).read_text())
+                old.pop("fingerprint", None)
+                differs = "; ".join(identity_diff(old, self.identity)[:8]) or "unknown"
+            except (OSError, ValueError):
+                differs = f"its {RUN_FILE} is unreadable"
+            say(f"{name}: {other} holds checkpoints of a different run configuration ({differs}); "
+                f"they are not used, this run starts over")
 
     def checkpoint(self) -> None:
         if self.accelerator.is_main_process:
+            if not (self.state_dir / RUN_FILE).exists():
+                self.state_dir.mkdir(parents=True, exist_ok=True)
+                write_json(self.state_dir / RUN_FILE, {"fingerprint": self.state_dir.name, **self.identity})
             save_checkpoint(self.state_dir, self.step, self.params, {
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "rng": rng_states(), "step": self.step, "nonfinite_total": self.nonfinite_total,
@@ -514,8 +634,11 @@ class GrpoTrainer:
         for name, p in self.params.items():
             if not torch.isfinite(p).all():
                 raise NonFiniteLossError(f"final weights hold non-finite values ({name}); nothing saved")
-        with atomic_dir(self.out_dir) as tmp:
+        previous = latest_checkpoint(self.state_dir)
+        kept = f"training resumes from {previous}" if previous else "no periodic checkpoint was kept"
+        with disk_full_as_error(self.out_dir, "the final policy", kept), atomic_dir(self.out_dir) as tmp:
             save_policy(self.model, self.mode, self.tcfg, self.method, tmp)
+            write_json(tmp / RUN_FILE, {"fingerprint": self.state_dir.name, **self.identity})
             torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                         "step": self.step, "run_id": self.run_id}, tmp / STATE_FILE)
             write_jsonl(tmp / "metrics.jsonl", self.history)
@@ -525,6 +648,11 @@ class GrpoTrainer:
             (tmp / "run_id.txt").write_text(f"{self.run_id or ''}\n")
         tracker.log_metrics({"nonfinite_skipped": float(self.nonfinite_total)}, step=self.step)
         print(f"saved {self.backbone}/{self.method} policy to {self.out_dir}")
+        # The final policy holds everything a resume would need; periodic checkpoints (of this and of
+        # superseded configurations) only served killed runs, and cost most of the results' size.
+        if self.state_root.exists():
+            shutil.rmtree(self.state_root, ignore_errors=True)
+            print(f"removed {self.state_root} (periodic checkpoints of a finished run)")
 
 
 def train(cfg: Config, backbone: str, method: str, backbone_dir: Path, data_dir: Path, out_dir: Path) -> dict[str, float]:
