@@ -95,3 +95,17 @@ def test_digests_change_with_content(tmp_path):
         fh.seek(2_999_999)
         fh.write(b"\1")
     assert file_digest(big, whole_below=1_000_000) != sampled
+
+
+def test_read_jsonl_names_file_and_line_of_a_bad_row(tmp_path):
+    from tarpo.io import BadInputError, read_jsonl
+
+    path = tmp_path / "train.jsonl"
+    path.write_text('{"a": 1}\n\n{"a": 2\n')
+    with pytest.raises(BadInputError, match=r"train.jsonl:3: not valid JSON"):
+        read_jsonl(path)
+    path.write_text('{"a": 1}\n[1, 2]\n')
+    with pytest.raises(BadInputError, match=r"train.jsonl:2: expected a JSON object, got list"):
+        read_jsonl(path)
+    path.write_text('{"a": 1}\n\n{"a": 2}\n')
+    assert read_jsonl(path) == [{"a": 1}, {"a": 2}]

@@ -148,9 +148,26 @@ def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
     atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
 
 
+class BadInputError(ValueError):
+    """An input file is malformed; the message names the file and line."""
+
+
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    with open(path) as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+    """Rows of a JSON-lines file (blank lines skipped); a malformed line or a row that is not an object
+    is an error naming the file and line."""
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for number, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise BadInputError(f"{path}:{number}: not valid JSON ({err.msg}, column {err.colno})") from None
+            if not isinstance(row, dict):
+                raise BadInputError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+            rows.append(row)
+    return rows
 
 
 class MissingInputError(FileNotFoundError):
