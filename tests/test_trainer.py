@@ -324,3 +324,25 @@ def test_every_checkpoint_corrupt_starts_over(prepared, tmp_path, monkeypatch):
     fresh = make(prepared, tmp_path)
     assert fresh.resume() is False and fresh.step == 0
     assert sorted(p.name for p in killed.state_dir.glob("corrupt-*")) == ["corrupt-step-000001", "corrupt-step-000002"]
+
+
+def test_a_damaged_finished_policy_is_named_not_loaded(prepared, tmp_path):
+    from tarpo.config import ConfigError
+    from tarpo.io import BadInputError
+    from tarpo.policy import load_policy
+
+    trainer = make(prepared, tmp_path, steps=1, checkpoint_every=0)
+    trainer.run()
+    out = tmp_path / "tarpo" / "checkpoint"
+    listed = [line.split("  ", 1)[1] for line in (out / "SHA256SUMS").read_text().splitlines()]
+    assert {"policy.json", "mode.safetensors", "trainer_state.pt", "run.json"} <= set(listed)
+    load_policy(prepared / "backbone", "tarpo", trainer.tcfg, out)  # intact: loads
+    with pytest.raises(ConfigError, match="trained as 'tarpo', not 'grpo'"):
+        load_policy(prepared / "backbone", "grpo", trainer.tcfg, out)
+    mode_file = out / "mode.safetensors"
+    mode_file.write_bytes(mode_file.read_bytes()[:100])
+    with pytest.raises(BadInputError, match="damaged: mode.safetensors does not match its sha256"):
+        load_policy(prepared / "backbone", "tarpo", trainer.tcfg, out)
+    (out / "SHA256SUMS").unlink()  # no manifest to check: the load itself fails, with the same kind of message
+    with pytest.raises(BadInputError, match="does not load .*retrain it"):
+        load_policy(prepared / "backbone", "tarpo", trainer.tcfg, out)

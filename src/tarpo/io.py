@@ -140,6 +140,33 @@ def tree_digest(root: str | Path) -> str:
     return h.hexdigest()
 
 
+MANIFEST_FILE = "SHA256SUMS"
+
+
+def write_manifest(root: str | Path) -> None:
+    """Record the sha256 of every file under `root` (sha256sum's format), so a damaged copy is detected."""
+    root = Path(root)
+    lines = [f"{file_digest(p)}  {p.relative_to(root).as_posix()}\n"
+             for p in sorted(root.rglob("*")) if p.is_file() and p.name != MANIFEST_FILE]
+    (root / MANIFEST_FILE).write_text("".join(lines))
+
+
+def verify_manifest(root: str | Path) -> None:
+    """Raise BadInputError naming the first file under `root` that is missing or differs from its manifest
+    (no manifest: nothing to check, e.g. outputs of an older version)."""
+    root = Path(root)
+    manifest = root / MANIFEST_FILE
+    if not manifest.exists():
+        return
+    for line in manifest.read_text().splitlines():
+        digest, _, name = line.partition("  ")
+        path = root / name
+        if not path.is_file():
+            raise BadInputError(f"{root} is damaged: {name} is missing")
+        if file_digest(path) != digest:
+            raise BadInputError(f"{root} is damaged: {name} does not match its sha256 in {MANIFEST_FILE}")
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 

@@ -7,6 +7,7 @@ same thing:
       adapter/  or  model/     peft adapter (LoRA) or full weights (save_pretrained)
       mode.safetensors         action head / HRPO gate (not LoRA layers)
       policy.json              method, adapter kind, resolved train config
+      SHA256SUMS               every file's sha256 (written by the trainer), checked on load
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from tarpo.backbone import load_backbone
-from tarpo.config import TrainConfig, from_dict
-from tarpo.io import MissingInputError
+from tarpo.config import ConfigError, TrainConfig, from_dict
+from tarpo.io import BadInputError, MissingInputError, verify_manifest
 from tarpo.modes import Mode, build_mode
 
 POLICY_FILE = "policy.json"
@@ -61,7 +62,10 @@ def read_policy_info(checkpoint: Path) -> dict[str, Any]:
     path = Path(checkpoint) / POLICY_FILE
     if not path.exists():
         raise MissingInputError(f"{checkpoint} holds no finished policy ({POLICY_FILE} missing); train it first")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except ValueError as err:
+        raise BadInputError(f"{path} is not valid JSON ({err}); retrain the policy") from None
 
 
 def load_policy(
@@ -77,20 +81,28 @@ def load_policy(
     if checkpoint is not None:
         info = read_policy_info(checkpoint)
         if info["method"] != method:
-            raise ValueError(f"{checkpoint} was trained as '{info['method']}', not '{method}'")
+            raise ConfigError(f"{checkpoint} was trained as '{info['method']}', not '{method}'")
+        verify_manifest(checkpoint)
         cfg = from_dict(TrainConfig, info["train"], "checkpoint")
     model, tokenizer = load_backbone(Path(backbone_dir), dtype=dtype)
-    if checkpoint is not None and cfg.adapter == "full":
-        from transformers import AutoModelForCausalLM
+    try:
+        if checkpoint is not None and cfg.adapter == "full":
+            from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(Path(checkpoint) / "model", dtype=dtype)
-    elif checkpoint is not None:
-        from peft import PeftModel
+            model = AutoModelForCausalLM.from_pretrained(Path(checkpoint) / "model", dtype=dtype)
+        elif checkpoint is not None:
+            from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, Path(checkpoint) / "adapter")
-    mode = build_mode(method, cfg, model.config.hidden_size)
-    if checkpoint is not None and (Path(checkpoint) / MODE_FILE).exists():
-        mode.load_state_dict(load_file(Path(checkpoint) / MODE_FILE))
+            model = PeftModel.from_pretrained(model, Path(checkpoint) / "adapter")
+        mode = build_mode(method, cfg, model.config.hidden_size)
+        if checkpoint is not None and (Path(checkpoint) / MODE_FILE).exists():
+            mode.load_state_dict(load_file(Path(checkpoint) / MODE_FILE))
+    except (OSError, ValueError, RuntimeError) as err:  # safetensors' errors derive from Exception only
+        raise BadInputError(f"the policy in {checkpoint} does not load ({type(err).__name__}: {err}); retrain it") from err
+    except Exception as err:
+        if type(err).__name__ != "SafetensorError":
+            raise
+        raise BadInputError(f"the policy in {checkpoint} does not load ({err}); retrain it") from err
     model.to(device).eval()
     mode.to(device).eval()
     return model, tokenizer, mode

@@ -49,7 +49,7 @@ from tqdm import tqdm
 from tarpo.config import Config, TrainConfig
 from tarpo.data.template import build_prompt
 from tarpo.io import (MissingInputError, atomic_dir, disk_full_as_error, file_digest, read_jsonl, tree_digest,
-                      write_json, write_jsonl)
+                      write_json, write_jsonl, write_manifest)
 from tarpo.loss import group_advantages, grpo_loss
 from tarpo.modes import Mode, build_mode
 from tarpo.policy import add_lora, default_dtype, save_policy
@@ -646,6 +646,7 @@ class GrpoTrainer:
                 (tmp / "samples.html").write_text(self.samples_html(last))
                 tracker.log_artifact(tmp / "samples.html")
             (tmp / "run_id.txt").write_text(f"{self.run_id or ''}\n")
+            write_manifest(tmp)  # evaluation checks it: a damaged copy (e.g. a partial sync) is named, not loaded
         tracker.log_metrics({"nonfinite_skipped": float(self.nonfinite_total)}, step=self.step)
         print(f"saved {self.backbone}/{self.method} policy to {self.out_dir}")
         # The final policy holds everything a resume would need; periodic checkpoints (of this and of
