@@ -278,7 +278,8 @@ def test_guard_bypass_is_real() -> None:
 def test_bypass_cannot_delete_or_write(sentinel: Path, tmp_path: Path) -> None:
     result = run_program(FRESH_POSIX + f"posix.unlink({str(sentinel)!r})\n")
     assert_contained(result)
-    assert "Permission denied" in result.stderr
+    # refused by the kernel: not ours (throw-away uid), read-only, or hidden under the private /tmp
+    assert re.search(r"Permission denied|Read-only file system|No such file", result.stderr)
     created = tmp_path / "created"
     run_program(FRESH_POSIX + f"posix.close(posix.open({str(created)!r}, posix.O_CREAT | posix.O_WRONLY))\n")
     assert_intact(sentinel)

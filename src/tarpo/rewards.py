@@ -19,7 +19,7 @@ from math_verify import parse, verify
 from math_verify.errors import TimeoutException
 
 from tarpo.data.template import ANSWER_MARKER
-from tarpo.sandbox import run_program
+from tarpo.sandbox import run_check
 
 __all__ = ["ANSWER_MARKER", "extract_answer", "verify_math", "verify_choice", "verify_code",
            "code_program", "reward", "reasoning_chain", "gold_chain", "chain_correct"]
@@ -208,14 +208,20 @@ def verify_choice(pred: str, gold: str) -> bool:
 # code
 
 
-def verify_code(program: str, test: str, entry_point: str, timeout_s: float = 5.0) -> bool:
+def verify_code(program: str, test: str, entry_point: str, timeout_s: float = 5.0,
+                prompt: str | None = None) -> bool:
     """HumanEval style: `program` (prompt + completion) passes `test`'s check(entry_point).
 
-    Whatever the program does, this returns False rather than raising; only a
-    failure of the machine itself (no temp dir, say) propagates.
+    The test runs in a trusted process that calls the sandboxed program across
+    a process boundary with plain data only (`sandbox.run_check`), so the
+    program cannot forge the verdict (exit early, trace and replace `check`,
+    return an always-equal object). `prompt`, when given, supplies the helpers
+    a test may use besides the candidate (e.g. encode_cyclic) from the task
+    rather than from the program. Whatever the program does, this returns
+    False rather than raising; only a failure of the machine itself (no temp
+    dir, say) propagates.
     """
-    source = f"{program}\n\n{test}\n\ncheck({entry_point})\n"
-    return run_program(source, timeout_s=timeout_s).passed
+    return run_check(program, test, entry_point, prompt=prompt, timeout_s=timeout_s).passed
 
 
 def code_program(answer: str, prompt: str, entry_point: str) -> str:
@@ -256,7 +262,8 @@ def reward(completion: str, gold: str, kind: str = "math", **kw: Any) -> float:
     else:
         entry_point = kw["entry_point"]
         program = code_program(answer, kw["prompt"], entry_point)
-        ok = verify_code(program, kw.get("test", gold), entry_point, timeout_s=kw.get("timeout_s", 5.0))
+        ok = verify_code(program, kw.get("test", gold), entry_point, timeout_s=kw.get("timeout_s", 5.0),
+                         prompt=kw["prompt"])
     return 1.0 if ok else 0.0
 
 
