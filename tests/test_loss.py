@@ -84,3 +84,41 @@ def test_ppo_clipping_with_old_logps():
     out.loss.backward()
     assert logp.grad[0, 0].item() == 0.0  # clipped: no gradient
     assert logp.grad[0, 1].item() == pytest.approx(-math.exp(-0.5) / 2, rel=1e-6)
+
+
+def test_stream_loss_by_hand():
+    """ATP-Latent: per completion, the masked mean of each stream, summed; minus the mean over completions."""
+    logps = {"latent": torch.tensor([[-1.0, -2.0, 0.0], [-0.5, 0.0, 0.0]], requires_grad=True),
+             "token": torch.tensor([[0.0, 0.0, -3.0], [0.0, -1.0, -1.0]], requires_grad=True)}
+    masks = {"latent": torch.tensor([[1, 1, 0], [1, 0, 0]], dtype=torch.bool),
+             "token": torch.tensor([[0, 0, 1], [0, 1, 1]], dtype=torch.bool)}
+    valid = torch.ones(2, 3, dtype=torch.bool)
+    adv = torch.tensor([1.0, -2.0])
+    out = grpo_loss(logps, None, None, adv, valid, beta=0.0, stream_masks=masks)
+    # single update: ratio = 1, so each stream's masked mean of A is A; two streams: 2A per completion
+    assert out.loss.item() == pytest.approx(-(2 * 1.0 + 2 * -2.0) / 2)
+    out.loss.backward()
+    # d loss / d logp = -A / (n_completions * n_positions_in_stream) on the stream's positions, 0 elsewhere
+    assert torch.allclose(logps["latent"].grad, torch.tensor([[-1 / 4, -1 / 4, 0.0], [1.0, 0.0, 0.0]]))
+    assert torch.allclose(logps["token"].grad, torch.tensor([[0.0, 0.0, -0.5], [0.0, 0.5, 0.5]]))
+
+
+def test_stream_loss_clamps_and_clips_the_log_ratio():
+    logps = {"latent": torch.tensor([[5.0]]), "token": torch.tensor([[0.0]])}
+    old = {"latent": torch.tensor([[0.0]]), "token": torch.tensor([[0.0]])}
+    masks = {"latent": torch.ones(1, 1, dtype=torch.bool), "token": torch.zeros(1, 1, dtype=torch.bool)}
+    valid = torch.ones(1, 1, dtype=torch.bool)
+    # negative advantage: min(r A, clip(r) A) = r A with r = exp(clamp(5, +-3)) = e^3
+    out = grpo_loss(logps, None, old, torch.tensor([-1.0]), valid, 0.0, clip_eps=0.2, stream_masks=masks,
+                    log_ratio_clamp=3.0)
+    assert out.loss.item() == pytest.approx(math.exp(3.0))
+    out = grpo_loss(logps, None, old, torch.tensor([1.0]), valid, 0.0, clip_eps=0.2, stream_masks=masks,
+                    log_ratio_clamp=3.0)
+    assert out.loss.item() == pytest.approx(-1.2)  # positive advantage: clipped at 1 + eps
+    assert out.clip_fraction == 1.0
+
+
+def test_advantage_eps_is_a_parameter():
+    rewards = torch.tensor([1.0, 0.0])
+    std = rewards.std()
+    assert torch.allclose(group_advantages(rewards, 2, eps=1e-8), (rewards - 0.5) / (std + 1e-8))

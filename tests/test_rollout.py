@@ -428,3 +428,114 @@ def test_lepo_token_is_the_gumbel_argmax_of_the_relaxed_sample():
     assert torch.allclose(w.sum(-1), torch.ones(64), atol=1e-5)
     chosen = draw.meta["topk_ids"].gather(-1, w.argmax(-1, keepdim=True)).squeeze(-1)
     assert torch.equal(chosen, draw.token)  # softmax is monotone: argmax of w = argmax of (l + g)
+
+
+# ---------------------------------------------------------------- ATP-Latent: Gaussian latents, a stop head, an answer
+
+
+def atp_cfg(**kw) -> TrainConfig:
+    cfg = TrainConfig(**kw)
+    cfg.atp_latents_per_step, cfg.atp_max_steps = 2, 3  # at most 6 latents
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def atp_sampled(format_model, tiny_tokenizer):
+    """atp_sampled(greedy) -> (model, tokenizer, Sampled): the format model with ATP's tokens added, 16 prompts."""
+    import copy
+
+    from tarpo.modes.atp_latent import BEGIN_LATENT, SPECIAL_TOKENS
+
+    tok = copy.deepcopy(tiny_tokenizer)
+    tok.add_special_tokens({"additional_special_tokens": list(SPECIAL_TOKENS)})
+    model = copy.deepcopy(format_model)
+    model.resize_token_embeddings(len(tok))
+    rows = [tok(prompt + BEGIN_LATENT)["input_ids"] for prompt, _ in format_corpus(16, seed=2)]
+    ids, mask = left_pad(rows, tok.pad_token_id)
+    marker = AnswerMarker(tok, model.config.vocab_size)
+
+    @functools.cache
+    def run(greedy: bool):
+        torch.manual_seed(3)
+        mode = build_mode("atp_latent", atp_cfg(), model.config.hidden_size)
+        with torch.no_grad():  # continue ~2/3 of the time at a group start: some blocks stop, some hit the cap
+            mode.stop_head[-1].bias.copy_(torch.tensor([0.7, 0.0]))
+        mode.bind(tok)
+        with recording(model) as (fed, logits):
+            rollout = generate(model, mode, ids, mask, max_new_tokens=24, temperature=TEMPERATURE,
+                               eos_ids=[tok.eos_token_id], pad_id=tok.pad_token_id, marker=marker,
+                               greedy=greedy, generator=torch.Generator().manual_seed(0))
+        return model, tok, Sampled(mode, rollout, torch.cat(fed[1:], 1), torch.stack(logits, 1) / TEMPERATURE)
+
+    return run
+
+
+def test_atp_rollout_has_a_latent_block_then_an_answer(atp_sampled):
+    model, tok, s = atp_sampled(False)
+    r, meta = s.rollout, s.rollout.meta
+    ids = s.mode.special_ids
+    n_latents = meta["latent"].sum(-1)
+    ended = meta["stop"] | meta["forced"]
+    assert bool((ended.sum(-1) == 1).all())  # every block ends exactly once, within the budget of 6 latents
+    assert int(n_latents.max()) <= 6 and bool((n_latents % 2 == 0).all())  # stops only at group starts
+    assert bool(meta["stop"].any()) and bool(meta["forced"].any()) and bool((n_latents > 0).any())
+    end_at = ended.float().argmax(-1)
+    for b in range(r.tokens.shape[0]):
+        e = int(end_at[b])
+        assert r.tokens[b, :e].tolist() == [ids["<lat>"]] * e and int(r.tokens[b, e]) == ids["<eol>"]
+        assert bool(meta["latent"][b, :e].all()) and not bool(meta["latent"][b, e:].any())
+        assert bool(meta["group_start"][b, :e + 1].tolist() == [(t % 2 == 0) for t in range(e)] + [bool(meta["stop"][b, e])])
+        assert int(r.valid[b].sum()) > e + 1  # the answer follows the block
+    # the latent inputs fed to the model are the sampled z, the rest are token embeddings
+    _, _, embed = model_parts(model)
+    latent = meta["latent"][:, :-1] & r.valid[:, 1:]
+    assert_close(s.fed[latent], meta["z"][:, :-1][latent])
+    plain = ~meta["latent"][:, :-1] & r.valid[:, 1:]
+    assert_close(s.fed[plain], embed(r.tokens[:, :-1])[plain])
+
+
+@pytest.mark.parametrize("greedy", [False, True])
+def test_atp_training_forward_matches_rollout(atp_sampled, greedy):
+    """Latent, stop and answer log-probs recomputed in one forward equal the rollout's, across the block's end."""
+    model, _, s = atp_sampled(greedy)
+    r = s.rollout
+    embeds, _, _ = completion_inputs(model, s.mode, r)
+    used = r.valid[:, 1:]
+    assert_close(embeds[:, r.prompt_ids.shape[1]:][used], s.fed[used], **EMBED_TOL)
+    scored = score(model, s.mode, r, TEMPERATURE)
+    for key in ("latent", "token"):
+        assert_close(scored[key][r.valid], r.logps[key][r.valid], **LOGP_TOL, msg=lambda m, key=key: f"{key}: {m}")
+    masks = s.mode.loss_masks(r.meta, r.valid)
+    assert bool(masks["latent"].any()) and bool(masks["token"].any()) and not bool((masks["latent"] & masks["token"]).any())
+    assert bool((r.logps["token"][~masks["token"] & r.valid] == 0).all())
+
+
+def test_atp_latent_log_density_and_stop_terms_by_hand():
+    from tarpo.modes.atp_latent import CONTINUE, STOP, gaussian_log_density
+
+    torch.manual_seed(0)
+    mode = build_mode("atp_latent", atp_cfg(), 8)
+    hidden = torch.randn(3, 5, 8)
+    mu, logvar = mode.gaussian(hidden)
+    z = torch.randn(3, 5, 8)
+    expected = torch.distributions.Normal(mu, torch.exp(0.5 * logvar)).log_prob(z).sum(-1)
+    assert_close(gaussian_log_density(z, mu, logvar), expected, rtol=1e-5, atol=1e-5)
+    # the scored latent term: density plus log p(continue) at group starts, log p(stop) on a stop, 0 when forced
+    meta = {"z": z, "latent": torch.tensor([[1, 1, 0, 0, 0]] * 3, dtype=torch.bool),
+            "group_start": torch.tensor([[1, 0, 1, 0, 0]] * 3, dtype=torch.bool),
+            "stop": torch.tensor([[0, 0, 1, 0, 0]] * 3, dtype=torch.bool),
+            "forced": torch.zeros(3, 5, dtype=torch.bool)}
+    tokens = torch.zeros(3, 5, dtype=torch.long)
+    out = mode.logprobs(torch.zeros(3, 5, 11), hidden, tokens, meta, torch.ones(3, 5, dtype=torch.bool))
+    stop = torch.log_softmax(mode.stop_logits(z), -1)
+    assert_close(out["latent"][:, 0], expected[:, 0] + stop[:, 0, CONTINUE])
+    assert_close(out["latent"][:, 1], expected[:, 1])
+    assert_close(out["latent"][:, 2], stop[:, 2, STOP])
+    assert bool((out["latent"][:, 3:] == 0).all()) and bool((out["token"][:, :3] == 0).all())
+    assert_close(out["token"][:, 3:], torch.full((3, 2), -math.log(11)))  # uniform logits over 11 tokens
+
+
+def test_atp_needs_its_tokens(tiny_tokenizer):
+    mode = build_mode("atp_latent", atp_cfg(), 32)
+    with pytest.raises(ValueError, match="lacks ATP-Latent's tokens"):
+        mode.bind(tiny_tokenizer)

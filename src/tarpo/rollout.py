@@ -157,10 +157,11 @@ def generate(
     run = torch.zeros(batch, dtype=torch.long, device=device)
     seen = torch.zeros(batch, dtype=torch.bool, device=device)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    state = mode.new_state(batch, device)
     steps: list[dict] = []
     for t in range(max_new_tokens):
         logits = lm_head(hidden).float() / temperature
-        draw = mode.sample(logits, hidden, ~seen & ~finished, embed, generator, greedy)
+        draw = mode.sample(logits, hidden, ~seen & ~finished, embed, generator, greedy, state)
         token = torch.where(finished, torch.full_like(draw.token, pad_id), draw.token)
         ends = torch.isin(token, eos) & ~finished
         run, seen = marker.update(run, seen, token)

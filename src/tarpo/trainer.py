@@ -83,9 +83,10 @@ def load_train_records(data_dir: Path) -> list[dict[str, Any]]:
     return read_jsonl(path)
 
 
-def encode_prompts(tokenizer: Any, questions: list[str], max_tokens: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """Left-padded (and left-truncated) prompt ids and mask."""
-    texts = [build_prompt(tokenizer, q) for q in questions]
+def encode_prompts(tokenizer: Any, questions: list[str], max_tokens: int, device: torch.device,
+                   suffix: str = "") -> tuple[Tensor, Tensor]:
+    """Left-padded (and left-truncated) prompt ids and mask; `suffix` (a mode's, e.g. `<bol>`) ends each prompt."""
+    texts = [build_prompt(tokenizer, q) + suffix for q in questions]
     rows = [tokenizer(t, add_special_tokens=False)["input_ids"][-max_tokens:] for t in texts]
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)

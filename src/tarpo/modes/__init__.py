@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from tarpo.config import TrainConfig
+from tarpo.modes.atp_latent import AtpLatentMode
 from tarpo.modes.base import Mode, StepDraw
 from tarpo.modes.hrpo import HrpoMode
 from tarpo.modes.lepo import LepoMode
@@ -15,6 +16,7 @@ MODES: dict[str, type[Mode]] = {
     "hrpo": HrpoMode,
     "lepo": LepoMode,
     "tarpo": TarpoMode,
+    "atp_latent": AtpLatentMode,
 }
 
 
@@ -24,4 +26,4 @@ def build_mode(method: str, cfg: TrainConfig, hidden_size: int) -> Mode:
     return MODES[method](cfg, hidden_size)
 
 
-__all__ = ["MODES", "Mode", "StepDraw", "build_mode", "HrpoMode", "LepoMode", "TarpoMode"]
+__all__ = ["MODES", "Mode", "StepDraw", "build_mode", "AtpLatentMode", "HrpoMode", "LepoMode", "TarpoMode"]

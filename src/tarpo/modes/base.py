@@ -20,6 +20,7 @@ sequence has not ended.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -60,11 +61,20 @@ class Mode(nn.Module):
     name = "explicit"
     #: metadata tensors a rollout stores per step (and their trailing shape is mode-defined)
     meta_keys: tuple[str, ...] = ()
+    #: text appended to every prompt (ATP-Latent opens its latent block with `<bol>`)
+    prompt_suffix: str = ""
 
     def __init__(self, cfg: TrainConfig, hidden_size: int) -> None:
         super().__init__()
         self.cfg = cfg
         self.hidden_size = hidden_size
+
+    def bind(self, tokenizer: Any) -> None:
+        """Look up the mode's special tokens, if it has any (called once the tokenizer is known)."""
+
+    def new_state(self, batch: int, device: torch.device) -> dict[str, Tensor]:
+        """Per-sequence state a rollout carries from step to step (e.g. ATP's latent count); most modes need none."""
+        return {}
 
     def sample(
         self,
@@ -74,8 +84,10 @@ class Mode(nn.Module):
         embed: nn.Embedding,
         generator: torch.Generator | None,
         greedy: bool,
+        state: dict[str, Tensor] | None = None,
     ) -> StepDraw:
-        """Draw one step. `logits` (B, V) are temperature-scaled; `thinking` (B,) is the phase before this token."""
+        """Draw one step. `logits` (B, V) are temperature-scaled; `thinking` (B,) is the phase before this token;
+        `state` is `new_state`'s dict, which the mode may update in place."""
         return StepDraw(sample_categorical(logits, generator, greedy))
 
     def next_inputs(self, embed: nn.Embedding, tokens: Tensor, meta: dict[str, Tensor], thinking: Tensor) -> Tensor:

@@ -55,7 +55,7 @@ class LepoMode(Mode):
     name = "lepo"
     meta_keys = ("topk_ids", "relaxed_log_w")
 
-    def sample(self, logits, hidden, thinking, embed, generator, greedy) -> StepDraw:
+    def sample(self, logits, hidden, thinking, embed, generator, greedy, state=None) -> StepDraw:
         top_logits, top_ids = logits.float().topk(self.cfg.lepo_top_k, dim=-1)
         locations = torch.log_softmax(top_logits, -1)
         noisy = locations if greedy else locations + gumbel_like(locations, generator)

@@ -54,7 +54,7 @@ class TarpoMode(Mode):
         head = self.action_head
         return head(hidden.to(head.weight.dtype)).float() / self.cfg.tau_a
 
-    def sample(self, logits, hidden, thinking, embed, generator, greedy) -> StepDraw:
+    def sample(self, logits, hidden, thinking, embed, generator, greedy, state=None) -> StepDraw:
         token = sample_categorical(logits, generator, greedy)
         top_logits, top_ids = logits.float().topk(self.cfg.soft_top_k, dim=-1)
         action = sample_categorical(self.action_logits(hidden), generator, greedy)
