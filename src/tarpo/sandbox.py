@@ -465,15 +465,17 @@ def main():
     broken = []
     os.set_blocking(req_w, False)
 
-    def wait(fd, for_write, until):
+    def ready(fd, for_write, until):
         left = min(until, deadline) - time.monotonic()
         if left <= 0:
             raise Broken("timeout")
-        select.select([] if for_write else [fd], [fd] if for_write else [], [], left)
+        r, w, _ = select.select([] if for_write else [fd], [fd] if for_write else [], [], left)
+        return bool(r or w)
 
     def send(data, until):
         while data:
-            wait(req_w, True, until)
+            if not ready(req_w, True, until):
+                continue
             try:
                 data = data[os.write(req_w, data):]
             except BlockingIOError:
@@ -484,7 +486,8 @@ def main():
     def recv(n, until):
         buf = bytearray()
         while len(buf) < n:
-            wait(resp_r, False, until)
+            if not ready(resp_r, False, until):
+                continue
             chunk = os.read(resp_r, min(n - len(buf), 1 << 20))
             if not chunk:
                 raise Broken("the candidate process ended")
@@ -856,7 +859,10 @@ class _Sandbox:
                     reported = b""
                 if reported.strip().lstrip(b"-").isdigit():
                     returncode = int(reported)  # the runner's own status, as seen by our init
-            return returncode, timed_out, _tail(self.out), _tail(self.err)
+            stderr = _tail(self.err)
+            if timed_out:  # util-linux 2.38 complains when the init we killed cannot re-raise SIGKILL
+                stderr = stderr.replace("unshare: sigprocmask unblock failed: Invalid argument\n", "")
+            return returncode, timed_out, _tail(self.out), stderr
         finally:
             self._cleanup()
 
@@ -960,8 +966,8 @@ def run_check(program: str, test: str, entry_point: str, *, prompt: str | None =
                 code, timed_out = checker.wait(), True
             verdict = _tail(out).rstrip("\n").endswith("\n" + _CHECK_PASSED)
             check_err = _tail(err)
-            # The checker hung up, so a well-behaved program exits at once.
-            _, _, stdout, stderr = box.finish(1.0)
+            # The checker hung up, so the program exits at once unless it is stuck (then it is killed).
+            _, _, stdout, stderr = box.finish(0.0 if timed_out or code == 3 else 1.0)
     except OSError as e:
         return SandboxResult(False, "error", "", f"could not run check: {e}", None, time.monotonic() - start)
     finally:
