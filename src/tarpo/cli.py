@@ -1,4 +1,4 @@
-"""One entry point: `tarpo prepare | backbone | train | evaluate | summarise | schema`.
+"""One entry point: `tarpo prepare | backbone | train | evaluate | summarise | check | schema`.
 
 Every workflow rule calls one of these subcommands; each can also be run by
 hand. The configuration comes from a YAML file (`--config`) or, as the
@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from tarpo.config import Config, ConfigError, load_config, load_config_json
+from tarpo.data.benchmarks import BadRowsError
 from tarpo.io import MissingInputError
 
 
@@ -28,6 +29,15 @@ def _seeded(cfg: Config, seed: int | None) -> Config:
     backbone warm start's seed; `tarpo backbone` reads it as it is.)"""
     cfg.seed = cfg.seeds[0] if seed is None else seed
     return cfg
+
+
+def cmd_check(args: argparse.Namespace) -> None:
+    """Every check `snakemake -n` runs on the config first (keys, types, ranges, names), with a YAML syntax
+    error's file and line, which Snakemake's own message for a --configfile leaves out."""
+    cfg = _config(args)
+    where = "--config-json" if args.config_json else args.config
+    print(f"{where}: ok ({len(cfg.backbones)} backbone(s), {len(cfg.methods)} method(s), "
+          f"{len(cfg.evaluate.benchmarks)} benchmark(s), seeds {cfg.seeds})")
 
 
 def cmd_schema(args: argparse.Namespace) -> None:
@@ -128,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--config", default="config/config.yaml", help="YAML config file (default: %(default)s)")
     group.add_argument("--config-json", help="the config as a JSON string (what the workflow passes)")
 
+    p = sub.add_parser("check", parents=[conf], help="check a config file (what `snakemake -n` checks first)")
+    p.set_defaults(func=cmd_check)
+
     p = sub.add_parser("schema", help="print the config's JSON schema (YAML)")
     p.add_argument("--out", help="write to this file instead of stdout")
     p.set_defaults(func=cmd_schema)
@@ -187,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"tarpo: config error: {err}", file=sys.stderr)
         return 2
+    except BadRowsError as err:  # a MissingInputError too: unusable rather than absent
+        print(f"tarpo: bad input: {err}", file=sys.stderr)
+        return 3
     except MissingInputError as err:
         print(f"tarpo: missing input: {err}", file=sys.stderr)
         return 3

@@ -14,6 +14,8 @@ import copy
 import difflib
 import dataclasses
 import json
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -27,30 +29,40 @@ class ConfigError(ValueError):
     """A configuration problem, with the dotted path of the offending key."""
 
 
-def _doc(text: str, schema: str = "", **kw: Any) -> Any:
-    # `schema` names a dataclass whose fields a free-form override mapping must use.
-    return field(metadata={"doc": text, "schema": schema}, **kw)
+# Numeric bounds of a field, by their JSON-schema names: they go into the generated schema and
+# `from_dict` enforces them, so both Snakemake and the `tarpo` CLI reject a degenerate value up front.
+BOUNDS = {"ge": "minimum", "gt": "exclusiveMinimum", "le": "maximum", "lt": "exclusiveMaximum"}
+
+
+def _doc(text: str, schema: str = "", *, ge: float | None = None, gt: float | None = None, le: float | None = None,
+         lt: float | None = None, min_items: int | None = None, unique: bool = False, **kw: Any) -> Any:
+    """A documented field. `schema` names a dataclass whose fields a free-form override mapping must use;
+    ge / gt / le / lt bound a number (each item of a list of numbers); min_items / unique constrain a list."""
+    given = {"ge": ge, "gt": gt, "le": le, "lt": lt}
+    bounds = {BOUNDS[k]: v for k, v in given.items() if v is not None}
+    lists = {k: v for k, v in (("minItems", min_items), ("uniqueItems", unique or None)) if v is not None}
+    return field(metadata={"doc": text, "schema": schema, "bounds": bounds, "lists": lists}, **kw)
 
 
 @dataclass
 class SyntheticDataConfig:
     """Multi-step arithmetic word problems in GSM8K format, generated from a seed."""
 
-    seed: int = _doc("Seed of the generator; the same seed gives byte-identical files.", default=1234)
-    n_train: int = _doc("Training problems.", default=4000)
-    n_test_id: int = _doc("In-distribution test problems (disjoint from train).", default=500)
-    n_test_ood: int = _doc("Out-of-distribution test problems (longer chains).", default=500)
-    min_steps: int = _doc("Fewest arithmetic steps in a train / test_id problem.", default=2)
-    max_steps: int = _doc("Most arithmetic steps in a train / test_id problem.", default=4)
-    max_operand: int = _doc("Largest add / subtract operand and starting amount in a train / test_id problem.", default=9)
-    max_value: int = _doc("Every intermediate value and answer stays in [1, max_value] (all splits).", default=99)
-    ood_min_steps: int = _doc("Fewest steps in a test_ood problem (must exceed max_steps).", default=5)
-    ood_max_steps: int = _doc("Most steps in a test_ood problem.", default=6)
-    ood_max_operand: int = _doc("Largest starting amount in a test_ood problem (at least max_operand).", default=9)
+    seed: int = _doc("Seed of the generator; the same seed gives byte-identical files.", ge=0, default=1234)
+    n_train: int = _doc("Training problems.", ge=1, default=4000)
+    n_test_id: int = _doc("In-distribution test problems (disjoint from train).", ge=1, default=500)
+    n_test_ood: int = _doc("Out-of-distribution test problems (longer chains).", ge=1, default=500)
+    min_steps: int = _doc("Fewest arithmetic steps in a train / test_id problem.", ge=1, default=2)
+    max_steps: int = _doc("Most arithmetic steps in a train / test_id problem.", ge=1, default=4)
+    max_operand: int = _doc("Largest add / subtract operand and starting amount in a train / test_id problem.", ge=2, default=9)
+    max_value: int = _doc("Every intermediate value and answer stays in [1, max_value] (all splits).", ge=4, default=99)
+    ood_min_steps: int = _doc("Fewest steps in a test_ood problem (must exceed max_steps).", ge=1, default=5)
+    ood_max_steps: int = _doc("Most steps in a test_ood problem.", ge=1, default=6)
+    ood_max_operand: int = _doc("Largest starting amount in a test_ood problem (at least max_operand).", ge=2, default=9)
     demo_error_rate: float = _doc(
         "Chance that a step of a train demonstration (what the warm start imitates) is off by one; "
         "the chain goes on from the slip. RL with the exact answer reward has this to unlearn. 0: clean.",
-        default=0.3,
+        ge=0, lt=1, default=0.3,
     )
 
 
@@ -58,36 +70,36 @@ class SyntheticDataConfig:
 class TinyModelConfig:
     """Shape of the embedded Qwen2 backbone and its tokenizer."""
 
-    vocab_size: int = _doc("Byte-level BPE vocabulary size trained on the synthetic corpus.", default=512)
-    hidden_size: int = _doc("Model width d.", default=128)
-    num_layers: int = _doc("Decoder layers.", default=4)
-    num_heads: int = _doc("Attention heads.", default=4)
-    num_kv_heads: int = _doc("Key/value heads (grouped-query attention as in Qwen2).", default=2)
-    intermediate_size: int = _doc("MLP width.", default=512)
-    max_position_embeddings: int = _doc("Longest sequence the model supports.", default=512)
+    vocab_size: int = _doc("Byte-level BPE vocabulary size trained on the synthetic corpus.", ge=1, default=512)
+    hidden_size: int = _doc("Model width d.", ge=1, default=128)
+    num_layers: int = _doc("Decoder layers.", ge=1, default=4)
+    num_heads: int = _doc("Attention heads.", ge=1, default=4)
+    num_kv_heads: int = _doc("Key/value heads (grouped-query attention as in Qwen2).", ge=1, default=2)
+    intermediate_size: int = _doc("MLP width.", ge=1, default=512)
+    max_position_embeddings: int = _doc("Longest sequence the model supports.", ge=1, default=512)
 
 
 @dataclass
 class WarmStartConfig:
     """Supervised warm start of the embedded backbone on synthetic solutions."""
 
-    steps: int = _doc("Optimiser steps of supervised training.", default=1000)
-    batch_size: int = _doc("Sequences per step.", default=32)
-    learning_rate: float = _doc("Peak AdamW learning rate (cosine decay, 5% warmup).", default=3e-3)
-    weight_decay: float = _doc("AdamW weight decay.", default=0.01)
-    eval_problems: int = _doc("test_id / test_ood problems sampled to report pass@1 after the warm start.", default=100)
+    steps: int = _doc("Optimiser steps of supervised training.", ge=0, default=1000)
+    batch_size: int = _doc("Sequences per step.", ge=1, default=32)
+    learning_rate: float = _doc("Peak AdamW learning rate (cosine decay, 5% warmup).", ge=0, default=3e-3)
+    weight_decay: float = _doc("AdamW weight decay.", ge=0, default=0.01)
+    eval_problems: int = _doc("test_id / test_ood problems sampled to report pass@1 after the warm start.", ge=0, default=100)
 
 
 @dataclass
 class LoraConfig:
     """LoRA adapters (peft)."""
 
-    r: int = _doc("Adapter rank.", default=32)
-    alpha: int = _doc("Adapter scaling alpha.", default=64)
-    dropout: float = _doc("Adapter dropout.", default=0.0)
+    r: int = _doc("Adapter rank.", ge=1, default=32)
+    alpha: int = _doc("Adapter scaling alpha.", ge=1, default=64)
+    dropout: float = _doc("Adapter dropout.", ge=0, lt=1, default=0.0)
     target_modules: list[str] = _doc(
         "Projections that get adapters.",
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        min_items=1, unique=True, default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
     )
 
 
@@ -96,53 +108,56 @@ class TrainConfig:
     """One RL run (every method shares these; methods override some)."""
 
     dataset: str = _doc("Training set: a name in `datasets`.", default="synthetic")
-    steps: int = _doc("Optimiser steps (one epoch is used when 0).", default=60)
-    prompts_per_step: int = _doc("Prompts per optimiser step per process (before accumulation).", default=8)
-    grad_accum: int = _doc("Gradient accumulation micro-batches per optimiser step.", default=1)
-    group_size: int = _doc("Completions sampled per prompt (G).", default=4)
-    temperature: float = _doc("Sampling temperature T.", default=0.5)
-    max_prompt_tokens: int = _doc("Prompts are left-truncated to this many tokens.", default=1024)
-    max_new_tokens: int = _doc("Completion length limit.", default=1024)
-    learning_rate: float = _doc("Policy (LoRA or full) learning rate.", default=5e-6)
-    head_learning_rate: float = _doc("Learning rate of the action head / HRPO gate.", default=1e-4)
-    beta: float = _doc("KL coefficient against the reference policy.", default=0.005)
-    weight_decay: float = _doc("AdamW weight decay.", default=0.1)
-    adam_beta1: float = _doc("AdamW beta1.", default=0.9)
-    adam_beta2: float = _doc("AdamW beta2.", default=0.99)
-    max_grad_norm: float = _doc("Gradient clipping norm.", default=0.1)
-    warmup_ratio: float = _doc("Linear warmup fraction of a cosine schedule.", default=0.1)
-    updates_per_batch: int = _doc("Policy updates per sampled batch (>1 enables PPO clipping).", default=1)
-    clip_eps: float = _doc("PPO clip range when updates_per_batch > 1.", default=0.2)
+    steps: int = _doc("Optimiser steps; 0: one epoch of the training set.", ge=0, default=60)
+    prompts_per_step: int = _doc("Prompts per optimiser step per process (before accumulation).", ge=1, default=8)
+    grad_accum: int = _doc("Gradient accumulation micro-batches per optimiser step.", ge=1, default=1)
+    group_size: int = _doc(
+        "Completions sampled per prompt (G); at least 2, since one completion's group-relative advantage is 0.",
+        ge=2, default=4,
+    )
+    temperature: float = _doc("Sampling temperature T (> 0: training samples; it has no greedy mode).", gt=0, default=0.5)
+    max_prompt_tokens: int = _doc("Prompts are left-truncated to this many tokens.", ge=1, default=1024)
+    max_new_tokens: int = _doc("Completion length limit.", ge=1, default=1024)
+    learning_rate: float = _doc("Policy (LoRA or full) learning rate.", ge=0, default=5e-6)
+    head_learning_rate: float = _doc("Learning rate of the action head / HRPO gate.", ge=0, default=1e-4)
+    beta: float = _doc("KL coefficient against the reference policy.", ge=0, default=0.005)
+    weight_decay: float = _doc("AdamW weight decay.", ge=0, default=0.1)
+    adam_beta1: float = _doc("AdamW beta1.", ge=0, lt=1, default=0.9)
+    adam_beta2: float = _doc("AdamW beta2.", ge=0, lt=1, default=0.99)
+    max_grad_norm: float = _doc("Gradient clipping norm.", gt=0, default=0.1)
+    warmup_ratio: float = _doc("Linear warmup fraction of a cosine schedule.", ge=0, le=1, default=0.1)
+    updates_per_batch: int = _doc("Policy updates per sampled batch (>1 enables PPO clipping).", ge=1, default=1)
+    clip_eps: float = _doc("PPO clip range when updates_per_batch > 1.", gt=0, default=0.2)
     adapter: Literal["lora", "full"] = _doc("Train LoRA adapters or every weight.", default="lora")
     lora: LoraConfig = _doc("LoRA settings (adapter: lora).", default_factory=LoraConfig)
-    checkpoint_every: int = _doc("Steps between periodic checkpoints (0: only the final one).", default=50)
-    max_nonfinite_steps: int = _doc("Consecutive non-finite losses tolerated before aborting.", default=3)
-    log_samples: int = _doc("Sample trajectories rendered to the HTML artifact.", default=8)
+    checkpoint_every: int = _doc("Steps between periodic checkpoints (0: only the final one).", ge=0, default=50)
+    max_nonfinite_steps: int = _doc("Consecutive non-finite losses tolerated before aborting.", ge=0, default=3)
+    log_samples: int = _doc("Sample trajectories rendered to the HTML artifact.", ge=0, default=8)
     mixed_precision: Literal["auto", "no", "bf16"] = _doc("bf16 on GPU when 'auto', fp32 on CPU.", default="auto")
     # Mode-specific knobs (ignored by methods that do not use them).
-    soft_top_k: int = _doc("TARPO: top-K tokens mixed into a soft input.", default=10)
-    tau_a: float = _doc("TARPO: action softmax temperature.", default=1.0)
-    action_loss_weight: float = _doc("TARPO: weight w_a of the action term.", default=0.1)
+    soft_top_k: int = _doc("TARPO: top-K tokens mixed into a soft input.", ge=1, default=10)
+    tau_a: float = _doc("TARPO: action softmax temperature.", gt=0, default=1.0)
+    action_loss_weight: float = _doc("TARPO: weight w_a of the action term.", ge=0, default=0.1)
     action_loss_positions: Literal["thinking", "all"] = _doc(
         "TARPO: positions the action term covers ('all' reproduces the authors' loss).", default="thinking"
     )
     action_bias_hard: float = _doc("TARPO: initial bias of the hard action (4.6 ~ 1% soft).", default=4.6)
-    action_init_std: float = _doc("TARPO: std of the action head's initial weights.", default=0.001)
-    hrpo_r_min: float = _doc("HRPO: lower end of the initial gate a at r = 1.", default=0.98)
-    hrpo_r_max: float = _doc("HRPO: upper end of the initial gate a at r = 1.", default=0.999)
-    hrpo_c: float = _doc("HRPO: gate sharpness c.", default=8.0)
-    lepo_top_k: int = _doc("LEPO: top-K support of the Gumbel-Softmax relaxation.", default=10)
-    lepo_tau_g: float = _doc("LEPO: Gumbel-Softmax temperature.", default=0.5)
+    action_init_std: float = _doc("TARPO: std of the action head's initial weights.", ge=0, default=0.001)
+    hrpo_r_min: float = _doc("HRPO: lower end of the initial gate a at r = 1.", gt=0, lt=1, default=0.98)
+    hrpo_r_max: float = _doc("HRPO: upper end of the initial gate a at r = 1.", gt=0, lt=1, default=0.999)
+    hrpo_c: float = _doc("HRPO: gate sharpness c.", gt=0, default=8.0)
+    lepo_top_k: int = _doc("LEPO: top-K support of the Gumbel-Softmax relaxation.", ge=1, default=10)
+    lepo_tau_g: float = _doc("LEPO: Gumbel-Softmax temperature.", gt=0, default=0.5)
 
 
 @dataclass
 class Resources:
     """Scheduler resources of one rule's jobs."""
 
-    threads: int = _doc("CPU threads.", default=2)
-    gpus: int = _doc("GPUs (training uses one process per GPU).", default=0)
-    mem_mb: int = _doc("Memory in MB.", default=8000)
-    runtime: int = _doc("Wall-clock limit in minutes.", default=60)
+    threads: int = _doc("CPU threads.", ge=1, default=2)
+    gpus: int = _doc("GPUs (training uses one process per GPU).", ge=0, default=0)
+    mem_mb: int = _doc("Memory in MB.", ge=1, default=8000)
+    runtime: int = _doc("Wall-clock limit in minutes.", ge=1, default=60)
 
 
 @dataclass
@@ -177,12 +192,18 @@ class BackboneConfig:
 
 @dataclass
 class EvaluateConfig:
-    benchmarks: list[str] = _doc("Benchmarks every method is evaluated on.", default_factory=lambda: ["synthetic_test_id", "synthetic_test_ood"])
-    k: int = _doc("Samples per problem (pass@1 is their mean accuracy; pass@j for j <= k).", default=4)
-    temperature: float = _doc("Sampling temperature.", default=0.5)
-    max_new_tokens: int = _doc("Completion length limit.", default=1024)
-    batch_size: int = _doc("Problems per rollout batch.", default=32)
-    max_problems: int = _doc("Evaluate at most this many problems per benchmark (0: all).", default=0)
+    benchmarks: list[str] = _doc(
+        "Benchmarks every method is evaluated on: registry names (`tarpo.data.benchmarks`) or DATASET_test_id / "
+        "DATASET_test_ood of a configured dataset.",
+        min_items=1, unique=True, default_factory=lambda: ["synthetic_test_id", "synthetic_test_ood"],
+    )
+    k: int = _doc("Samples per problem (pass@1 is their mean accuracy; pass@j for j <= k).", ge=1, default=4)
+    temperature: float = _doc(
+        "Sampling temperature; 0 is greedy decoding (argmax, so the k samples are identical).", ge=0, default=0.5
+    )
+    max_new_tokens: int = _doc("Completion length limit.", ge=1, default=1024)
+    batch_size: int = _doc("Problems per rollout batch.", ge=1, default=32)
+    max_problems: int = _doc("Evaluate at most this many problems per benchmark (0: all).", ge=0, default=0)
 
 
 @dataclass
@@ -191,12 +212,12 @@ class Config:
 
     name: str = _doc("Experiment name (the MLflow experiment).", default="default")
     seed: int = _doc("Seed of the embedded backbone's warm start (the synthetic data has its own, datasets.NAME.seed).",
-                     default=0)
+                     ge=0, default=0)
     seeds: list[int] = _doc(
         "Seeds of training and evaluation: every trained method is trained and evaluated once per seed, CoT "
         "evaluated once per seed (its sampling seed), so comparisons pair by seed. `tarpo train` / `tarpo "
         "evaluate --seed S` runs one of them (default: the first).",
-        default_factory=lambda: [0],
+        ge=0, min_items=1, unique=True, default_factory=lambda: [0],
     )
     results_page: str = _doc(
         "Markdown page `snakemake all` writes from the summaries (main table with 95% CIs, paired comparisons, "
@@ -212,7 +233,7 @@ class Config:
         schema="train_by_name",
         default_factory=lambda: {"grpo": {}, "hrpo": {}, "lepo": {}, "tarpo": {}},
     )
-    baselines: list[str] = _doc("Untrained baselines evaluated as they are (cot).", default_factory=lambda: ["cot"])
+    baselines: list[str] = _doc("Untrained baselines evaluated as they are (cot).", unique=True, default_factory=lambda: ["cot"])
     train: TrainConfig = _doc("Training defaults.", default_factory=TrainConfig)
     evaluate: EvaluateConfig = _doc("Evaluation settings.", default_factory=EvaluateConfig)
     resources: ResourcesConfig = _doc("Scheduler resources per rule.", default_factory=ResourcesConfig)
@@ -290,6 +311,8 @@ def _check_type(tp: Any, value: Any, path: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"'{path}' must be a number, got {value!r}")
+        if not math.isfinite(value):  # YAML's .nan / .inf would pass every bound check
+            raise ConfigError(f"'{path}' must be a finite number, got {value!r}")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -313,24 +336,60 @@ def from_dict(cls: type, data: dict[str, Any], path: str = "") -> Any:
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise ConfigError(f"unknown config key '{where}'{hint}; valid keys here: {', '.join(sorted(names))}")
     kwargs = {}
-    for name in names:
-        if name in data:
-            kwargs[name] = _check_type(hints[name], data[name], f"{path}.{name}" if path else name)
+    for f in dataclasses.fields(cls):
+        if f.name in data:
+            where = f"{path}.{f.name}" if path else f.name
+            kwargs[f.name] = _check_limits(f, _check_type(hints[f.name], data[f.name], where), where)
     return cls(**kwargs)
+
+
+def _why(f: dataclasses.Field) -> str:
+    """The field's doc, for an out-of-bounds error: it says what the value means."""
+    return f" ({f.metadata['doc'].rstrip('.')})" if f.metadata.get("doc") else ""
+
+
+def _check_limits(f: dataclasses.Field, value: Any, path: str) -> Any:
+    """The field's bounds (`_doc(ge=..., ...)`), on the value or on each item of a list."""
+    lists = f.metadata.get("lists", {})
+    if isinstance(value, list):
+        if len(value) < lists.get("minItems", 0):
+            raise ConfigError(f"'{path}' must list at least one item, got []" if lists["minItems"] == 1 else
+                              f"'{path}' must list at least {lists['minItems']} items, got {value}")
+        if lists.get("uniqueItems") and len(set(map(str, value))) != len(value):
+            raise ConfigError(f"'{path}' must not repeat an item, got {value}")
+    tests = {"minimum": (lambda v, b: v >= b, ">="), "exclusiveMinimum": (lambda v, b: v > b, ">"),
+             "maximum": (lambda v, b: v <= b, "<="), "exclusiveMaximum": (lambda v, b: v < b, "<")}
+    for item in value if isinstance(value, list) else [value]:
+        for key, bound in f.metadata.get("bounds", {}).items():
+            ok, op = tests[key]
+            if not ok(item, bound):
+                words = {(">=", 0): "non-negative (>= 0)", (">", 0): "positive (> 0)"}.get((op, bound), f"{op} {bound}")
+                raise ConfigError(f"'{path}' must be {words}, got {item!r}{_why(f)}")
+    return value
 
 
 def to_dict(obj: Any) -> Any:
     return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else copy.deepcopy(obj)
 
 
-def validate(cfg: Config) -> Config:
-    """Cross-field checks the types cannot express."""
-    if not cfg.seeds:
-        raise ConfigError("'seeds' must list at least one seed")
-    if len(set(cfg.seeds)) != len(cfg.seeds):
-        raise ConfigError(f"'seeds' must not repeat a seed, got {cfg.seeds}")
-    if any(s < 0 for s in cfg.seeds):
-        raise ConfigError(f"'seeds' must be non-negative integers, got {cfg.seeds}")
+# Names that become path segments, wildcard values and shell words: no slashes, spaces or quotes.
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def validate(cfg: Config, partial: bool = False) -> Config:
+    """Cross-field checks the types cannot express.
+
+    `partial`: `cfg` is one job's slice of the workflow config (`--config-json`), which leaves out the
+    datasets other jobs read, so the benchmark and training-set names are not checked (the whole config
+    was checked when the workflow parsed it)."""
+    for section in ("datasets", "backbones"):
+        for name in getattr(cfg, section):
+            if not NAME.fullmatch(name):
+                raise ConfigError(f"'{section}.{name}': a name may hold only letters, digits, '.', '_' and '-' "
+                                  "(it becomes a path and a shell word), starting with a letter or digit")
+    for key in ("name", "results_page"):
+        if not getattr(cfg, key).strip():
+            raise ConfigError(f"'{key}' must not be empty")
     for name in cfg.methods:
         if name not in METHODS:
             raise ConfigError(f"unknown method 'methods.{name}'; known methods: {', '.join(METHODS)}")
@@ -342,8 +401,13 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"'backbones.{bname}.repo_id' is required for a hub backbone")
         if bb.kind == "embedded" and bb.warm_start_dataset not in cfg.datasets:
             raise ConfigError(f"'backbones.{bname}.warm_start_dataset' names unknown dataset '{bb.warm_start_dataset}'")
+        if bb.kind == "embedded":
+            _check_model(bb.model, f"backbones.{bname}.model")
         for method in cfg.methods:
-            cfg.train_config(bname, method)  # every merge must be valid
+            tc = cfg.train_config(bname, method)  # every merge must be valid
+            if tc.hrpo_r_min > tc.hrpo_r_max:
+                raise ConfigError(f"training {bname}/{method}: 'hrpo_r_min' ({tc.hrpo_r_min}) exceeds 'hrpo_r_max' "
+                                  f"({tc.hrpo_r_max})")
         for rule in bb.resources:
             if rule not in {f.name for f in dataclasses.fields(ResourcesConfig)}:
                 raise ConfigError(f"unknown rule 'backbones.{bname}.resources.{rule}'")
@@ -352,27 +416,157 @@ def validate(cfg: Config) -> Config:
         if ds.ood_min_steps <= ds.max_steps or ds.ood_max_operand < ds.max_operand:
             raise ConfigError(f"'datasets.{dname}': test_ood must have more steps than train "
                               "(ood_min_steps > max_steps) and ood_max_operand >= max_operand")
-        if not 0.0 <= ds.demo_error_rate < 1.0:
-            raise ConfigError(f"'datasets.{dname}.demo_error_rate' must be in [0, 1)")
+        # What the generator needs (tarpo.data.synthetic): non-empty ranges, room for every start and step.
+        if ds.min_steps > ds.max_steps or ds.ood_min_steps > ds.ood_max_steps:
+            raise ConfigError(f"'datasets.{dname}': min_steps must not exceed max_steps, nor ood_min_steps ood_max_steps")
+        if ds.max_value < 2 * ds.ood_max_operand:
+            raise ConfigError(f"'datasets.{dname}.max_value' must be at least 2 x ood_max_operand "
+                              f"({2 * ds.ood_max_operand}), got {ds.max_value}")
+    if not partial:
+        _check_benchmark_names(cfg)
     return cfg
 
 
-def load_config(source: str | Path | dict[str, Any]) -> Config:
-    """Load and validate a config from a YAML/JSON file or a mapping."""
-    if isinstance(source, dict):
-        data = source
-    else:
-        path = Path(source)
-        if not path.exists():
-            raise ConfigError(f"config file not found: {path}")
-        data = yaml.safe_load(path.read_text()) or {}
+def _check_model(m: TinyModelConfig, path: str) -> None:
+    """Shapes the Qwen2 architecture accepts: whole, even head dims; query heads shared evenly by kv heads."""
+    if m.hidden_size % m.num_heads or (m.hidden_size // m.num_heads) % 2:
+        raise ConfigError(f"'{path}': hidden_size ({m.hidden_size}) must be num_heads ({m.num_heads}) x an even head size")
+    if m.num_heads % m.num_kv_heads:
+        raise ConfigError(f"'{path}': num_heads ({m.num_heads}) must be a multiple of num_kv_heads ({m.num_kv_heads})")
+
+
+def _check_benchmark_names(cfg: Config) -> None:
+    """Every benchmark and training set the config names exists, so a typo fails before any training runs."""
+    from tarpo.data.benchmarks import OVERRIDE_KEYS, REGISTRY, TRAIN_SETS, get_benchmark
+
+    known = list(REGISTRY) + [f"{d}_{split}" for d in cfg.datasets for split in ("test_id", "test_ood")]
+
+    def check(name: str, where: str) -> None:
+        try:
+            get_benchmark(name, cfg.datasets)
+        except ConfigError:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"unknown benchmark '{name}' in '{where}'{hint}; known: {', '.join(known)}") from None
+
+    for i, name in enumerate(cfg.evaluate.benchmarks):
+        check(name, f"evaluate.benchmarks[{i}]")
+    for name, over in cfg.benchmarks.items():
+        check(name, f"benchmarks.{name}")
+        unknown = sorted(set(over) - set(OVERRIDE_KEYS))
+        if unknown:
+            raise ConfigError(f"unknown key(s) {unknown} in 'benchmarks.{name}'; valid: {', '.join(OVERRIDE_KEYS)}")
+        if not isinstance(over.get("skip_bad_rows", False), bool):
+            raise ConfigError(f"'benchmarks.{name}.skip_bad_rows' must be true or false, got {over['skip_bad_rows']!r}")
+    for bname in cfg.backbones:
+        for method in cfg.methods:
+            dataset = cfg.train_config(bname, method).dataset
+            if dataset not in cfg.datasets and dataset not in TRAIN_SETS:
+                raise ConfigError(f"training set '{dataset}' of {bname}/{method} ('train.dataset') is neither in "
+                                  f"'datasets' ({sorted(cfg.datasets)}) nor a registry training set ({', '.join(TRAIN_SETS)})")
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that rejects a key given twice in one mapping (PyYAML silently keeps the last one)."""
+
+
+def _unique_keys_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if isinstance(key, typing.Hashable) and key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (first at line {seen[key]})", key_node.start_mark)
+        if isinstance(key, typing.Hashable):
+            seen[key] = key_node.start_mark.line + 1
+    return loader.construct_mapping(node, deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_keys_mapping)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The mapping in a YAML / JSON config file; a missing or empty file, a YAML syntax error, a key given
+    twice or a non-mapping is a one-line ConfigError naming the file (and the line)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        context = f" ({err.context} at line {err.context_mark.line + 1})" if err.context and err.context_mark else ""
+        raise ConfigError(f"{where}: invalid YAML: {err.problem or err.context}{context}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: invalid YAML: {err}") from None
+    if data is None:  # an empty file would silently mean the full-size defaults
+        raise ConfigError(f"{path}: the config file is empty")
     if not isinstance(data, dict):
-        raise ConfigError("the config must be a mapping at its top level")
-    return validate(from_dict(Config, data))
+        raise ConfigError(f"{path}: the config must be a mapping at its top level, got {type(data).__name__}")
+    return data
+
+
+def load_config(source: str | Path | dict[str, Any], partial: bool = False) -> Config:
+    """Load and validate a config from a YAML/JSON file or a mapping (`partial`: see `validate`)."""
+    data = source if isinstance(source, dict) else read_config_file(source)
+    return validate(from_dict(Config, data), partial=partial)
 
 
 def load_config_json(text: str) -> Config:
-    return load_config(json.loads(text))
+    """A job's config slice as the workflow passes it (`--config-json`)."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"--config-json: invalid JSON at line {err.lineno} column {err.colno}: {err.msg}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config-json: the config must be a JSON object, got {type(data).__name__}")
+    return load_config(data, partial=True)
+
+
+# ---------------------------------------------------------------- command-line overrides
+
+
+def _field_type(cls: type, name: str) -> Any:
+    """The type an override of field `name` of `cls` must have (override mappings: the section they override)."""
+    f = next((f for f in dataclasses.fields(cls) if f.name == name), None)
+    if f is None:
+        return None
+    kind = f.metadata.get("schema", "")
+    if kind == "train":
+        return TrainConfig
+    if kind == "train_by_name":
+        return dict[str, TrainConfig]
+    if kind == "resources":
+        return ResourcesConfig
+    return typing.get_type_hints(cls)[name]
+
+
+def coerce_overrides(value: Any, tp: Any = Config) -> Any:
+    """Snakemake's `--config KEY=VALUE` hands nested values (`'evaluate={k: 8}'`) and lists over as strings;
+    turn each string into the number or boolean its key expects. Anything else is left to `load_config`."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            sub = _field_type(tp, str(key))
+            out[key] = item if sub is None else coerce_overrides(item, sub)
+        return out
+    if origin is dict and isinstance(value, dict):
+        return {k: coerce_overrides(v, typing.get_args(tp)[1]) for k, v in value.items()}
+    if origin is list and isinstance(value, list):
+        return [coerce_overrides(v, typing.get_args(tp)[0]) for v in value]
+    if isinstance(value, str):
+        try:
+            if tp is int:
+                return int(value)
+            if tp is float:
+                return float(value)
+        except ValueError:
+            return value
+        if tp is bool and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+    return value
 
 
 # ---------------------------------------------------------------- schema
@@ -385,6 +579,9 @@ def _schema_for(tp: Any) -> dict[str, Any]:
         props = {}
         for f in dataclasses.fields(tp):
             prop = _override_schema(f.metadata.get("schema", "")) or _schema_for(hints[f.name])
+            if f.metadata.get("bounds"):  # a list's bounds hold for each item
+                (prop["items"] if prop.get("type") == "array" else prop).update(f.metadata["bounds"])
+            prop.update(f.metadata.get("lists", {}))
             if "doc" in f.metadata:
                 prop["description"] = f.metadata["doc"]
             props[f.name] = prop

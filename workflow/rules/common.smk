@@ -9,12 +9,12 @@
 import json
 import re
 
-from tarpo.config import Config, _merge, load_config, to_dict
+from tarpo.config import Config, _merge, to_dict
 
-# Schema validation (Snakefile) catches unknown keys and wrong types; this
-# adds the cross-field checks (known methods, OOD ranges, valid overrides)
-# and gives the typed view the input functions below read.
-CFG: Config = load_config(config)
+# CFG, the typed and checked config the input functions below read, is loaded by
+# the Snakefile (tarpo.config.load_config: unknown keys, ranges, cross-field
+# checks, benchmark and training-set names).
+CFG: Config
 
 RESULTS = "results"
 LOGS = f"{RESULTS}/logs"
@@ -31,21 +31,6 @@ BENCHMARKS = list(CFG.evaluate.benchmarks)
 # Every trained method is trained and evaluated once per seed, and every baseline evaluated once per seed
 # (its sampling seed), so that comparisons pair by seed: paths carry a {seed} wildcard.
 SEEDS = list(CFG.seeds)
-
-
-def _check_train_sets():
-    from tarpo.config import ConfigError
-    from tarpo.data.benchmarks import TRAIN_SETS
-
-    for name in TRAIN_SETS_USED:
-        if name not in TRAIN_SETS:
-            raise ConfigError(
-                f"training set '{name}' is neither in 'datasets' ({sorted(CFG.datasets)}) "
-                f"nor a registry training set ({', '.join(TRAIN_SETS)})"
-            )
-
-
-_check_train_sets()
 
 
 def one_of(names):
