@@ -175,6 +175,23 @@ def test_plain_data_round_trips_with_exact_types() -> None:
     assert verify_code("def echo(x):\n    return x\n", test, "echo") is True
     # a value the wire cannot carry is a failure, not a crash
     assert verify_code("def echo(x):\n    return echo\n", "def check(c):\n    c(1)\n", "echo") is False
+    result = run_check("def big(x):\n    return 'x' * (20 * 2**20)\n", "def check(c):\n    c(1)\n", "big")
+    assert result.passed is False and "reply too large" in result.stderr
+
+
+def test_works_when_the_caller_holds_many_fds(problems: dict[str, dict]) -> None:
+    import resource
+
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[0] < 1200:
+        pytest.skip("RLIMIT_NOFILE below 1200")
+    fds = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]  # pipes now get numbers above 1024
+    try:
+        p = problems["HumanEval/0"]
+        assert _judge(p, p["prompt"] + p["canonical_solution"]) is True
+        assert _judge(p, _wrong(p)) is False
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def test_slow_candidate_times_out() -> None:

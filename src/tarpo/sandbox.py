@@ -93,6 +93,7 @@ _SCRATCH_INODES = 16384  # files it may create there
 _UID_RANGE = (1_000_000, 2_000_000)  # throw-away uids; no real account lives here
 _DONE = "__TARPO_SANDBOX_DONE__"
 _CHECK_PASSED = "__TARPO_CHECK_PASSED__"
+_CHECKER_MEMORY_MB = 2048  # address space of the trusted checker (json-decoding a 16 MB reply fits)
 _SETUP_FAILED = 125  # exit status of the namespace setup when a mount fails
 
 
@@ -461,7 +462,7 @@ os._exit(0)
 # encode_cyclic) and test, then calls check() with a proxy for the candidate.
 # It sees the candidate only through validated plain data on the pipes.
 _TRUSTED = _CODEC + r'''
-import ast, builtins, os, select, sys, time, traceback
+import ast, builtins, os, resource, select, sys, time, traceback
 
 class Broken(BaseException):
     """The channel to the candidate failed; not an Exception, so a test's `except Exception` cannot hide it."""
@@ -469,6 +470,9 @@ class Broken(BaseException):
 def main():
     req_w, resp_r = int(sys.argv[1]), int(sys.argv[2])
     cfg = _json.loads(sys.stdin.read())
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)  # bounds what decoding a huge reply may take
+    resource.setrlimit(resource.RLIMIT_AS, (cfg["memory_bytes"] if hard == resource.RLIM_INFINITY
+                                            else min(cfg["memory_bytes"], hard), hard))
     deadline = time.monotonic() + cfg["timeout_s"]
     broken = []
     os.set_blocking(req_w, False)
@@ -477,8 +481,9 @@ def main():
         left = min(until, deadline) - time.monotonic()
         if left <= 0:
             raise Broken("timeout")
-        r, w, _ = select.select([] if for_write else [fd], [fd] if for_write else [], [], left)
-        return bool(r or w)
+        poller = select.poll()  # not select(): the caller may hold more than 1024 fds, and ours keep their numbers
+        poller.register(fd, select.POLLOUT if for_write else select.POLLIN)
+        return bool(poller.poll(left * 1000))
 
     def send(data, until):
         while data:
@@ -960,8 +965,8 @@ def run_check(program: str, test: str, entry_point: str, *, prompt: str | None =
             for fd in parent_fds:  # the two processes now hold the only ends: EOF means the other side died
                 os.close(fd)
             parent_fds = []
-            config = {"prompt": prompt, "test": test, "entry_point": entry_point,
-                      "timeout_s": timeout_s, "call_timeout_s": call_timeout_s}
+            config = {"prompt": prompt, "test": test, "entry_point": entry_point, "timeout_s": timeout_s,
+                      "call_timeout_s": call_timeout_s, "memory_bytes": _CHECKER_MEMORY_MB * 2**20}
             try:
                 assert checker.stdin is not None
                 checker.stdin.write(json.dumps(config).encode())
