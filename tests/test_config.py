@@ -156,6 +156,22 @@ def test_benchmarks_of_configured_datasets_and_registry_entries_are_known():
     load_config(REPO / "config" / "paper.yaml")
 
 
+def test_a_training_set_is_not_an_evaluation_benchmark():
+    with pytest.raises(ConfigError, match="'gsm8k_train' is a training set, not an evaluation benchmark"):
+        load_config(with_key("evaluate.benchmarks", ["gsm8k_train"]))
+
+
+def test_a_config_must_build_and_evaluate_something():
+    with pytest.raises(ConfigError, match="'backbones' must name at least one backbone"):
+        load_config(with_key("backbones", {}))
+    nothing = with_key("methods", {})
+    nothing["baselines"] = []
+    with pytest.raises(ConfigError, match="nothing to evaluate"):
+        load_config(nothing)
+    load_config(with_key("methods", {}))  # cot alone is fine
+    load_config_json(json.dumps(with_key("backbones", {})))  # a job's slice (prepare) has no backbones
+
+
 def test_unknown_training_set_is_rejected():
     with pytest.raises(ConfigError, match="training set 'gsm8k_trian' of tiny/tarpo"):
         load_config(with_key("methods.tarpo", {"dataset": "gsm8k_trian"}))

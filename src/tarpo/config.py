@@ -422,7 +422,11 @@ def validate(cfg: Config, partial: bool = False) -> Config:
         if ds.max_value < 2 * ds.ood_max_operand:
             raise ConfigError(f"'datasets.{dname}.max_value' must be at least 2 x ood_max_operand "
                               f"({2 * ds.ood_max_operand}), got {ds.max_value}")
-    if not partial:
+    if not partial:  # a job's slice holds only the backbones and methods it reads
+        if not cfg.backbones:
+            raise ConfigError("'backbones' must name at least one backbone")
+        if not cfg.methods and not cfg.baselines:
+            raise ConfigError("nothing to evaluate: 'methods' and 'baselines' are both empty")
         _check_benchmark_names(cfg)
     return cfg
 
@@ -441,16 +445,17 @@ def _check_benchmark_names(cfg: Config) -> None:
 
     known = list(REGISTRY) + [f"{d}_{split}" for d in cfg.datasets for split in ("test_id", "test_ood")]
 
-    def check(name: str, where: str) -> None:
+    def check(name: str, where: str) -> Any:
         try:
-            get_benchmark(name, cfg.datasets)
+            return get_benchmark(name, cfg.datasets)
         except ConfigError:
             close = difflib.get_close_matches(name, known, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise ConfigError(f"unknown benchmark '{name}' in '{where}'{hint}; known: {', '.join(known)}") from None
 
     for i, name in enumerate(cfg.evaluate.benchmarks):
-        check(name, f"evaluate.benchmarks[{i}]")
+        if not check(name, f"evaluate.benchmarks[{i}]").is_eval:  # it would count as an ID score
+            raise ConfigError(f"'evaluate.benchmarks[{i}]': '{name}' is a training set, not an evaluation benchmark")
     for name, over in cfg.benchmarks.items():
         check(name, f"benchmarks.{name}")
         unknown = sorted(set(over) - set(OVERRIDE_KEYS))
