@@ -252,6 +252,13 @@ def test_cli_reports_config_problems_in_one_line(tmp_path, capsys):
     assert "smoke.yaml: ok" in capsys.readouterr().out
 
 
+def test_yaml_anchors_and_merge_keys_still_work(tmp_path):
+    (tmp_path / "anchors.yaml").write_text(
+        "methods:\n  grpo: &m {group_size: 8, beta: 0.01}\n  tarpo:\n    <<: *m\n    group_size: 4\n")
+    cfg = load_config(tmp_path / "anchors.yaml")
+    assert cfg.methods["tarpo"] == {"group_size": 4, "beta": 0.01}
+
+
 def test_read_config_file_reads_the_repository_configs():
     for path in (REPO / "config").glob("*.yaml"):
         assert read_config_file(path) == yaml.safe_load(path.read_text())
