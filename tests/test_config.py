@@ -248,6 +248,9 @@ def test_cli_reports_config_problems_in_one_line(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith("tarpo: config error: ") and says in err and err.count("\n") == 1, err
     assert not (tmp_path / "o").exists()  # the empty config did not generate the full-size dataset
+    argv = ["train", "--config", str(REPO / "config" / "smoke.yaml"), "--backbone", "tiny", "--method", "grpo",
+            "--backbone-dir", "x", "--data", "x", "--out", str(tmp_path / "o"), "--seed", "-1"]
+    assert cli.main(argv) == 2 and "--seed must be non-negative" in capsys.readouterr().err
     assert cli.main(["check", "--config", str(REPO / "config" / "smoke.yaml")]) == 0
     assert "smoke.yaml: ok" in capsys.readouterr().out
 

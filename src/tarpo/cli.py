@@ -27,6 +27,8 @@ def _seeded(cfg: Config, seed: int | None) -> Config:
     """`--seed` (default: the config's first of `seeds`) becomes `cfg.seed` for this run: the training RNG,
     batch order and rollout sampling of `train`, the sampling of `evaluate`. (`seed` itself stays the
     backbone warm start's seed; `tarpo backbone` reads it as it is.)"""
+    if seed is not None and seed < 0:
+        raise ConfigError(f"--seed must be non-negative, got {seed}")
     cfg.seed = cfg.seeds[0] if seed is None else seed
     return cfg
 
