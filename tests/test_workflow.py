@@ -172,7 +172,7 @@ def test_backbone_job_gets_only_its_slice_of_the_config(workdir):
     assert list(sliced["backbones"]) == ["tiny"] and list(sliced["datasets"]) == ["synthetic"]
     assert "train" not in sliced and "resources" not in sliced
     assert sliced["backbones"]["tiny"]["resources"] == {}
-    tconfig.load_config(sliced)  # what the CLI will load
+    tconfig.load_config_json(json.dumps(sliced))  # what the CLI will load
 
 
 def test_hub_backbone_takes_no_data_and_gets_its_resources(workdir):
