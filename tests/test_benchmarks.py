@@ -246,3 +246,17 @@ def test_synthetic_rows_missing_a_field_are_an_error(tmp_path):
     write_jsonl(tmp_path / "synthetic" / "test_id.jsonl", [{"id": "a", "question": "Q?"}])  # no answer
     with pytest.raises(bm.BadRowsError, match=r"1 of 1 rows .*row 1, KeyError: 'answer'"):
         bm.load_benchmark("synthetic_test_id", data_root=tmp_path)
+
+
+def test_cli_reports_a_bad_benchmark_file_in_one_line(tmp_path, capsys):
+    from tarpo import cli
+    from tarpo.io import BadInputError
+
+    path = tmp_path / "train.jsonl"
+    path.write_text('{"question": "Q1?", "answer": "#### 1"}\n{"question": "Q2?"}\n')
+    config = json.dumps({"benchmarks": {"gsm8k_train": {"path": str(path)}}})
+    assert cli.main(["prepare", "--config-json", config, "--dataset", "gsm8k_train", "--out", str(tmp_path / "o")]) == 4
+    err = capsys.readouterr().err
+    assert err.startswith("tarpo: bad input: benchmark 'gsm8k_train': 1 of 2 rows") and "line 2" in err
+    assert err.count("\n") == 1 and not (tmp_path / "o").exists()
+    assert issubclass(bm.BadRowsError, BadInputError)  # io's malformed-input error, which the CLI reports too

@@ -13,8 +13,7 @@ import sys
 from pathlib import Path
 
 from tarpo.config import Config, ConfigError, load_config, load_config_json
-from tarpo.data.benchmarks import BadRowsError
-from tarpo.io import MissingInputError
+from tarpo.io import BadInputError, MissingInputError
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -202,9 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"tarpo: config error: {err}", file=sys.stderr)
         return 2
-    except BadRowsError as err:  # a MissingInputError too: unusable rather than absent
+    except BadInputError as err:  # there but unusable: a malformed file, rows without the fields
         print(f"tarpo: bad input: {err}", file=sys.stderr)
-        return 3
+        return 4
     except MissingInputError as err:
         print(f"tarpo: missing input: {err}", file=sys.stderr)
         return 3

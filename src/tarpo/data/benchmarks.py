@@ -55,7 +55,7 @@ from typing import Any, Literal
 from urllib.parse import urlparse
 
 from tarpo.config import ConfigError
-from tarpo.io import MissingInputError, env_flag, hf_home, read_jsonl
+from tarpo.io import BadInputError, MissingInputError, env_flag, hf_home, read_jsonl
 
 Kind = Literal["math", "choice", "code"]
 Distribution = Literal["id", "ood", "train"]
@@ -65,7 +65,7 @@ OVERRIDE_KEYS = ("path", "revision", "split", "config", "skip_bad_rows")
 PROBE_TIMEOUT_S = 3.0
 
 
-class BadRowsError(MissingInputError):
+class BadRowsError(BadInputError):
     """A benchmark's rows are not usable as they are: a malformed file, rows that are not objects or lack the
     fields the normaliser reads. Never silently dropped: `benchmarks.NAME.skip_bad_rows: true` skips them."""
 
