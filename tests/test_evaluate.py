@@ -279,3 +279,15 @@ def test_metrics_attach_to_the_training_run(prepared, tmp_path, monkeypatch):
     assert logged["eval/synthetic_test_id/pass_at_1"] == pytest.approx(metrics["pass@1"])
     assert logged["eval/synthetic_test_id/soft_ratio"] == pytest.approx(metrics["soft_ratio"])
     assert any((tmp_path / "results" / "mlruns").rglob("synthetic_test_id.html"))  # the trajectories, as an artifact
+
+
+def test_code_evaluation_records_the_sandbox_layers(prepared, tmp_path):
+    from tarpo.sandbox import isolation_report
+
+    cfg = config(max_problems=2, k=1, max_new_tokens=8)
+    metrics, out = run(prepared, tmp_path, benchmark="humaneval", cfg=cfg)
+    written = json.loads(out.read_text())
+    assert written["sandbox"] == isolation_report() and isinstance(written["sandbox"]["weak"], bool)
+    assert written["n_problems"] == 2
+    synthetic, _ = run(prepared, tmp_path, benchmark="synthetic_test_id", cfg=config(max_problems=2, k=1))
+    assert "sandbox" not in synthetic  # only code is run in the sandbox

@@ -109,3 +109,17 @@ def test_read_jsonl_names_file_and_line_of_a_bad_row(tmp_path):
         read_jsonl(path)
     path.write_text('{"a": 1}\n\n{"a": 2}\n')
     assert read_jsonl(path) == [{"a": 1}, {"a": 2}]
+
+
+def test_cli_reports_a_full_disk_in_one_line(monkeypatch, capsys):
+    from tarpo import cli
+
+    def full(args):
+        with disk_full_as_error("/results/x", "the final policy", "training resumes from step-000050"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(cli, "cmd_schema", full)
+    assert cli.main(["schema"]) == 5
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("tarpo: no space left on device writing the final policy")
+    assert "resumes from step-000050" in err[0]

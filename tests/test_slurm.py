@@ -400,14 +400,15 @@ def test_paper_config_dry_run_with_the_profile_requests_gpus(tmp_path, fake):
         resources = next((ln.split(":", 1)[1].strip() for ln in block.splitlines() if "resources:" in ln), "")
         jobs[(name, wildcards)] = dict(kv.split("=", 1) for kv in resources.split(", ") if "=" in kv)
     train = {w: r for (n, w), r in jobs.items() if n == "train"}
-    assert len(train) == 5 * 4 * 3  # five backbones x four methods x three seeds
+    assert len(train) == 6 * 5 * 3  # six backbones x five methods x three seeds
     for wildcards, res in train.items():
         big = "qwen2.5-7b" in wildcards or "llama3.1-8b" in wildcards
         assert res["gpu"] == ("2" if big else "1"), (wildcards, res)
         assert res["slurm_partition"] == PARTITION and res["slurm_account"] == ACCOUNT and res["nodes"] == "1"
     evaluate = [r for (n, _), r in jobs.items() if n == "evaluate"]
-    assert len(evaluate) == 5 * 5 * 3 * 8 and all(r["gpu"] == "1" for r in evaluate)
+    assert len(evaluate) == 6 * 6 * 3 * 8 and all(r["gpu"] == "1" for r in evaluate)
     assert all(r["gpu"] == "0" for (n, _), r in jobs.items() if n in ("prepare", "backbone"))
+    assert sum(n == "atp_sft" for n, _ in jobs) == 6 and all(r["gpu"] == "1" for (n, _), r in jobs.items() if n == "atp_sft")
 
 
 # ------------------------------------------------------------------ real runs through the fake queue

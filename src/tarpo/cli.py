@@ -1,4 +1,4 @@
-"""One entry point: `tarpo prepare | backbone | train | evaluate | summarise | check | schema`.
+"""One entry point: `tarpo prepare | backbone | atp-sft | train | evaluate | summarise | check | schema`.
 
 Every workflow rule calls one of these subcommands; each can also be run by
 hand. The configuration comes from a YAML file (`--config`) or, as the
@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from tarpo.config import Config, ConfigError, load_config, load_config_json
-from tarpo.io import BadInputError, MissingInputError
+from tarpo.io import BadInputError, DiskFullError, MissingInputError
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -82,6 +82,15 @@ def cmd_backbone(args: argparse.Namespace) -> None:
 
     cfg = _config(args)
     build_backbone(cfg, args.backbone, Path(args.data) if args.data else None, Path(args.out))
+
+
+def cmd_atp_sft(args: argparse.Namespace) -> None:
+    from tarpo.atp_sft import run_sft
+
+    cfg = _config(args)
+    if "atp_latent" not in cfg.methods:
+        raise ConfigError("atp-sft prepares the method atp_latent, which the config's `methods` does not list")
+    run_sft(cfg, args.backbone, Path(args.backbone_dir), Path(args.data), Path(args.out))
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -159,10 +168,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory (save_pretrained layout)")
     p.set_defaults(func=cmd_backbone)
 
+    p = sub.add_parser("atp-sft", parents=[conf],
+                       help="ATP-Latent's supervised stage: a conditional VAE over CoT steps, with its curriculum")
+    p.add_argument("--backbone", required=True, help="backbone name in the config")
+    p.add_argument("--backbone-dir", required=True, help="directory written by `tarpo backbone`")
+    p.add_argument("--data", required=True, help="prepared training dataset directory (test_id.jsonl beside it "
+                   "serves the checks after training)")
+    p.add_argument("--out", required=True, help="output directory: the policy to start RL from, decoder/, "
+                   "mode.safetensors, sft.json")
+    p.set_defaults(func=cmd_atp_sft)
+
     p = sub.add_parser("train", parents=[conf], help="RL-train one method on one backbone")
     p.add_argument("--backbone", required=True)
-    p.add_argument("--method", required=True, help="grpo | hrpo | lepo | tarpo")
-    p.add_argument("--backbone-dir", required=True, help="directory written by `tarpo backbone`")
+    p.add_argument("--method", required=True, help="grpo | hrpo | lepo | tarpo | atp_latent")
+    p.add_argument("--backbone-dir", required=True,
+                   help="directory written by `tarpo backbone` (for atp_latent: by `tarpo atp-sft`)")
     p.add_argument("--data", required=True, help="prepared training dataset directory")
     p.add_argument("--out", required=True, help="checkpoint directory; a rerun resumes from it")
     p.add_argument("--seed", type=int, help="training seed (default: the first of the config's `seeds`)")
@@ -207,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     except MissingInputError as err:
         print(f"tarpo: missing input: {err}", file=sys.stderr)
         return 3
+    except DiskFullError as err:  # the message names what was being written and what a rerun resumes from
+        print(f"tarpo: {err}", file=sys.stderr)
+        return 5
     return 0
 
 

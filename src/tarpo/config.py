@@ -91,6 +91,21 @@ class WarmStartConfig:
 
 
 @dataclass
+class AtpSftConfig:
+    """ATP-Latent's supervised stage: a conditional VAE over CoT steps, with a curriculum (see tarpo.atp_sft)."""
+
+    steps_per_stage: int = _doc("Optimiser steps of each curriculum stage k = 1 .. K (the first k steps latent).",
+                                ge=0, default=100)
+    latent_steps: int = _doc("Optimiser steps with every step latent, after the curriculum.", ge=0, default=500)
+    batch_size: int = _doc("Problems per step.", ge=1, default=32)
+    learning_rate: float = _doc("Peak AdamW learning rate (cosine decay, 5% warmup).", ge=0, default=1e-4)
+    weight_decay: float = _doc("AdamW weight decay.", ge=0, default=0.01)
+    kl_weight: float = _doc("Weight of KL(q || N(0, I)) (mean over latents and dimensions).", ge=0, default=0.001)
+    eval_problems: int = _doc("test_id problems sampled after SFT for the checks (decoded steps, stop, pass@1).",
+                              ge=0, default=100)
+
+
+@dataclass
 class LoraConfig:
     """LoRA adapters (peft)."""
 
@@ -148,6 +163,17 @@ class TrainConfig:
     hrpo_c: float = _doc("HRPO: gate sharpness c.", gt=0, default=8.0)
     lepo_top_k: int = _doc("LEPO: top-K support of the Gumbel-Softmax relaxation.", ge=1, default=10)
     lepo_tau_g: float = _doc("LEPO: Gumbel-Softmax temperature.", gt=0, default=0.5)
+    advantage_eps: float = _doc("Added to the group's reward std in the advantage (ATP-Latent's default: 1e-8).",
+                                gt=0, default=1e-4)
+    log_ratio_clamp: float = _doc("Clamp each log-ratio of the policy term to +-this (0: off; ATP-Latent's default: 3).",
+                                  ge=0, default=0.0)
+    atp_latents_per_step: int = _doc("ATP-Latent: latents per CoT step (c).", ge=1, default=2)
+    atp_max_steps: int = _doc("ATP-Latent: most latent CoT steps K; the block holds at most c * K latents.", ge=1, default=10)
+    accuracy_weight: float = _doc("ATP-Latent reward: weight of accuracy (0: the coherence-only ablation).", ge=0, default=1.0)
+    format_weight: float = _doc("ATP-Latent reward: weight of the format term (block ended, answer given).", ge=0,
+                                default=0.5)
+    coherence_weight: float = _doc("ATP-Latent reward: weight of coherence x accuracy (0: the w/o-coherence ablation).",
+                                   ge=0, default=0.1)
 
 
 @dataclass
@@ -165,6 +191,8 @@ class ResourcesConfig:
     prepare: Resources = _doc("Dataset preparation.", default_factory=lambda: Resources(threads=1, mem_mb=2000, runtime=30))
     backbone: Resources = _doc("Backbone build / snapshot.", default_factory=Resources)
     train: Resources = _doc("RL training.", default_factory=lambda: Resources(runtime=240))
+    atp_sft: Resources = _doc("ATP-Latent's supervised stage (one process: one GPU at most).",
+                              default_factory=lambda: Resources(runtime=240))
     evaluate: Resources = _doc("Evaluation.", default_factory=Resources)
 
 
@@ -229,12 +257,14 @@ class Config:
     )
     backbones: dict[str, BackboneConfig] = _doc("Backbones by name.", default_factory=lambda: {"tiny": BackboneConfig()})
     methods: dict[str, dict[str, Any]] = _doc(
-        "Trained methods (grpo, hrpo, lepo, tarpo) with overrides of `train`.",
+        "Trained methods (grpo, hrpo, lepo, tarpo, atp_latent) with overrides of `train`.",
         schema="train_by_name",
         default_factory=lambda: {"grpo": {}, "hrpo": {}, "lepo": {}, "tarpo": {}},
     )
     baselines: list[str] = _doc("Untrained baselines evaluated as they are (cot).", unique=True, default_factory=lambda: ["cot"])
     train: TrainConfig = _doc("Training defaults.", default_factory=TrainConfig)
+    atp_sft: AtpSftConfig = _doc("ATP-Latent's supervised stage (used when `methods` has atp_latent).",
+                                 default_factory=AtpSftConfig)
     evaluate: EvaluateConfig = _doc("Evaluation settings.", default_factory=EvaluateConfig)
     resources: ResourcesConfig = _doc("Scheduler resources per rule.", default_factory=ResourcesConfig)
     benchmarks: dict[str, dict[str, Any]] = _doc("Benchmark registry overrides (local files, revisions).", default_factory=dict)
@@ -249,6 +279,7 @@ class Config:
         bb = self.backbones[backbone]
         for where, overrides in (
             (f"backbones.{backbone}.train", bb.train),
+            (f"the defaults of {method}", METHOD_DEFAULTS.get(method, {})),
             (f"methods.{method}", self.methods[method]),
             (f"backbones.{backbone}.method_overrides.{method}", bb.method_overrides.get(method, {})),
         ):
@@ -262,7 +293,12 @@ class Config:
         return from_dict(Resources, merged, f"backbones.{backbone}.resources.{rule}")
 
 
-METHODS = ("grpo", "hrpo", "lepo", "tarpo")
+METHODS = ("grpo", "hrpo", "lepo", "tarpo", "atp_latent")
+# What a method's algorithm fixes, applied over `train` (a config's methods.NAME still overrides it):
+# ATP-Latent's RL stage has no reference model and no KL, std + 1e-8 in the advantage, log-ratios clamped to +-3.
+METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
+    "atp_latent": {"beta": 0.0, "advantage_eps": 1e-8, "log_ratio_clamp": 3.0},
+}
 BASELINES = ("cot",)
 
 

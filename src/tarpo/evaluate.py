@@ -69,6 +69,7 @@ HTML_SAMPLES = 20
 SPEC_KEY = "_spec"
 # Metrics logged to MLflow (besides every pass@j); the settings travel as params / in the JSON artifact.
 TRACKED = ("n_problems", "mean_tokens", "mean_thinking_tokens", "soft_ratio", "mean_gate", "lucky_share",
+           "active_latents", "stop_rate",
            "wall_seconds")
 
 
@@ -180,13 +181,17 @@ def _reward_kwargs(record: dict[str, Any]) -> dict[str, Any]:
 @torch.no_grad()
 def sample_batch(model: Any, tokenizer: Any, mode: Any, records: list[dict[str, Any]], *, k: int, temperature: float,
                  max_new_tokens: int, max_prompt_tokens: int, seed: int, eos_ids: list[int], marker: Any,
-                 device: torch.device) -> list[list[dict[str, Any]]]:
-    """k scored samples for each record (rows without problem bookkeeping), sampled as one batch."""
+                 device: torch.device, decoder: Any = None) -> list[list[dict[str, Any]]]:
+    """k scored samples for each record (rows without problem bookkeeping), sampled as one batch.
+
+    ATP-Latent: tokens are counted its way (active latents + answer tokens, not the forced `<eol>`), thinking
+    steps are its latents, and with its `decoder` each row gets the text read from every latent pair.
+    """
     from tarpo.rollout import generate, model_parts
     from tarpo.trainer import encode_prompts
 
     questions = [r["question"] for r in records for _ in range(k)]  # the k samples of a problem are contiguous
-    ids, mask = encode_prompts(tokenizer, questions, max_prompt_tokens, device)
+    ids, mask = encode_prompts(tokenizer, questions, max_prompt_tokens, device, mode.prompt_suffix)
     generator = torch.Generator(device=device)
     generator.manual_seed(seed)
     greedy = temperature <= 0
@@ -194,6 +199,11 @@ def sample_batch(model: Any, tokenizer: Any, mode: Any, records: list[dict[str, 
     rollout = generate(model, mode, ids, mask, max_new_tokens=max_new_tokens, temperature=1.0 if greedy else temperature,
                        eos_ids=eos_ids, pad_id=pad_id, marker=marker, greedy=greedy, generator=generator)
     _, _, embed = model_parts(model)
+    latent_texts = None
+    if decoder is not None:
+        from tarpo.atp_sft import latent_step_texts
+
+        latent_texts = latent_step_texts(decoder, tokenizer, mode, rollout.meta["z"], rollout.meta["latent"])
     cpu = rollout.to("cpu")
     soft_all = cpu.stats.get("soft")
     out: list[list[dict[str, Any]]] = [[] for _ in records]
@@ -213,6 +223,13 @@ def sample_batch(model: Any, tokenizer: Any, mode: Any, records: list[dict[str, 
             "soft": soft,
             "token_ids": tokens,
         }
+        if mode.name == "atp_latent":
+            latents = int(cpu.meta["latent"][i].sum())
+            ended = bool((cpu.meta["stop"][i] | cpu.meta["forced"][i]).any())
+            row.update(n_tokens=len(tokens) - ended, n_thinking=latents, n_latents=latents,
+                       stopped=bool(cpu.meta["stop"][i].any()))
+            if latent_texts is not None:
+                row["latent_steps"] = latent_texts[i]
         one = rollout.select(slice(i, i + 1))
         stats = mode.rollout_stats(embed, one.tokens, one.meta, one.thinking)
         if "mean_gate" in stats and row["n_thinking"]:
@@ -283,6 +300,9 @@ def mode_metrics(method: str, rows: list[dict[str, Any]]) -> dict[str, float]:
     thinking = sum(r["n_thinking"] for r in rows)
     if method in ("tarpo", "lepo"):
         out["soft_ratio"] = sum(sum(r["soft"]) for r in rows) / thinking if thinking else 0.0
+    if method == "atp_latent" and rows:
+        out["active_latents"] = sum(r.get("n_latents", 0) for r in rows) / len(rows)
+        out["stop_rate"] = sum(bool(r.get("stopped")) for r in rows) / len(rows)
     if method == "hrpo":
         gated = [(r["mean_gate"], r["n_thinking"]) for r in rows if "mean_gate" in r]
         weight = sum(n for _, n in gated)
@@ -304,6 +324,7 @@ def trajectories(tokenizer: Any, title: str, records: list[dict[str, Any]], rows
             "soft_ratio": (sum(row["soft"]) / row["n_thinking"] if row["n_thinking"] else 0.0)
             if method in ("tarpo", "lepo") else None,
             "spans": token_spans(tokenizer, row["token_ids"], row["soft"], thinking),
+            "latent_steps": row.get("latent_steps"),
         })
     return trajectories_html(title, items)
 
@@ -397,6 +418,11 @@ def evaluate(
     tokenizer = None
     if todo:
         model, tokenizer, mode = load_policy(Path(backbone_dir), method, tcfg, checkpoint, device)
+        decoder = None
+        if method == "atp_latent":  # the backbone dir is the SFT stage's: its decoder reads the latents
+            from tarpo.atp_sft import load_decoder
+
+            decoder = load_decoder(Path(backbone_dir), device)
         marker = AnswerMarker(tokenizer, model.config.vocab_size).to(device)
         eos_ids = eos_token_ids(tokenizer, model)
         bar = tqdm(total=len(records), initial=len(done), desc=f"eval {backbone}/{method}/{benchmark}",
@@ -406,7 +432,7 @@ def evaluate(
             samples = sample_batch(model, tokenizer, mode, chunk, k=e.k, temperature=e.temperature,
                                    max_new_tokens=e.max_new_tokens, max_prompt_tokens=tcfg.max_prompt_tokens,
                                    seed=batch_seed(cfg.seed, benchmark, b), eos_ids=eos_ids, marker=marker,
-                                   device=device)
+                                   device=device, decoder=decoder)
             new_rows = []
             for index, (record, rows) in enumerate(zip(chunk, samples)):
                 if record["id"] in done:  # kept from the partial file (identical: same batch, same seed)
@@ -437,6 +463,13 @@ def evaluate(
         "resumed_problems": resumed, "machine": machine_info(device),
         "wall_seconds": time.perf_counter() - started,
     }
+    if bench.kind == "code":  # which sandbox layers judged the programs; `weak` flags a degraded host
+        from tarpo.sandbox import isolation_report
+
+        metrics["sandbox"] = isolation_report()
+        if metrics["sandbox"].get("weak"):
+            print(f"WARNING {benchmark}: the code sandbox ran without some of its kernel layers on this host: "
+                  f"{metrics['sandbox']}")
     write_jsonl(paths["samples"], rows)
     if tokenizer is None:  # everything came from the partial file
         from transformers import AutoTokenizer

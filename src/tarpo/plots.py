@@ -60,10 +60,10 @@ from tarpo.tables import (MISSING, TABLE_FORMATS, main_table, main_title, precis
 FIGURES = ("training_dynamics", "pass_at_k", "token_efficiency", "soft_position")
 
 _CB = sns.color_palette("colorblind", 10)
-PALETTE = {"cot": _CB[7], "grpo": _CB[0], "hrpo": _CB[2], "lepo": _CB[4], "tarpo": _CB[3]}
+PALETTE = {"cot": _CB[7], "grpo": _CB[0], "hrpo": _CB[2], "lepo": _CB[4], "tarpo": _CB[3], "atp_latent": _CB[1]}
 # Markers and sizes: methods with equal values are drawn on top of each other,
 # so each has its own shape and earlier methods are drawn larger (nested shapes stay visible).
-MARKERS = {"cot": "o", "grpo": "s", "hrpo": "^", "lepo": "D", "tarpo": "P"}
+MARKERS = {"cot": "o", "grpo": "s", "hrpo": "^", "lepo": "D", "tarpo": "P", "atp_latent": "X"}
 DPI = 150
 
 # Training dynamics panels: (metrics.jsonl key, panel title, y label).
@@ -74,13 +74,16 @@ DYNAMICS = (
     ("soft_ratio", "Soft ratio (TARPO, LEPO)", "soft steps / thinking steps"),
     ("action_entropy", "Action entropy (TARPO)", "router entropy (nats)"),
     ("mean_gate", "HRPO gate a", "mean a (1 = fully explicit)"),
+    ("coherence", "Coherence (ATP-Latent)", "decoded steps used later (fraction)"),
+    ("active_latents", "Active latents (ATP-Latent)", "latents per completion"),
+    ("stop_rate", "Stop rate (ATP-Latent)", "blocks ended by the stop head"),
 )
 
-UNIT_INTERVAL = {"reward_mean", "soft_ratio", "mean_gate"}  # metrics that are fractions in [0, 1]
+UNIT_INTERVAL = {"reward_mean", "soft_ratio", "mean_gate", "coherence", "stop_rate"}  # fractions in [0, 1]
 
 
 def palette(methods: Sequence[str]) -> dict[str, Any]:
-    extra = iter(c for i, c in enumerate(_CB) if i not in (0, 2, 3, 4, 7))
+    extra = iter(c for i, c in enumerate(_CB) if i not in (0, 1, 2, 3, 4, 7))
     return {m: PALETTE.get(m) or next(extra, (0.3, 0.3, 0.3)) for m in method_order(methods)}
 
 
@@ -148,7 +151,7 @@ def fig_training_dynamics(res: Results, cfg: Config, path: Path) -> None:
     mean over seeds of the smoothed curves and a band spanning them."""
     trained = method_order(res.training)
     pal = palette(trained or list(METHOD_ORDER))
-    fig, axes = plt.subplots(2, 3, figsize=(13, 7), constrained_layout=True)
+    fig, axes = plt.subplots(3, 3, figsize=(13, 10), constrained_layout=True)
     fig.suptitle(f"Training dynamics ({_subtitle(res, cfg)})", fontsize=12)
     n_steps = max((len(f) for runs in res.training.values() for f in runs.values()), default=0)
     window = max(3, n_steps // 10) if n_steps >= 20 else 1

@@ -95,6 +95,7 @@ def load_policy(
 
             model = PeftModel.from_pretrained(model, Path(checkpoint) / "adapter")
         mode = build_mode(method, cfg, model.config.hidden_size)
+        mode.bind(tokenizer)
         if checkpoint is not None and (Path(checkpoint) / MODE_FILE).exists():
             mode.load_state_dict(load_file(Path(checkpoint) / MODE_FILE))
     except (OSError, ValueError, RuntimeError) as err:  # safetensors' errors derive from Exception only

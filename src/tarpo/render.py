@@ -14,6 +14,7 @@ body{font-family:system-ui,sans-serif;max-width:60em;margin:2em auto;color:#222}
 .tok{white-space:pre-wrap;font-family:ui-monospace,monospace}
 .soft{background:#ffd89a;border-radius:3px}
 .answer{border-bottom:2px solid #7aa7ff}
+.latent{color:#5a3e9b;font-family:ui-monospace,monospace;font-size:.9em}
 </style>"""
 
 
@@ -28,7 +29,8 @@ def token_spans(tokenizer: Any, tokens: Sequence[int], soft: Sequence[float], th
 
 
 def trajectories_html(title: str, items: Sequence[dict[str, Any]]) -> str:
-    """`items`: dicts with 'question', 'spans' (from token_spans), 'correct', 'answer', 'gold' and optional 'soft_ratio'."""
+    """`items`: dicts with 'question', 'spans' (from token_spans), 'correct', 'answer', 'gold' and optional
+    'soft_ratio' and 'latent_steps' (ATP-Latent: the text the decoder reads from each latent pair)."""
     blocks = []
     for i, item in enumerate(items):
         verdict = '<span class="ok">correct</span>' if item.get("correct") else '<span class="bad">wrong</span>'
@@ -36,9 +38,17 @@ def trajectories_html(title: str, items: Sequence[dict[str, Any]]) -> str:
         blocks.append(
             f'<div class="traj"><div class="meta">#{i} &middot; {verdict} &middot; answer '
             f"{html.escape(str(item.get('answer')))} &middot; gold {html.escape(str(item.get('gold')))}{soft}</div>"
-            f"<div><b>Q:</b> {html.escape(item['question'])}</div><div>{item['spans']}</div></div>"
+            f"<div><b>Q:</b> {html.escape(item['question'])}</div>{_latent_steps(item)}<div>{item['spans']}</div></div>"
         )
     legend = '<p><span class="tok soft">highlighted</span>: the next input was a soft (latent) mixture; ' \
              '<span class="tok answer">underlined</span>: answer phase.</p>'
     return f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>{STYLE}</head>" \
            f"<body><h1>{html.escape(title)}</h1>{legend}{''.join(blocks)}</body></html>"
+
+
+def _latent_steps(item: dict[str, Any]) -> str:
+    steps = item.get("latent_steps")
+    if steps is None:
+        return ""
+    read = " | ".join(html.escape(t) for t in steps) if steps else "(no latent step)"
+    return f'<div class="latent"><b>latents read as:</b> {read}</div>'

@@ -37,8 +37,8 @@ from tarpo import stats
 from tarpo.config import Config
 from tarpo.metrics import pass_at_k
 
-METHOD_ORDER = ("cot", "grpo", "hrpo", "lepo", "tarpo")
-METHOD_LABEL = {"cot": "CoT", "grpo": "GRPO", "hrpo": "HRPO", "lepo": "LEPO", "tarpo": "TARPO"}
+METHOD_ORDER = ("cot", "grpo", "hrpo", "lepo", "tarpo", "atp_latent")
+METHOD_LABEL = {"cot": "CoT", "grpo": "GRPO", "hrpo": "HRPO", "lepo": "LEPO", "tarpo": "TARPO", "atp_latent": "ATP-Latent"}
 SPLITS = ("id", "ood")
 SPLIT_LABEL = {"id": "ID", "ood": "OOD"}
 AVERAGE = "average"  # the benchmark name of split-average rows

@@ -46,12 +46,14 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from tarpo.atp_sft import latent_step_texts, load_sft_parts
 from tarpo.config import Config, TrainConfig
 from tarpo.data.template import build_prompt
 from tarpo.io import (MissingInputError, atomic_dir, disk_full_as_error, file_digest, read_jsonl, tree_digest,
                       write_json, write_jsonl, write_manifest)
 from tarpo.loss import group_advantages, grpo_loss
 from tarpo.modes import Mode, build_mode
+from tarpo.modes.atp_latent import coherence
 from tarpo.policy import add_lora, default_dtype, save_policy
 from tarpo.render import token_spans, trajectories_html
 from tarpo.rewards import extract_answer, reward
@@ -314,10 +316,16 @@ class GrpoTrainer:
         if self.tcfg.adapter == "lora":
             model = add_lora(model, self.tcfg)
             self.ref_model = None  # reference = the same model with adapters disabled
-        else:
+        elif self.tcfg.beta > 0:
             self.ref_model = copy.deepcopy(model).requires_grad_(False).to(self.device).eval()
+        else:
+            self.ref_model = None  # no KL term: no reference forward either
         self.model = model.to(self.device).eval()  # eval: no dropout, rollout and scoring see one function
         self.mode = build_mode(method, self.tcfg, model.config.hidden_size).to(self.device)
+        self.mode.bind(self.tokenizer)
+        # ATP-Latent starts from its SFT stage (the backbone dir is that stage's output): its heads, and
+        # the frozen decoder that reads latents back for the coherence reward.
+        self.decoder = load_sft_parts(Path(backbone_dir), self.mode, self.device) if method == "atp_latent" else None
         self.ref_mode = copy.deepcopy(self.mode).requires_grad_(False).eval()  # the initial router
 
         self.marker = AnswerMarker(self.tokenizer, model.config.vocab_size).to(self.device)
@@ -428,15 +436,37 @@ class GrpoTrainer:
         idx = batch_indices(len(self.records), self.cfg.seed, self.step, micro, t.grad_accum,
                             acc.num_processes, acc.process_index, t.prompts_per_step)
         records = [self.records[i] for i in idx for _ in range(t.group_size)]  # groups are contiguous
-        ids, mask = encode_prompts(self.tokenizer, [r["question"] for r in records], t.max_prompt_tokens, self.device)
+        ids, mask = encode_prompts(self.tokenizer, [r["question"] for r in records], t.max_prompt_tokens, self.device,
+                                   self.mode.prompt_suffix)
         with acc.autocast():
             rollout = generate(self.model, self.mode, ids, mask, max_new_tokens=t.max_new_tokens,
                                temperature=t.temperature, eos_ids=self.eos_ids, pad_id=self.tokenizer.pad_token_id,
                                marker=self.marker, generator=self._generator(micro))
         texts = [self.tokenizer.decode(tok[v], skip_special_tokens=True)
                  for tok, v in zip(rollout.tokens.cpu(), rollout.valid.cpu())]
-        rewards = torch.tensor([reward(text, str(r["answer"])) for text, r in zip(texts, records)], device=self.device)
-        return rollout, records, texts, rewards
+        rewards, parts = self.rewards(rollout, texts, records)
+        return rollout, records, texts, rewards, parts
+
+    def rewards(self, rollout: Rollout, texts: list[str], records: list[dict[str, Any]]) -> tuple[Tensor, dict[str, float]]:
+        """Per-completion rewards, and their parts' means for logging.
+
+        Every method: 1 for a verified answer. ATP-Latent (METHODS.md): acc_w * acc + fmt_w * fmt
+        + coh_w * coh * acc, with fmt = 1 when the latent block ended and a non-empty answer follows, and
+        coh the coherence of the steps the frozen decoder reads from the latent pairs. With acc_w = 0 (the
+        coherence-only ablation) the coherence term is not gated by accuracy.
+        """
+        acc = torch.tensor([reward(text, str(r["answer"])) for text, r in zip(texts, records)], device=self.device)
+        if self.decoder is None:
+            return acc, {}
+        t, meta = self.tcfg, rollout.meta
+        steps = latent_step_texts(self.decoder, self.tokenizer, self.mode, meta["z"], meta["latent"])
+        answers = [extract_answer(text) for text in texts]
+        ended = (meta["stop"] | meta["forced"]).any(-1).tolist()
+        fmt = torch.tensor([float(e and bool(a)) for e, a in zip(ended, answers)], device=self.device)
+        coh = torch.tensor([coherence(s, a) for s, a in zip(steps, answers)], device=self.device)
+        gate = acc if t.accuracy_weight > 0 else torch.ones_like(acc)
+        total = t.accuracy_weight * acc + t.format_weight * fmt + t.coherence_weight * coh * gate
+        return total, {"accuracy": float(acc.mean()), "format": float(fmt.mean()), "coherence": float(coh.mean())}
 
     def _scores(self, rollout: Rollout) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """(policy log-probs, reference log-probs) of a rollout.
@@ -472,7 +502,9 @@ class GrpoTrainer:
             action_mask = rollout.thinking if t.action_loss_positions == "thinking" else rollout.valid
         out = grpo_loss(logps, ref, old, advantages, rollout.valid, t.beta, action_mask=action_mask,
                         action_weight=t.action_loss_weight,
-                        clip_eps=t.clip_eps if t.updates_per_batch > 1 else None)
+                        clip_eps=t.clip_eps if t.updates_per_batch > 1 else None,
+                        stream_masks=self.mode.loss_masks(rollout.meta, rollout.valid),
+                        log_ratio_clamp=t.log_ratio_clamp or None)
         return out, logps
 
     def _sync_gradients(self) -> Tensor:
@@ -492,9 +524,11 @@ class GrpoTrainer:
         t, acc = self.tcfg, self.accelerator
         started = time.perf_counter()
         batches = []
+        reward_parts: list[dict[str, float]] = []
         for micro in range(t.grad_accum):
-            rollout, records, texts, rewards = self.sample(micro)
-            batches.append((rollout, records, texts, rewards, group_advantages(rewards, t.group_size)))
+            rollout, records, texts, rewards, parts = self.sample(micro)
+            reward_parts.append(parts)
+            batches.append((rollout, records, texts, rewards, group_advantages(rewards, t.group_size, t.advantage_eps)))
         rollout_seconds = time.perf_counter() - started
 
         self.optimizer.zero_grad(set_to_none=True)
@@ -563,7 +597,7 @@ class GrpoTrainer:
         if action_entropies:
             metrics["action_entropy"] = sum(action_entropies) / len(action_entropies)
             metrics["action_kl"] = float(sum(action_kls) / len(action_kls))
-        stats = [self.mode.rollout_stats(embed, b[0].tokens, b[0].meta, b[0].thinking) for b in batches]
+        stats = [self.mode.rollout_stats(embed, b[0].tokens, b[0].meta, b[0].thinking) for b in batches] + reward_parts
         for key in sorted({k for s in stats for k in s}):
             values = [s[key] for s in stats if key in s]
             metrics[key] = sum(values) / len(values)

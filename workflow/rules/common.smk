@@ -54,6 +54,16 @@ def run_dir(backbone, method, seed):
     return f"{RESULTS}/{backbone}/{method}/seed{seed}"
 
 
+def atp_sft_dir(backbone):
+    """ATP-Latent's supervised stage (one per backbone): the policy its RL starts from, and its decoder."""
+    return f"{RESULTS}/{backbone}/atp_latent/sft"
+
+
+def policy_backbone_dir(backbone, method):
+    """What a method's training and evaluation load as the backbone: the SFT stage's output for atp_latent."""
+    return atp_sft_dir(backbone) if method == "atp_latent" else backbone_dir(backbone)
+
+
 def checkpoint_dir(backbone, method, seed):
     return f"{run_dir(backbone, method, seed)}/checkpoint"
 
@@ -206,7 +216,7 @@ def summarise_inputs(wildcards):
 
 
 def evaluate_inputs(wildcards):
-    inputs = {"backbone": backbone_dir(wildcards.backbone)}
+    inputs = {"backbone": policy_backbone_dir(wildcards.backbone, wildcards.method)}
     if wildcards.method in CFG.methods:
         inputs["checkpoint"] = checkpoint_dir(wildcards.backbone, wildcards.method, wildcards.seed)
     ds = synthetic_dataset_of(wildcards.benchmark)
@@ -226,6 +236,22 @@ def evaluate_checkpoint_arg(wildcards):
 
 def train_data_dir(wildcards):
     return data_dir(CFG.train_config(wildcards.backbone, wildcards.method).dataset)
+
+
+def train_backbone_input(wildcards):
+    return policy_backbone_dir(wildcards.backbone, wildcards.method)
+
+
+def atp_sft_data_dir(wildcards):
+    return data_dir(CFG.train_config(wildcards.backbone, "atp_latent").dataset)
+
+
+def atp_sft_config(wildcards):
+    """What the SFT stage reads: its backbone, the atp_latent method, the train and atp_sft sections, its data."""
+    b = wildcards.backbone
+    dataset = CFG.train_config(b, "atp_latent").dataset
+    return _slice(datasets=[dataset], backbones={b: to_dict(CFG.backbones[b])}, methods=["atp_latent"],
+                  sections=["train", "atp_sft"])
 
 
 def train_launcher(wildcards):

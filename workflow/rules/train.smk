@@ -7,7 +7,7 @@
 
 rule train:
     input:
-        backbone=f"{RESULTS}/backbones/{{backbone}}",
+        backbone=train_backbone_input,
         data=train_data_dir,
     output:
         directory(f"{RESULTS}/{{backbone}}/{{method}}/seed{{seed}}/checkpoint"),
@@ -24,3 +24,26 @@ rule train:
         "{params.launcher} train --config-json {params.config:q} "
         "--backbone {wildcards.backbone:q} --method {wildcards.method:q} --seed {wildcards.seed} "
         "--backbone-dir {input.backbone:q} --data {input.data:q} --out {output:q} 2>&1 | tee -a {log:q}"
+
+
+# ATP-Latent's supervised stage, once per backbone: the conditional VAE whose
+# policy, heads and decoder its RL (rule train, method atp_latent) starts from.
+
+
+rule atp_sft:
+    input:
+        backbone=f"{RESULTS}/backbones/{{backbone}}",
+        data=atp_sft_data_dir,
+    output:
+        directory(f"{RESULTS}/{{backbone}}/atp_latent/sft"),
+    params:
+        config=atp_sft_config,
+    log:
+        f"{LOGS}/atp_sft/{{backbone}}.log",
+    threads: rule_threads("atp_sft")
+    resources:
+        **rule_resources("atp_sft"),
+    shell:
+        "OMP_NUM_THREADS={threads} PYTHONUNBUFFERED=1 "
+        "tarpo atp-sft --config-json {params.config:q} --backbone {wildcards.backbone:q} "
+        "--backbone-dir {input.backbone:q} --data {input.data:q} --out {output:q} 2>&1 | tee {log:q}"

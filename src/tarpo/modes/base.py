@@ -100,6 +100,11 @@ class Mode(nn.Module):
         """Per-step log-probs (B, L): always 'token'; modes add e.g. 'action'."""
         return {"token": token_logprobs(logits, tokens)}
 
+    def loss_masks(self, meta: dict[str, Tensor], valid: Tensor) -> dict[str, Tensor] | None:
+        """Positions of each log-prob stream when the loss averages streams separately (ATP-Latent);
+        None: the token stream over every valid position, plus TARPO's action term (see grpo_loss)."""
+        return None
+
     def step_stats(self, meta: dict[str, Tensor], thinking: Tensor) -> dict[str, Tensor]:
         """Per-step floats (B, L) worth logging / rendering, e.g. 'soft' flags."""
         return {}

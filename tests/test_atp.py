@@ -1,0 +1,108 @@
+"""ATP-Latent's pieces outside the rollout engine: step splitting, the curriculum, the coherence reward,
+the VAE's losses on a tiny backbone."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tarpo.atp_sft import cot_steps, curriculum
+from tarpo.modes.atp_latent import coherence, step_result
+
+
+def test_cot_steps_split_sentences_and_lines():
+    assert cot_steps("4 * 2 = 8. 8 - 5 = 3. #### 3") == (["4 * 2 = 8.", "8 - 5 = 3."], "#### 3")
+    assert cot_steps("a = 1\nb = 2\n#### 2") == (["a = 1", "b = 2"], "#### 2")
+    assert cot_steps("#### 7") == ([], "#### 7")
+
+
+@pytest.mark.parametrize("text,result", [("8 - 5 = 3.", "3"), ("1,200 + 5 = 1,205", "1205"), ("no equals 5", ""),
+                                         ("3 = ", ""), ("a = 2 = 4.", "4")])
+def test_step_result(text, result):
+    assert step_result(text) == result
+
+
+def test_coherence_by_hand():
+    steps = ["4 * 2 = 8.", "8 - 5 = 3.", "3 - 1 = 2."]
+    assert coherence(steps, "2") == 1.0
+    assert coherence(steps, "7") == pytest.approx(2 / 3)  # the last step's result is not the answer
+    assert coherence(["4 * 2 = 8.", "18 - 5 = 13."], "13") == pytest.approx(1 / 2)  # '8' is not inside '18'
+    assert coherence(["4 * 2 = .", "8 - 5 = 3."], "3") == pytest.approx(1 / 2)  # an empty result matches nothing
+    assert coherence([], "5") == 1.0  # no active step
+
+
+def test_curriculum_makes_steps_latent_one_stage_at_a_time():
+    assert [curriculum(s, 2, 3) for s in range(8)] == [1, 1, 2, 2, 3, 3, None, None]
+
+
+def atp_parts(tiny_tokenizer, tiny_model, max_steps: int = 4):
+    import copy
+
+    from tarpo.atp_sft import add_latent_tokens
+    from tarpo.config import TrainConfig
+    from tarpo.modes.atp_latent import AtpLatentMode
+
+    tok = copy.deepcopy(tiny_tokenizer)
+    model = copy.deepcopy(tiny_model)
+    add_latent_tokens(model, tok)
+    cfg = TrainConfig()
+    cfg.atp_latents_per_step, cfg.atp_max_steps = 2, max_steps
+    mode = AtpLatentMode(cfg, model.config.hidden_size)
+    mode.bind(tok)
+    return model, copy.deepcopy(model), tok, mode
+
+
+def test_latent_tokens_are_added_once(tiny_tokenizer, tiny_model):
+    model, _, tok, mode = atp_parts(tiny_tokenizer, tiny_model)
+    n = len(tok)
+    assert n == len(tiny_tokenizer) + 3 and model.get_input_embeddings().weight.shape[0] == n
+    from tarpo.atp_sft import add_latent_tokens
+
+    add_latent_tokens(model, tok)
+    assert len(tok) == n
+    assert tok.decode([mode.special_ids["<lat>"], mode.special_ids["<eol>"]], skip_special_tokens=True) == ""
+
+
+def test_vae_overfits_four_problems_until_the_decoder_reads_each_step(tiny_tokenizer, tiny_model, synthetic_records):
+    """On 4 problems, SFT through the curriculum makes the latents readable: the decoder's greedy reading of
+    each latent pair (z = mu) gives that step's result, and every loss term falls."""
+    from tarpo.atp_sft import Example, decode_latents, train_vae, vae_loss
+
+    torch.manual_seed(0)
+    model, decoder, tok, mode = atp_parts(tiny_tokenizer, tiny_model, max_steps=4)
+    records = [r for r in synthetic_records if r["steps"] == 2][:4]
+    examples = [Example(tok, r["question"], r["solution"]) for r in records]
+    with torch.no_grad():
+        before = vae_loss(model, decoder, mode, examples, [2] * 4, 1e-3, torch.Generator().manual_seed(0))
+    history = train_vae(model, decoder, mode, examples, steps_per_stage=20, latent_steps=300, batch_size=4,
+                        learning_rate=3e-3, weight_decay=0.0, kl_weight=1e-3, seed=0)
+    assert len(history) == 4 * 20 + 300 and history[0]["stage"] == 1 and history[-1]["stage"] == 5
+    with torch.no_grad():
+        after = vae_loss(model, decoder, mode, examples, [2] * 4, 1e-3, torch.Generator().manual_seed(0))
+    for key in ("ce", "decoder_nll", "stop_ce"):
+        assert after[key] < 0.5 * before[key], (key, float(before[key]), float(after[key]))
+    # read the latents back: teacher-forced block with z = mu (the latent head's mean)
+    from tarpo.modes.atp_latent import step_result
+    from tarpo.rewards import gold_chain
+
+    read = []
+    for example, record in zip(examples, records):
+        zs = _mean_latents(model, mode, example, 4)
+        texts = decode_latents(decoder, tok, zs.view(2, 2, -1))
+        read.append([step_result(t) for t in texts] == gold_chain(record["solution"]))
+    assert all(read), read
+
+
+def _mean_latents(model, mode, example, n):
+    from tarpo.rollout import model_parts
+
+    dec, _, embed = model_parts(model)
+    inputs = embed(torch.tensor([example.prompt]))
+    zs = []
+    with torch.no_grad():
+        for _ in range(n):
+            hidden = dec(inputs_embeds=inputs).last_hidden_state[:, -1]
+            mu, _ = mode.gaussian(hidden)
+            zs.append(mu[0])
+            inputs = torch.cat([inputs, mu[:, None]], 1)
+    return torch.stack(zs)
