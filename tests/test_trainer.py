@@ -346,3 +346,26 @@ def test_a_damaged_finished_policy_is_named_not_loaded(prepared, tmp_path):
     (out / "SHA256SUMS").unlink()  # no manifest to check: the load itself fails, with the same kind of message
     with pytest.raises(BadInputError, match="does not load .*retrain it"):
         load_policy(prepared / "backbone", "tarpo", trainer.tcfg, out)
+
+
+def test_atp_latent_runs_from_its_sft_stage(prepared, tmp_path):
+    """SFT stage -> RL through the same trainer: no reference model, the reward's parts and the block's
+    statistics logged per step, a policy evaluation can load."""
+    from tarpo.atp_sft import run_sft
+    from tarpo.policy import load_policy
+
+    raw = json.loads(json.dumps(SMOKE))
+    raw["methods"] = {"atp_latent": {"atp_max_steps": 4}}
+    raw["atp_sft"] = {"steps_per_stage": 1, "latent_steps": 2, "batch_size": 4, "eval_problems": 4}
+    cfg = load_config(raw)
+    sft = tmp_path / "sft"
+    summary = run_sft(cfg, "tiny", prepared / "backbone", prepared / "data", sft)
+    assert summary["steps"] == 4 * 1 + 2 and (sft / "decoder" / "config.json").exists()
+    assert set(summary["checks"]) >= {"decoded_step_exact_match", "stop_accuracy", "pass_at_1", "coherence"}
+    trainer = GrpoTrainer(cfg, "tiny", "atp_latent", sft, prepared / "data", tmp_path / "atp" / "checkpoint")
+    assert trainer.ref_model is None and trainer.tcfg.beta == 0 and trainer.tcfg.advantage_eps == 1e-8
+    last = trainer.run()
+    for key in ("coherence", "accuracy", "format", "active_latents", "stop_rate", "reward_mean"):
+        assert key in last and 0.0 <= last[key] <= 8.0, key
+    model, tok, mode = load_policy(sft, "atp_latent", trainer.tcfg, tmp_path / "atp" / "checkpoint")
+    assert mode.special_ids and len(tok) == model.get_input_embeddings().weight.shape[0]
