@@ -85,12 +85,16 @@ def test_vae_overfits_four_problems_until_the_decoder_reads_each_step(tiny_token
     from tarpo.modes.atp_latent import step_result
     from tarpo.rewards import gold_chain
 
-    read = []
+    read, stops = [], []
     for example, record in zip(examples, records):
-        zs = _mean_latents(model, mode, example, 4)
-        texts = decode_latents(decoder, tok, zs.view(2, 2, -1))
+        zs = _mean_latents(model, mode, example, 5)  # 2 steps x 2 latents, then the slot where it should stop
+        texts = decode_latents(decoder, tok, zs[:4].view(2, 2, -1))
         read.append([step_result(t) for t in texts] == gold_chain(record["solution"]))
+        # the stop head reads "continue" at the group starts inside the block and "stop" right after it
+        stop_p = torch.softmax(mode.stop_logits(zs[[0, 2, 4]]), -1)[:, 1]
+        stops.append(bool((stop_p[:2] < 0.5).all() and stop_p[2] > 0.5))
     assert all(read), read
+    assert all(stops), stops
 
 
 def _mean_latents(model, mode, example, n):
