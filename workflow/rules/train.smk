@@ -19,11 +19,14 @@ rule train:
     threads: rule_threads("train")
     resources:
         **rule_resources("train"),
+    # SLURM's SIGTERM (preemption, time limit, scancel) reaches every process of the job: the shell
+    # (trap :) and tee (trap '') outlive it, so the trainer can checkpoint, print and exit 143.
     shell:
-        "OMP_NUM_THREADS={threads} PYTHONUNBUFFERED=1 "
+        "trap : TERM; OMP_NUM_THREADS={threads} PYTHONUNBUFFERED=1 "
         "{params.launcher} train --config-json {params.config:q} "
         "--backbone {wildcards.backbone:q} --method {wildcards.method:q} --seed {wildcards.seed} "
-        "--backbone-dir {input.backbone:q} --data {input.data:q} --out {output:q} 2>&1 | tee -a {log:q}"
+        "--backbone-dir {input.backbone:q} --data {input.data:q} --out {output:q} "
+        "2>&1 | (trap '' TERM; exec tee -a {log:q})"
 
 
 # ATP-Latent's supervised stage, once per backbone: the conditional VAE whose
