@@ -225,11 +225,19 @@ def test_isolation_report_names_the_layers() -> None:
 
 
 @needs_root_layers
-def test_no_capabilities_and_root_only_files_unreadable(tmp_path: Path) -> None:
-    secret = tmp_path / "secret.txt"
+def test_no_capabilities_and_root_only_files_unreadable() -> None:
+    # Outside every scratch dir (a file under /tmp would be hidden by the private /tmp, proving nothing).
+    secret = Path("/var/lib") / f"tarpo-secret-{uuid.uuid4().hex}.txt"
     secret.write_text("root only\n")
     secret.chmod(0o600)
-    visible = Path(tarpo.__file__)  # world-readable, outside any scratch dir: still readable
+    try:
+        _check_root_only_unreadable(secret)
+    finally:
+        secret.unlink()
+
+
+def _check_root_only_unreadable(secret: Path) -> None:
+    visible = Path("/etc/passwd")  # world-readable, outside any scratch dir: still readable
     hidden = {top: sorted({os.path.relpath(p, top).split("/")[0] for p in paths}) for top, paths in _expose()}
     program = FRESH_POSIX + textwrap.dedent(f"""
         import re
@@ -263,11 +271,25 @@ def _world_writable_dir(base: Path) -> Path:
     return nested
 
 
+@pytest.fixture
+def outside_scratch(request: pytest.FixtureRequest):
+    """A directory in none of the sandbox's scratch dirs, which it replaces with a private tmpfs (a checkout
+    under /tmp would be hidden, not protected): /var/lib as root, else the pytest cache."""
+    try:
+        d = Path(tempfile.mkdtemp(prefix="tarpo-sandbox-test-", dir="/var/lib"))
+    except OSError:
+        d = Path(request.config.cache.mkdir("sandbox-escape")) / uuid.uuid4().hex
+        d.mkdir()
+    d.chmod(0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
 @needs_private_fs
-def test_files_written_to_shared_places_never_reach_the_host(request: pytest.FixtureRequest) -> None:
+def test_files_written_to_shared_places_never_reach_the_host(outside_scratch: Path) -> None:
     name = f"tarpo-escape-{uuid.uuid4().hex}"
     in_tmp = _world_writable_dir(Path(tempfile.gettempdir()))
-    in_project = _world_writable_dir(Path(request.config.cache.mkdir("sandbox-escape")))  # outside scratch dirs
+    in_project = _world_writable_dir(outside_scratch)
     targets = [Path(d) / name for d in ("/tmp", "/var/tmp", "/dev/shm", "/run/lock") if Path(d).is_dir()]
     targets += [in_tmp / name, in_project / name]
     program = FRESH_POSIX + textwrap.dedent(f"""
@@ -341,8 +363,8 @@ def test_total_writes_are_bounded() -> None:
 
 
 @needs_root_layers
-def test_nested_user_namespace_cannot_undo_read_only(request: pytest.FixtureRequest) -> None:
-    target = Path(request.config.cache.mkdir("sandbox-escape")) / f"userns-{uuid.uuid4().hex}"
+def test_nested_user_namespace_cannot_undo_read_only(outside_scratch: Path) -> None:
+    target = outside_scratch / f"userns-{uuid.uuid4().hex}"
     target.mkdir()
     target.chmod(0o777)
     program = textwrap.dedent(f"""
@@ -499,7 +521,7 @@ def _expose_for(uid_paths: list[str]) -> dict[str, list[str]]:
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to start a non-root user (run as non-root, "
                                                 "the other tests exercise that case directly)")
-def test_non_root_contains_setsid_children_and_protects_user_files(request: pytest.FixtureRequest) -> None:
+def test_non_root_contains_setsid_children_and_protects_user_files(outside_scratch: Path) -> None:
     if not (shutil.which("setpriv") and shutil.which("unshare") and shutil.which("mount")):
         pytest.skip("needs setpriv, unshare and mount")
     if not _userns_works(NOBODY):
@@ -507,7 +529,7 @@ def test_non_root_contains_setsid_children_and_protects_user_files(request: pyte
     if _processes_of_uid(NOBODY):
         pytest.skip(f"uid {NOBODY} already has processes here; cannot tell ours from theirs")
     src = str(Path(tarpo.__file__).parents[1])
-    home = Path(request.config.cache.mkdir("sandbox-escape")) / f"user-{uuid.uuid4().hex}"  # not a scratch dir
+    home = outside_scratch / f"user-{uuid.uuid4().hex}"
     home.mkdir()
     user_file = home / "precious.txt"
     user_file.write_text("precious\n")

@@ -413,6 +413,9 @@ def private_fs(cfg):
             mount("/proc/self/fd/%d" % fd, p, None, MS_BIND | MS_REC)
             os.close(fd)
     read_only_everywhere()
+    # The interpreter may live under a scratch dir (a checkout, and its venv, in /tmp): keep a handle to
+    # it before the scratch tmpfs covers it, and bind it back, read-only, afterwards.
+    keep = [(p, os.open(p, os.O_PATH)) for p in cfg["keep"]]
     # One tmpfs for everything writable, so the size limit is a total.
     base, *others = cfg["scratch"]
     mount("tmpfs", base, "tmpfs", MS_NOSUID | MS_NODEV,
@@ -426,6 +429,11 @@ def private_fs(cfg):
             mount(src, d, None, MS_BIND)
             d = src
         os.chmod(d, 0o1777)
+    for p, fd in keep:
+        os.makedirs(p, 0o755, exist_ok=True)
+        mount("/proc/self/fd/%d" % fd, p, None, MS_BIND | MS_REC)
+        mount(None, p, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
+        os.close(fd)
     os.makedirs(workdir, 0o700, exist_ok=True)
     with open(os.path.join(workdir, "program.py"), "wb") as f:
         f.write(program)
@@ -630,12 +638,26 @@ def _probe_source(iso: Isolation) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _interpreter_paths() -> set[str]:
+    """Real paths the sandboxed interpreter needs: its prefixes (a venv's pyvenv.cfg, the stdlib) and bin dirs."""
+    return {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, os.path.dirname(sys.executable),
+                                          os.path.dirname(os.path.realpath(sys.executable)))}
+
+
+@functools.lru_cache(maxsize=1)
+def _kept_in_scratch() -> tuple[str, ...]:
+    """Interpreter paths inside a scratch dir (e.g. a venv under /tmp), outermost only: the scratch tmpfs
+    would hide them, so the namespace binds them back read-only."""
+    scratch = _scratch_dirs()
+    inside = sorted(p for p in _interpreter_paths() if any(p == d or p.startswith(d.rstrip("/") + "/") for d in scratch))
+    return tuple(p for p in inside if not any(p != q and p.startswith(q + "/") for q in inside))
+
+
 @functools.lru_cache(maxsize=1)
 def _expose() -> tuple[tuple[str, tuple[str, ...]], ...]:
     """For the throw-away uid: (top, paths) where `top` is the first dir it cannot enter on the way
     to the interpreter's `paths`; those are bound back into an empty tmpfs on `top`."""
-    needed = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, os.path.dirname(sys.executable),
-                                            os.path.dirname(os.path.realpath(sys.executable)))}
+    needed = _interpreter_paths()
     grouped: dict[str, list[str]] = {}
     for path in sorted(needed):
         parts = path.strip("/").split("/")
@@ -800,7 +822,8 @@ class _Sandbox:
             self.status_r, status_w = os.pipe()
             cfg = {"private_fs": iso.private_fs, "workdir": workdir, "uid": uid, "exec": runner,
                    "status_fd": status_w, "scratch": list(_scratch_dirs()), "scratch_mb": _SCRATCH_MB,
-                   "scratch_inodes": _SCRATCH_INODES, "expose": [[t, list(p)] for t, p in _expose()] if uid else []}
+                   "scratch_inodes": _SCRATCH_INODES, "expose": [[t, list(p)] for t, p in _expose()] if uid else [],
+                   "keep": list(_kept_in_scratch())}
             cmd = [*iso.unshare_args, sys.executable, "-I", "-B", "-c", _SETUP, json.dumps(cfg)]
             pass_fds.append(status_w)
         else:
