@@ -32,6 +32,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import slurm_workdir
+
 REPO = Path(__file__).resolve().parents[1]
 HARNESS = REPO / "tools" / "slurm_harness.sh"
 PARTITION, ACCOUNT = "debug", "tarpo-test"
@@ -77,14 +79,7 @@ def slurm():
 
 
 def _workdir(tmp_path: Path) -> Path:
-    """A copy of the workflow files and the profile, with the `slurm` link to it."""
-    wd = tmp_path / "wf"
-    wd.mkdir()
-    shutil.copy(REPO / "Snakefile", wd / "Snakefile")
-    for sub in ("workflow", "config", "profiles"):
-        shutil.copytree(REPO / sub, wd / sub)
-    os.symlink(os.readlink(REPO / "slurm"), wd / "slurm")
-    return wd
+    return slurm_workdir(tmp_path)
 
 
 def _env() -> dict[str, str]:
@@ -190,7 +185,7 @@ CHECKPOINT = "results/tiny/{}/seed0/checkpoint"
 
 
 def _checkpointed(wd: Path, method: str) -> bool:
-    return any((wd / CHECKPOINT.format(method)).parent.glob("train_state/*/step-*/trainer_state.sha256"))
+    return any((wd / CHECKPOINT.format(method)).parent.glob("train_state/*/step-*/SHA256SUMS"))
 
 
 def _squeue_state(job: str) -> str:

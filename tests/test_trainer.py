@@ -303,7 +303,7 @@ def test_a_corrupt_newest_checkpoint_falls_back_to_the_older_one(prepared, tmp_p
         middle = len(data) // 2
         newest.write_bytes(data[:middle] + bytes(b ^ 0xFF for b in data[middle:middle + 64]) + data[middle + 64:])
     else:
-        (state_dir / "step-000003" / "trainer_state.sha256").unlink()
+        (state_dir / "step-000003" / "SHA256SUMS").unlink()
     capsys.readouterr()
 
     resumed = make(prepared, tmp_path / "killed")

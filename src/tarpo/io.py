@@ -86,18 +86,14 @@ def disk_full_as_error(path: str | Path, what: str, kept: str = "") -> Iterator[
     except DiskFullError:
         raise
     except (OSError, RuntimeError) as err:
-        full = isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
-        if not full:
-            try:
-                full = shutil.disk_usage(_existing_parent(Path(path))).free < _NEARLY_FULL_BYTES
-            except OSError:
-                full = False
-        if not full:
-            raise
         try:
-            free = f"{shutil.disk_usage(_existing_parent(Path(path))).free / 2**20:.1f} MiB free"
+            free_bytes: int | None = shutil.disk_usage(_existing_parent(Path(path))).free
         except OSError:
-            free = "free space unknown"
+            free_bytes = None
+        reported = isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
+        if not (reported or (free_bytes is not None and free_bytes < _NEARLY_FULL_BYTES)):
+            raise
+        free = f"{free_bytes / 2**20:.1f} MiB free" if free_bytes is not None else "free space unknown"
         full_error = DiskFullError(f"no space left on device writing {what} to {path} ({free}); "
                                    f"free some space and rerun{'; ' + kept if kept else ''}")
         full_error.errno = errno.ENOSPC  # set after: OSError(errno, text) would prefix "[Errno 28]"

@@ -9,7 +9,7 @@ Outputs of `train(..., out_dir)`:
     out_dir/                  the finished policy (see tarpo.policy) + metrics.jsonl, samples.html
     out_dir/../train_state/{fingerprint}/
                               periodic checkpoints step-NNNNNN/ (trainable weights, optimiser,
-                              scheduler, RNG states, step, with a sha256 sidecar) and run.json,
+                              scheduler, RNG states, step, with its SHA256SUMS) and run.json,
                               what the fingerprint was computed from
 
 `out_dir` appears (atomically) only when training has finished, so a killed
@@ -49,8 +49,8 @@ from tqdm import tqdm
 from tarpo.atp_sft import latent_step_texts, load_sft_parts
 from tarpo.config import Config, TrainConfig
 from tarpo.data.template import build_prompt
-from tarpo.io import (MissingInputError, atomic_dir, disk_full_as_error, file_digest, read_jsonl, tree_digest,
-                      write_json, write_jsonl, write_manifest)
+from tarpo.io import (MANIFEST_FILE, BadInputError, MissingInputError, atomic_dir, disk_full_as_error, file_digest,
+                      read_jsonl, tree_digest, verify_manifest, write_json, write_jsonl, write_manifest)
 from tarpo.loss import group_advantages, grpo_loss
 from tarpo.modes import Mode, build_mode
 from tarpo.modes.atp_latent import coherence
@@ -60,7 +60,6 @@ from tarpo.rewards import extract_answer, reward
 from tarpo.rollout import AnswerMarker, Rollout, completion_inputs, eos_token_ids, generate, model_parts, score
 
 STATE_FILE = "trainer_state.pt"
-CHECKSUM_FILE = "trainer_state.sha256"
 RUN_FILE = "run.json"
 KEEP_CHECKPOINTS = 2
 # Train settings that change how a run is logged or checkpointed, not its weights: a change resumes.
@@ -191,7 +190,7 @@ def save_checkpoint(state_dir: Path, step: int, params: dict[str, nn.Parameter],
     kept = f"the last complete checkpoint {previous} is intact" if previous else "no checkpoint was kept"
     with disk_full_as_error(target, "a checkpoint", kept), atomic_dir(target) as tmp:
         torch.save({"params": {n: p.detach().cpu() for n, p in params.items()}, **extra}, tmp / STATE_FILE)
-        (tmp / CHECKSUM_FILE).write_text(f"{file_digest(tmp / STATE_FILE)}  {STATE_FILE}\n")
+        write_manifest(tmp)
     for old in checkpoints(state_dir)[:-KEEP_CHECKPOINTS]:
         shutil.rmtree(old, ignore_errors=True)
     return target
@@ -200,12 +199,13 @@ def save_checkpoint(state_dir: Path, step: int, params: dict[str, nn.Parameter],
 def load_checkpoint(ckpt: Path, params: dict[str, nn.Parameter]) -> dict[str, Any]:
     """The state saved in `ckpt`, verified: checksum, loadable, every trainable tensor present with
     its shape and finite. Raises CorruptCheckpointError saying what is wrong."""
-    state_file, sums = ckpt / STATE_FILE, ckpt / CHECKSUM_FILE
-    if not sums.exists():
-        raise CorruptCheckpointError(f"{sums.name} is missing")
-    expected = sums.read_text().split()[:1]
-    if [file_digest(state_file)] != expected:
-        raise CorruptCheckpointError(f"{STATE_FILE} does not match its sha256")
+    state_file = ckpt / STATE_FILE
+    if not (ckpt / MANIFEST_FILE).exists():
+        raise CorruptCheckpointError(f"{MANIFEST_FILE} is missing")
+    try:
+        verify_manifest(ckpt)
+    except BadInputError as err:
+        raise CorruptCheckpointError(str(err)) from None
     try:
         state = torch.load(state_file, map_location="cpu", weights_only=False)
     except Exception as err:  # noqa: BLE001 - any unreadable file is corrupt
