@@ -34,3 +34,36 @@ def tiny_model(tiny_tokenizer):
     model = build_tiny_model(TinyModelConfig(hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
                                              intermediate_size=64), tiny_tokenizer)
     return model.eval()
+
+
+# ---------------------------------------------------------------- helpers shared by test modules
+
+
+def with_key(data: dict, dotted: str, value) -> dict:
+    """A deep copy of a config mapping with `dotted` (e.g. "train.steps") set to `value`."""
+    import copy
+
+    data = copy.deepcopy(data)
+    node = data
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+    return data
+
+
+def slurm_workdir(tmp_path):
+    """A copy of the workflow files, the profiles and the repository's `slurm` profile link, in tmp_path/wf."""
+    import shutil
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    wd = tmp_path / "wf"
+    wd.mkdir()
+    shutil.copy(repo / "Snakefile", wd / "Snakefile")
+    for sub in ("workflow", "config", "profiles"):
+        shutil.copytree(repo / sub, wd / sub)
+    link = repo / "slurm"
+    assert link.is_symlink() and (link / "config.yaml").is_file(), "the repository root needs the `slurm` profile link"
+    os.symlink(os.readlink(link), wd / "slurm")
+    return wd

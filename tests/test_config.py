@@ -14,19 +14,15 @@ from tarpo import cli
 from tarpo import config as tconfig
 from tarpo.config import ConfigError, coerce_overrides, load_config, load_config_json, read_config_file
 
+from conftest import with_key as with_config_key
+
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())
 SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
 
 
 def with_key(dotted: str, value) -> dict:
-    data = copy.deepcopy(SMOKE)
-    node = data
-    *parents, leaf = dotted.split(".")
-    for part in parents:
-        node = node.setdefault(part, {})
-    node[leaf] = value
-    return data
+    return with_config_key(SMOKE, dotted, value)
 
 
 # (dotted key, degenerate value, what the error says)

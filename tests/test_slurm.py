@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from conftest import slurm_workdir
 
 REPO = Path(__file__).resolve().parents[1]
 PARTITION, ACCOUNT = "gpu-test", "tarpo-lab"
@@ -312,16 +313,7 @@ class FakeSlurm:
 
 
 def _workdir(tmp_path: Path) -> Path:
-    """A copy of the workflow files, the profile and the `slurm` link to it."""
-    wd = tmp_path / "wf"
-    wd.mkdir()
-    shutil.copy(REPO / "Snakefile", wd / "Snakefile")
-    for sub in ("workflow", "config", "profiles"):
-        shutil.copytree(REPO / sub, wd / sub)
-    link = REPO / "slurm"
-    assert link.is_symlink() and (link / "config.yaml").is_file(), "the repository root needs the `slurm` profile link"
-    os.symlink(os.readlink(link), wd / "slurm")
-    return wd
+    return slurm_workdir(tmp_path)
 
 
 def _snakemake(wd: Path, env: dict[str, str], *args: str, timeout: int = 600) -> subprocess.CompletedProcess:

@@ -7,7 +7,6 @@ no test writes into the repository's results/ or .snakemake/.
 from __future__ import annotations
 
 import base64
-import copy
 import json
 import os
 import shutil
@@ -19,6 +18,8 @@ import pytest
 import yaml
 
 from tarpo import config as tconfig
+
+from conftest import with_key
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
@@ -37,13 +38,7 @@ MISSPELT = [
 
 
 def _with_key(data: dict, dotted: str, value) -> dict:
-    data = copy.deepcopy(data)
-    node = data
-    *parents, leaf = dotted.split(".")
-    for part in parents:
-        node = node.setdefault(part, {})
-    node[leaf] = value
-    return data
+    return with_key(data, dotted, value)
 
 
 def _default_config() -> dict:
