@@ -1,6 +1,8 @@
 # Two commands (see README.md):
 #   make run    set up .venv if needed, then run the pipeline on the default config
 #   make test   set up .venv if needed, then run the test suite
+#   make share CONFIG=config/paper.yaml     record a run's results with DVC, push, commit
+#   make restore CONFIG=config/paper.yaml   fetch them on another clone, up to date for Snakemake
 # `make setup` alone builds the environment. Setup is skipped when .venv holds a
 # stamp for the current pyproject.toml + constraints.txt, so both commands are
 # quick once set up; edit either file and the next command reinstalls.
@@ -18,7 +20,7 @@ HASH    := $(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
 STAMP   := $(VENV)/.tarpo-setup-$(HASH)
 CORES   ?= 2
 
-.PHONY: setup run test clean-venv
+.PHONY: setup run test share restore clean-venv
 
 setup: $(STAMP)
 
@@ -40,6 +42,15 @@ run: setup
 
 test: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q
+
+# Results with DVC (README, "Share results with DVC"): CONFIG is the config that was run.
+CONFIG  ?= config/config.yaml
+
+share: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python tools/results.py share --configfile $(CONFIG)
+
+restore: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python tools/results.py restore --configfile $(CONFIG)
 
 clean-venv:
 	rm -rf $(VENV)
