@@ -1,9 +1,10 @@
-"""DVC round trip: build with Snakemake, commit + push, clone afresh, pull, nothing to rerun.
+"""DVC round trip through tools/results.py: build with Snakemake, share, clone afresh, restore, nothing to rerun.
 
 Works on a temporary git repository holding a copy of the project's files,
-with the smoke config as its default config (so `dvc.yaml`, which follows
-config/config.yaml, covers a run that takes a couple of minutes), and a
-temporary directory as the DVC remote.
+with a config other than the default (config/travel.yaml: the smoke config
+with its backbone renamed `mini`, one trained method), and a temporary
+directory as the DVC remote. dvc.yaml is not written by hand: the stages come
+from Snakemake's own list of the config's outputs.
 """
 
 from __future__ import annotations
@@ -74,67 +75,103 @@ def _rerun_rules(dry_run_output: str) -> set[str]:
 
 # Summary rules (tables and figures from the evaluations) may rerun: they are
 # cheap and their outputs are not versioned.
-CHEAP = {"all", "summarise", "tables", "figures", "report", "results_page"}
+CHEAP = {"all", "summarise", "tables", "figures", "report", "results_page", "runtime", "runtimes"}
+
+
+
+def results_tool(cwd: Path, *args: str, ok: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "tools/results.py", *args], cwd=cwd, env=_env(), capture_output=True,
+                          text=True, timeout=900)
+    assert (proc.returncode == 0) == ok, proc.stdout + proc.stderr
+    return proc
+
+
+def _travel_config(root: Path) -> None:
+    """A non-default config with other names than the default's: backbone `mini`, experiment `travel`."""
+    cfg = yaml.safe_load((root / "config" / "smoke.yaml").read_text())
+    cfg["name"] = "travel"
+    cfg["backbones"] = {"mini": cfg["backbones"].pop("tiny")}
+    cfg["methods"] = {"grpo": {}}
+    cfg["evaluate"]["benchmarks"] = ["synthetic_test_id"]
+    (root / "config" / "travel.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+
+def test_dvc_yaml_is_what_snakemake_says_for_the_default_config():
+    """The committed dvc.yaml holds the default config's stages exactly as the tool derives them (no drift)."""
+    sys.path.insert(0, str(REPO / "tools"))
+    try:
+        import results
+    finally:
+        sys.path.pop(0)
+    derived = results.config_stages("config/config.yaml", results.workflow_outputs("config/config.yaml"))
+    committed = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    ours = {name: stage for name, stage in committed.items() if stage["meta"]["config"] == "config/config.yaml"}
+    assert ours == derived
+    names = set(derived)
+    assert {"prepare-data-synthetic", "backbone-backbones-tiny", "train-tiny-tarpo-seed0-checkpoint",
+            "evaluate-tiny-tarpo-seed0-eval", "evaluate-tiny-cot-seed0-eval"} <= names
+    outs = [p for s in derived.values() for p in s["outs"]]
+    assert "results/tiny/cot/seed0/eval/synthetic_test_id.json" in outs
+    assert not [p for p in outs if "/logs/" in p or "figures" in p or "mlflow" in p or p.endswith(".tsv")]
+    dvc = Path(sys.executable).parent / "dvc"
+    proc = subprocess.run([str(dvc), "stage", "list"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "train-tiny-grpo-seed0-checkpoint" in proc.stdout, proc.stdout + proc.stderr
 
 
 @pytest.mark.slow
-def test_dvc_push_clone_pull_leaves_nothing_to_rerun(tmp_path):
+def test_share_clone_restore_another_config_leaves_nothing_to_rerun(tmp_path):
     origin, clone, remote = tmp_path / "origin", tmp_path / "clone", tmp_path / "remote"
     _copy_project(origin)
-    # The smoke config as the project's default config: dvc.yaml and `snakemake all` follow it.
-    # Without atp_latent, as in the real default config: the hand-kept dvc.yaml has no stage for its SFT.
-    smoke = yaml.safe_load((origin / "config" / "smoke.yaml").read_text())
-    smoke["methods"].pop("atp_latent", None)
-    (origin / "config" / "config.yaml").write_text(yaml.safe_dump(smoke))
+    _travel_config(origin)
     run(origin, "git", "init", "-q")
     run(origin, "git", "add", "-A")
     run(origin, "git", "commit", "-q", "-m", "project")
     run(origin, "dvc", "remote", "modify", "--local", "local", "url", str(remote))  # documented override
+    travel = ("--configfile", "config/travel.yaml")
 
-    # Build everything, record it, push it.
-    run(origin, "snakemake", "--cores", "2", "all", timeout=1500)
-    stages = run(origin, "dvc", "stage", "list")
-    assert "train@tiny-tarpo-0" in stages and "evaluate_baseline@tiny-cot-0-synthetic_test_id" in stages
-    run(origin, "dvc", "commit", "-f")
+    # Sharing before building says what to run and records nothing.
+    proc = results_tool(origin, "share", *travel, ok=False)
+    assert "not built" in proc.stderr and "snakemake --cores 2 all --configfile config/travel.yaml" in proc.stderr
+
+    # Build, then one command records the outputs, pushes them and commits dvc.yaml + dvc.lock.
+    run(origin, "snakemake", "--cores", "2", "all", *travel, timeout=1500)
+    proc = results_tool(origin, "share", *travel)
+    assert "shared: config/travel.yaml" in proc.stdout, proc.stdout
+    stages = yaml.safe_load((origin / "dvc.yaml").read_text())["stages"]
     lock = yaml.safe_load((origin / "dvc.lock").read_text())["stages"]
-    smoke = yaml.safe_load((origin / "config" / "config.yaml").read_text())
-    seeds = len(smoke["seeds"])
-    n_eval = len(smoke["evaluate"]["benchmarks"]) * (len(smoke["methods"]) + len(smoke["baselines"])) * seeds
-    assert len(lock) == len(smoke["datasets"]) + 1 + len(smoke["methods"]) * seeds + n_eval  # every output recorded
-    assert "Data and pipelines are up to date" in run(origin, "dvc", "status")
-    run(origin, "git", "add", "dvc.lock")
-    run(origin, "git", "commit", "-q", "-m", "results")
-    run(origin, "dvc", "push")
+    travel_stages = {n for n, s in stages.items() if s["meta"]["config"] == "config/travel.yaml"}
+    # data, backbone, the grpo checkpoint, and the evaluations of grpo and cot (one directory each)
+    assert travel_stages == {"prepare-data-synthetic", "backbone-backbones-mini", "train-mini-grpo-seed0-checkpoint",
+                             "evaluate-mini-grpo-seed0-eval", "evaluate-mini-cot-seed0-eval"}
+    assert set(lock) == travel_stages  # the default config's stages (never built here) are not in the lock
+    # the default config's own data stage wrote the same path (results/data/synthetic): replaced, not duplicated
+    assert sum("results/data/synthetic" in s["outs"] for s in stages.values()) == 1
+    assert "results" in run(origin, "git", "log", "-1", "--format=%s")
+    assert not run(origin, "git", "status", "--porcelain", "dvc.yaml", "dvc.lock").strip()
     assert any(remote.rglob("*")), "nothing was pushed"
 
-    # A fresh clone fetches the results instead of rebuilding them.
+    # A fresh clone restores the results with one command instead of rebuilding them.
     run(tmp_path, "git", "clone", "-q", str(origin), str(clone))
     assert not (clone / "results").exists()
     run(clone, "dvc", "remote", "modify", "--local", "local", "url", str(remote))
-    run(clone, "dvc", "pull")
-    versioned = ["results/data", "results/backbones", "results/tiny"]
-    for rel in versioned:
+    proc = results_tool(clone, "restore", *travel)
+    assert "restored: config/travel.yaml" in proc.stdout
+    for rel in ["results/data", "results/backbones", "results/mini"]:
         # summary.csv / paired.csv are the figures rule's cheap outputs, rebuilt rather than versioned
         origin_files = {k: v for k, v in _digest(origin / rel).items() if k not in ("summary.csv", "paired.csv")}
         assert _digest(clone / rel) == origin_files, rel
-    assert "Data and pipelines are up to date" in run(clone, "dvc", "status")
-
-    # Snakemake judges freshness by file times, which a checkout does not keep in
-    # dependency order, and by its records in .snakemake/, which a clone lacks:
-    # without a step after the pull, jobs whose inputs happen to be checked out
-    # after their outputs would rerun. `snakemake --touch --forceall` (README) puts the times in dependency order and
-    # records every job's provenance (config slice, code) without running anything.
-    run(clone, "snakemake", "--cores", "1", "--touch", "--forceall", "all")
-    out = run(clone, "snakemake", "--cores", "1", "-n", "all")
+    out = run(clone, "snakemake", "--cores", "1", "-n", "all", *travel)
     assert _rerun_rules(out) <= CHEAP, out[-4000:]
-    # touching changed no content: DVC still sees exactly what was pushed
-    assert "Data and pipelines are up to date" in run(clone, "dvc", "status")
+    assert "Data and pipelines are up to date" in run(clone, "dvc", "status", *travel_stages)
 
-    # ...and a real change is still noticed by both: a training setting
-    cfg = yaml.safe_load((clone / "config" / "config.yaml").read_text())
+    # ...and a real change is still noticed: a training setting reruns training and evaluation only.
+    cfg = yaml.safe_load((clone / "config" / "travel.yaml").read_text())
     cfg["train"]["steps"] += 1
-    (clone / "config" / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    out = run(clone, "snakemake", "--cores", "1", "-n", "all")
+    (clone / "config" / "travel.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    out = run(clone, "snakemake", "--cores", "1", "-n", "all", *travel)
     rules = _rerun_rules(out)
     assert {"train", "evaluate"} <= rules and not rules & {"prepare", "backbone"}, out[-4000:]
-    assert "train@tiny-tarpo-0" in run(clone, "dvc", "status")
+
+    # Restoring a config that was never shared names the fix.
+    proc = results_tool(clone, "restore", ok=False)
+    assert "never shared" in proc.stderr and "make share CONFIG=config/config.yaml" in proc.stderr

@@ -351,15 +351,6 @@ def test_default_profile_reruns_incomplete_outputs_and_unlock_clears_a_stale_loc
     assert proc.returncode == 0 and "profiles/default" in out and "rule prepare" in out, out
 
 
-def test_dvc_stages_parse():
-    dvc = Path(sys.executable).parent / "dvc"
-    proc = subprocess.run([str(dvc), "stage", "list"], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    names = {line.split()[0] for line in proc.stdout.splitlines() if line.strip()}
-    assert {"prepare@synthetic", "backbone@tiny", "train@tiny-tarpo-0", "evaluate@tiny-tarpo-0-synthetic_test_id",
-            "evaluate_baseline@tiny-cot-0-synthetic_test_ood"} <= names
-
-
 # ------------------------------------------------------------------ a real run
 
 

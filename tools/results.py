@@ -118,7 +118,9 @@ def config_stages(configfile: str, outputs: list[Output]) -> dict[str, dict]:
         })
         stage["outs"].append(out.path)
     for stage in stages.values():
-        stage["cmd"] += " " + " ".join(stage["outs"])
+        # an evaluation job is named by its .json; its samples and HTML come with it
+        jobs = [p for p in stage["outs"] if not p.endswith((".samples.jsonl", ".html"))]
+        stage["cmd"] += " " + " ".join(jobs)
     return stages
 
 
@@ -213,7 +215,7 @@ def restore(configfile: str) -> None:
     # none of Snakemake's records in .snakemake/ (each job's config slice and code):
     # --touch walks the jobs in dependency order, updating times and records, and
     # runs nothing. It changes no content (`dvc status` stays clean).
-    _run(_tool("snakemake"), "--cores", "1", "--touch", "--forceall", "--quiet",
+    _run(_tool("snakemake"), "--cores", "1", "--touch", "--forceall",
          *(o.path for o in outputs), *_config_args(configfile), capture=True)
     print(f"restored: {configfile}; `snakemake -n all"
           f"{' --configfile ' + configfile if configfile != DEFAULT_CONFIG else ''}` now plans only the cheap "
