@@ -134,7 +134,7 @@ def estimate(s: Shape, t: TrainConfig, new_tokens: int | None = None) -> Estimat
     separate_reference = t.adapter == "full" and t.beta > 0
     weights = params * FP32 * (2 if separate_reference else 1)
     trainable_params = params if t.adapter == "full" else lora_parameter_count(s, t.lora.r, t.lora.target_modules)
-    trainable = trainable_params * (FP32 + FP32 + 2 * FP32)  # weight copy counted above; grad + AdamW moments
+    trainable = trainable_params * (FP32 + 2 * FP32)  # fp32 gradient + two AdamW moments
     if t.adapter == "lora":
         trainable += trainable_params * FP32  # the adapters' own weights
     sequences = t.prompts_per_step * t.group_size
