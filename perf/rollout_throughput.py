@@ -3,8 +3,8 @@
 Not a test: it prints figures. Same model, batch, prompt and number of new
 tokens for all (EOS disabled so every row generates exactly --new-tokens).
 
-    python benchmarks/rollout_throughput.py                      # ~3M-param Qwen2, CPU
-    python benchmarks/rollout_throughput.py --preset 1.5b --device cuda --dtype bfloat16 --batch 64 --new-tokens 512
+    python perf/rollout_throughput.py                      # ~3M-param Qwen2, CPU
+    python perf/rollout_throughput.py --preset 1.5b --device cuda --dtype bfloat16 --batch 64 --new-tokens 512
 """
 
 from __future__ import annotations
