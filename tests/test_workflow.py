@@ -319,7 +319,8 @@ def test_every_job_of_the_paper_config_loads_its_slice_as_the_cli_does(workdir):
     proc = snakemake(workdir, "-n", "-p", "all", "--configfile", "config/paper.yaml")
     assert proc.returncode == 0, _out(proc)
     slices = _config_jsons(proc.stdout)
-    assert len(slices) == sum(_job_counts(_out(proc)).values()) - 1  # every job but `all`
+    counts = _job_counts(_out(proc))
+    assert len(slices) == sum(counts.values()) - counts["all"] - counts["runtime"]  # every job that runs tarpo
     for sliced in slices:
         tconfig.load_config_json(json.dumps(sliced))
 
@@ -374,6 +375,11 @@ def test_smoke_run_builds_data_and_backbone(workdir):
     assert tok.eos_token is not None and tok.pad_token is not None
     assert (workdir / "results" / "logs" / "prepare" / "synthetic.log").exists()
     assert (workdir / "results" / "logs" / "backbone" / "tiny.log").stat().st_size > 0
+    # each job's runtime and memory (Snakemake's benchmark: record) beside its log's path
+    for record in ("prepare/synthetic.tsv", "backbone/tiny.tsv"):
+        rows = (workdir / "results" / "benchmarks" / record).read_text().splitlines()
+        header, values = rows[0].split("\t"), rows[1].split("\t")
+        assert header[:3] == ["s", "h:m:s", "max_rss"] and float(values[0]) > 0, rows
     # The warm start is tracked as a `tiny/...` run of experiment `smoke` in the default store.
     from mlflow.tracking import MlflowClient
 

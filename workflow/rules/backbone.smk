@@ -7,14 +7,18 @@ rule backbone:
         unpack(backbone_inputs),
     output:
         directory(f"{RESULTS}/backbones/{{backbone}}"),
-    params:
-        config=backbone_config,
-        data=backbone_data_arg,
     log:
         f"{LOGS}/backbone/{{backbone}}.log",
+    benchmark:
+        f"{BENCHMARKS_DIR}/backbone/{{backbone}}.tsv"
+    conda:
+        "../envs/tarpo.yaml"
     threads: rule_threads("backbone")
     resources:
         **rule_resources("backbone"),
+    params:
+        config=backbone_config,
+        data=backbone_data_arg,
     shell:
         "OMP_NUM_THREADS={threads} PYTHONUNBUFFERED=1 "
         "tarpo backbone --config-json {params.config:q} --backbone {wildcards.backbone:q} {params.data} "

@@ -1,5 +1,6 @@
-# Input functions and helpers shared by the rule files, in plain Python;
-# the ML lives in the `tarpo` package, which knows nothing about Snakemake.
+# Config loading, paths, input functions and helpers shared by the rule files,
+# in plain Python; the ML lives in the `tarpo` package, which knows nothing
+# about Snakemake. The Snakefile includes this file first.
 #
 # Every job gets the configuration as JSON (`tarpo ... --config-json`), sliced
 # to the sections that job reads. Snakemake reruns a job when its params
@@ -7,21 +8,76 @@
 # schedule, resources) from retriggering it.
 
 import json
+import os
 import re
 
-from tarpo.config import Config, _merge, to_dict
+from snakemake.utils import update_config, validate
 
-# CFG, the typed and checked config the input functions below read, is loaded by
-# the Snakefile (tarpo.config.load_config: unknown keys, ranges, cross-field
-# checks, benchmark and training-set names).
-CFG: Config
+from tarpo.config import Config, ConfigError, _merge, coerce_overrides, load_config, read_config_file, to_dict
 
+# ------------------------------------------------------------------ config
+
+
+def checked(load, *args):
+    """A config problem as Snakemake's one-line error, not a traceback."""
+    try:
+        return load(*args)
+    except ConfigError as err:
+        raise WorkflowError(f"config error: {err}") from None
+
+
+# A config file given with --configfile replaces config/config.yaml rather
+# than being merged into it, so a config (smoke, paper) holds exactly the
+# datasets, backbones and methods it names. --config KEY=VALUE still
+# overrides single keys on top of whichever file is used.
+# The tarpo reader reads each file too: the default one before Snakemake does,
+# whose message for a YAML error names neither file nor line; a --configfile
+# (which Snakemake has read by now) for a key given twice, which Snakemake's
+# reader lets the last one win silently.
+for _path in workflow.overwrite_configfiles or ["config/config.yaml"]:
+    checked(read_config_file, _path)
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
+
+
+# --config 'evaluate={k: 8}' overrides one key of a section, but Snakemake hands
+# nested values (and lists) over as strings: give them the types their keys expect.
+update_config(config, coerce_overrides(dict(workflow.config_settings.config)))
+
+# The tarpo loader runs first: an unknown key, a value out of range, an unknown
+# benchmark or training set is one line that names the dotted key (and "did you
+# mean ...?"). It also gives the typed view (CFG) the rules and input functions read.
+CFG: Config = checked(load_config, config)
+
+# Then the JSON schema, generated from src/tarpo/config.py by `tarpo schema`
+# (a test checks it is current), as a second check of the same rules.
+validate(config, "../schemas/config.schema.yaml")
+
+# ------------------------------------------------------------------ software
+# The rules that run `tarpo` declare `conda: "../envs/tarpo.yaml"`. Without
+# `--sdm conda` Snakemake ignores it and the jobs run the `tarpo` on PATH (the
+# project's .venv: `make run`). With `--sdm conda` (e.g. a cluster without a
+# prepared venv) Snakemake builds that environment once under .snakemake/conda/
+# and runs the jobs in it. It copies the file there before conda reads it, so
+# a path relative to the file would point into .snakemake/: the file names the
+# repository as ${TARPO_REPO}, which pip expands from the environment conda
+# runs in, set here to the Snakefile's directory (the repository root) unless
+# it is set already.
+os.environ.setdefault("TARPO_REPO", workflow.basedir)
+
+# ------------------------------------------------------------------ layout
+# Outputs under results/; per job, its log at results/logs/{rule}/JOB.log and
+# its runtime and memory (Snakemake's `benchmark:` record, a one-row TSV) at
+# results/benchmarks/{rule}/JOB.tsv. Neither is versioned by DVC.
 RESULTS = "results"
 LOGS = f"{RESULTS}/logs"
+BENCHMARKS_DIR = f"{RESULTS}/benchmarks"
+FIGURES_DIR = f"{RESULTS}/figures"  # tables and figures (figures.smk)
 
 BACKBONES = sorted(CFG.backbones)
 METHODS = sorted(CFG.methods)
-# What rule prepare writes under results/data/: the configured synthetic datasets,
+# What `prepare` writes under results/data/: the configured synthetic datasets,
 # plus each registry training set (gsm8k_train, math_train, ...) a training job
 # reads, exported to train.jsonl (a paper-scale config has no synthetic data).
 TRAIN_SETS_USED = sorted({CFG.train_config(b, m).dataset for b in BACKBONES for m in METHODS} - set(CFG.datasets))
@@ -82,7 +138,7 @@ def backbone_targets(backbone):
     """Everything `all` builds for one backbone (its `all_<backbone>` target): the backbone (and its
     warm-start data), a checkpoint per trained method and seed, every method's evaluation per seed on every
     benchmark, and the backbone's summary (tables, paired comparisons, figures). `all` is the union over
-    backbones plus the datasets, the all-backbone table and the results page."""
+    backbones plus the datasets, the all-backbone table, the results page and the runtime table."""
     targets = [backbone_dir(backbone)]
     ds = warm_start_dataset(backbone)
     if ds:
@@ -95,9 +151,45 @@ def backbone_targets(backbone):
 
 def all_targets():
     targets = [data_dir(d) for d in DATASETS] + [f"{RESULTS}/figures/tables/main.md", CFG.results_page]
+    targets.append(f"{BENCHMARKS_DIR}/runtime.html")  # runtime.smk: the costly jobs' runtime and memory
     for b in BACKBONES:
         targets += [t for t in backbone_targets(b) if t not in targets]
     return targets
+
+
+def report_figure(name, title):
+    """A figure output of rule summarise, declared for the report with its caption (workflow/report/NAME.rst)
+    and labels."""
+    return report(
+        f"{FIGURES_DIR}/{{backbone}}/{name}.png",
+        caption=f"../report/{name}.rst",
+        category="Figures",
+        subcategory="{backbone}",
+        labels={"backbone": "{backbone}", "figure": title},
+    )
+
+
+def costly_jobs():
+    """(output, benchmark record) of every job of `all` that does real work: prepare, backbone, atp_sft,
+    train and evaluate, in that order. The paths follow the rules' `output:` and `benchmark:` patterns."""
+    jobs = [(data_dir(d), f"{BENCHMARKS_DIR}/prepare/{d}.tsv") for d in DATASETS]
+    jobs += [(backbone_dir(b), f"{BENCHMARKS_DIR}/backbone/{b}.tsv") for b in BACKBONES]
+    if "atp_latent" in METHODS:
+        jobs += [(atp_sft_dir(b), f"{BENCHMARKS_DIR}/atp_sft/{b}.tsv") for b in BACKBONES]
+    jobs += [
+        (checkpoint_dir(b, m, s), f"{BENCHMARKS_DIR}/train/{b}/{m}/seed{s}.tsv")
+        for b in BACKBONES
+        for m in METHODS
+        for s in SEEDS
+    ]
+    jobs += [
+        (eval_json(b, m, s, x), f"{BENCHMARKS_DIR}/evaluate/{b}/{m}/seed{s}/{x}.tsv")
+        for b in BACKBONES
+        for m in EVAL_METHODS
+        for s in SEEDS
+        for x in BENCHMARKS
+    ]
+    return jobs
 
 
 # ------------------------------------------------------------------ config slices
@@ -145,8 +237,13 @@ def train_config(wildcards):
     """Everything a training job reads: its backbone, its method, its seed, the train section and the training set."""
     b, m = wildcards.backbone, wildcards.method
     dataset = CFG.train_config(b, m).dataset
-    return _slice(datasets=[dataset], backbones={b: to_dict(CFG.backbones[b])}, methods=[m], sections=["train"],
-                  seeds=[wildcards.seed])
+    return _slice(
+        datasets=[dataset],
+        backbones={b: to_dict(CFG.backbones[b])},
+        methods=[m],
+        sections=["train"],
+        seeds=[wildcards.seed],
+    )
 
 
 def synthetic_dataset_of(benchmark):
@@ -164,8 +261,15 @@ def evaluate_config(wildcards):
     bb = to_dict(CFG.backbones[b])
     bb.update(train={}, method_overrides={}, resources={})
     sets = sorted({d for d in (synthetic_dataset_of(bench), warm_start_dataset(b)) if d})
-    sliced = json.loads(_slice(datasets=sets, backbones={b: bb}, methods=[m] if m in CFG.methods else [],
-                               sections=["evaluate"], seeds=[wildcards.seed]))
+    sliced = json.loads(
+        _slice(
+            datasets=sets,
+            backbones={b: bb},
+            methods=[m] if m in CFG.methods else [],
+            sections=["evaluate"],
+            seeds=[wildcards.seed],
+        )
+    )
     if m not in CFG.methods:
         merged = _merge(to_dict(CFG.train), CFG.backbones[b].train)
         sliced["train"] = {key: merged[key] for key in ("max_prompt_tokens", "mixed_precision")}
@@ -185,8 +289,9 @@ def summarise_config(wildcards):
         bb.update(train={}, method_overrides={}, resources={})
         backbones[name] = bb
     datasets = sorted({warm_start_dataset(n) for n in names} - {None})
-    sliced = json.loads(_slice(datasets=datasets, backbones=backbones, methods=METHODS, sections=["evaluate"],
-                               seeds=SEEDS))
+    sliced = json.loads(
+        _slice(datasets=datasets, backbones=backbones, methods=METHODS, sections=["evaluate"], seeds=SEEDS)
+    )
     sliced["baselines"] = list(CFG.baselines)
     return json.dumps(sliced, sort_keys=True)
 
@@ -228,6 +333,12 @@ def evaluate_inputs(wildcards):
     return inputs
 
 
+def evaluate_data_root(wildcards, input):
+    """--data-root: the directory holding a synthetic benchmark's prepared dataset (an input of the job);
+    registry benchmarks read nothing from it."""
+    return os.path.dirname(input.data) if "data" in input.keys() else f"{RESULTS}/data"
+
+
 def evaluate_checkpoint_arg(wildcards):
     if wildcards.method in CFG.methods:
         return f"--checkpoint {checkpoint_dir(wildcards.backbone, wildcards.method, wildcards.seed)}"
@@ -250,8 +361,12 @@ def atp_sft_config(wildcards):
     """What the SFT stage reads: its backbone, the atp_latent method, the train and atp_sft sections, its data."""
     b = wildcards.backbone
     dataset = CFG.train_config(b, "atp_latent").dataset
-    return _slice(datasets=[dataset], backbones={b: to_dict(CFG.backbones[b])}, methods=["atp_latent"],
-                  sections=["train", "atp_sft"])
+    return _slice(
+        datasets=[dataset],
+        backbones={b: to_dict(CFG.backbones[b])},
+        methods=["atp_latent"],
+        sections=["train", "atp_sft"],
+    )
 
 
 def train_launcher(wildcards):

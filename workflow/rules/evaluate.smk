@@ -11,16 +11,21 @@ rule evaluate:
         json=f"{RESULTS}/{{backbone}}/{{method}}/seed{{seed}}/eval/{{benchmark}}.json",
         samples=f"{RESULTS}/{{backbone}}/{{method}}/seed{{seed}}/eval/{{benchmark}}.samples.jsonl",
         html=f"{RESULTS}/{{backbone}}/{{method}}/seed{{seed}}/eval/{{benchmark}}.html",
-    params:
-        config=evaluate_config,
-        checkpoint=evaluate_checkpoint_arg,
     log:
         f"{LOGS}/evaluate/{{backbone}}/{{method}}/seed{{seed}}/{{benchmark}}.log",
+    benchmark:
+        f"{BENCHMARKS_DIR}/evaluate/{{backbone}}/{{method}}/seed{{seed}}/{{benchmark}}.tsv"
+    conda:
+        "../envs/tarpo.yaml"
     threads: rule_threads("evaluate")
     resources:
         **rule_resources("evaluate"),
+    params:
+        config=evaluate_config,
+        checkpoint=evaluate_checkpoint_arg,
+        data_root=evaluate_data_root,
     shell:
         "OMP_NUM_THREADS={threads} PYTHONUNBUFFERED=1 "
         "tarpo evaluate --config-json {params.config:q} --backbone {wildcards.backbone:q} "
         "--method {wildcards.method:q} --seed {wildcards.seed} --backbone-dir {input.backbone:q} {params.checkpoint} "
-        "--benchmark {wildcards.benchmark:q} --data-root {RESULTS}/data --out {output.json:q} 2>&1 | tee -a {log:q}"
+        "--benchmark {wildcards.benchmark:q} --data-root {params.data_root:q} --out {output.json:q} 2>&1 | tee -a {log:q}"

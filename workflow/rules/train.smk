@@ -11,14 +11,18 @@ rule train:
         data=train_data_dir,
     output:
         directory(f"{RESULTS}/{{backbone}}/{{method}}/seed{{seed}}/checkpoint"),
-    params:
-        config=train_config,
-        launcher=train_launcher,
     log:
         f"{LOGS}/train/{{backbone}}/{{method}}/seed{{seed}}.log",
+    benchmark:
+        f"{BENCHMARKS_DIR}/train/{{backbone}}/{{method}}/seed{{seed}}.tsv"
+    conda:
+        "../envs/tarpo.yaml"
     threads: rule_threads("train")
     resources:
         **rule_resources("train"),
+    params:
+        config=train_config,
+        launcher=train_launcher,
     # SLURM's SIGTERM (preemption, time limit, scancel) reaches every process of the job: the shell
     # (trap :) and tee (trap '') outlive it, so the trainer can checkpoint, print and exit 143.
     shell:
@@ -39,13 +43,17 @@ rule atp_sft:
         data=atp_sft_data_dir,
     output:
         directory(f"{RESULTS}/{{backbone}}/atp_latent/sft"),
-    params:
-        config=atp_sft_config,
     log:
         f"{LOGS}/atp_sft/{{backbone}}.log",
+    benchmark:
+        f"{BENCHMARKS_DIR}/atp_sft/{{backbone}}.tsv"
+    conda:
+        "../envs/tarpo.yaml"
     threads: rule_threads("atp_sft")
     resources:
         **rule_resources("atp_sft"),
+    params:
+        config=atp_sft_config,
     shell:
         "OMP_NUM_THREADS={threads} PYTHONUNBUFFERED=1 "
         "tarpo atp-sft --config-json {params.config:q} --backbone {wildcards.backbone:q} "
