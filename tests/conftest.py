@@ -61,7 +61,7 @@ def slurm_workdir(tmp_path):
     wd = tmp_path / "wf"
     wd.mkdir()
     shutil.copy(repo / "Snakefile", wd / "Snakefile")
-    for sub in ("workflow", "config", "profiles"):
+    for sub in ("workflow", "config", "envs", "profiles"):
         shutil.copytree(repo / sub, wd / sub)
     link = repo / "slurm"
     assert link.is_symlink() and (link / "config.yaml").is_file(), "the repository root needs the `slurm` profile link"

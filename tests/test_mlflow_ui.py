@@ -157,7 +157,7 @@ def test_smoke_pipeline_runs_are_in_the_store_and_served(tmp_path):
     wd = tmp_path / "wf"
     wd.mkdir()
     shutil.copy(REPO / "Snakefile", wd / "Snakefile")
-    for sub in ("workflow", "config"):
+    for sub in ("workflow", "config", "envs"):
         shutil.copytree(REPO / sub, wd / sub)
     env = dict(os.environ, TARPO_TRACKING="on")
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"

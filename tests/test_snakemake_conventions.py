@@ -23,7 +23,7 @@ from tarpo import config as tconfig
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-ENV_FILE = REPO / "workflow" / "envs" / "tarpo.yaml"
+ENV_FILE = REPO / "envs" / "tarpo.yaml"
 # The rules that do real work: each records its runtime and memory, and runs `tarpo` in the conda env.
 COSTLY_RULES = ("prepare", "backbone", "atp_sft", "train", "evaluate")
 
@@ -34,7 +34,7 @@ def workdir(tmp_path: Path) -> Path:
     wd = tmp_path / "wf"
     wd.mkdir()
     shutil.copy(REPO / "Snakefile", wd / "Snakefile")
-    for sub in ("workflow", "config"):
+    for sub in ("workflow", "config", "envs"):
         shutil.copytree(REPO / sub, wd / sub)
     return wd
 
@@ -84,7 +84,7 @@ def rules(tmp_path_factory) -> dict[str, dict]:
     wd = tmp_path_factory.mktemp("rules") / "wf"
     wd.mkdir()
     shutil.copy(REPO / "Snakefile", wd / "Snakefile")
-    for sub in ("workflow", "config"):
+    for sub in ("workflow", "config", "envs"):
         shutil.copytree(REPO / sub, wd / sub)
     # the smoke config has every method, atp_latent's SFT stage included
     (wd / "config" / "config.yaml").write_text((REPO / "config" / "smoke.yaml").read_text())
@@ -137,7 +137,7 @@ def test_every_rule_that_runs_something_declares_the_project_conda_env(rules):
     for name, r in running.items():
         # relative to the rule's file, as Snakemake resolves it
         env = (Path(r["snakefile"]).parent / r["conda"]).resolve()
-        assert env.relative_to(Path(r["snakefile"]).parents[2].resolve()) == Path("workflow/envs/tarpo.yaml"), name
+        assert env.relative_to(Path(r["snakefile"]).parents[2].resolve()) == Path("envs/tarpo.yaml"), name
 
 
 def test_env_file_installs_the_project_with_pyprojects_pins():

@@ -60,7 +60,7 @@ def workdir(tmp_path: Path) -> Path:
     wd = tmp_path / "wf"
     wd.mkdir()
     shutil.copy(REPO / "Snakefile", wd / "Snakefile")
-    for sub in ("workflow", "config"):
+    for sub in ("workflow", "config", "envs"):
         shutil.copytree(REPO / sub, wd / sub)
     return wd
 

@@ -12,7 +12,7 @@ rule backbone:
     benchmark:
         f"{BENCHMARKS_DIR}/backbone/{{backbone}}.tsv"
     conda:
-        "../envs/tarpo.yaml"
+        "../../envs/tarpo.yaml"
     threads: rule_threads("backbone")
     resources:
         **rule_resources("backbone"),

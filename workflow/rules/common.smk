@@ -55,7 +55,7 @@ CFG: Config = checked(load_config, config)
 validate(config, "../schemas/config.schema.yaml")
 
 # ------------------------------------------------------------------ software
-# The rules that run `tarpo` declare `conda: "../envs/tarpo.yaml"`. Without
+# The rules that run `tarpo` declare `conda: "../../envs/tarpo.yaml"`. Without
 # `--sdm conda` Snakemake ignores it and the jobs run the `tarpo` on PATH (the
 # project's .venv: `make run`). With `--sdm conda` (e.g. a cluster without a
 # prepared venv) Snakemake builds that environment once under .snakemake/conda/

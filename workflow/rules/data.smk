@@ -9,7 +9,7 @@ rule prepare:
     benchmark:
         f"{BENCHMARKS_DIR}/prepare/{{dataset}}.tsv"
     conda:
-        "../envs/tarpo.yaml"
+        "../../envs/tarpo.yaml"
     threads: rule_threads("prepare")
     resources:
         **rule_resources("prepare"),

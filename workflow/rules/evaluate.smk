@@ -16,7 +16,7 @@ rule evaluate:
     benchmark:
         f"{BENCHMARKS_DIR}/evaluate/{{backbone}}/{{method}}/seed{{seed}}/{{benchmark}}.tsv"
     conda:
-        "../envs/tarpo.yaml"
+        "../../envs/tarpo.yaml"
     threads: rule_threads("evaluate")
     resources:
         **rule_resources("evaluate"),

@@ -30,7 +30,7 @@ rule runtime:
     log:
         f"{LOGS}/runtime.log",
     conda:
-        "../envs/tarpo.yaml"
+        "../../envs/tarpo.yaml"
     threads: 1
     resources:
         mem_mb=1000,

@@ -16,7 +16,7 @@ rule train:
     benchmark:
         f"{BENCHMARKS_DIR}/train/{{backbone}}/{{method}}/seed{{seed}}.tsv"
     conda:
-        "../envs/tarpo.yaml"
+        "../../envs/tarpo.yaml"
     threads: rule_threads("train")
     resources:
         **rule_resources("train"),
@@ -48,7 +48,7 @@ rule atp_sft:
     benchmark:
         f"{BENCHMARKS_DIR}/atp_sft/{{backbone}}.tsv"
     conda:
-        "../envs/tarpo.yaml"
+        "../../envs/tarpo.yaml"
     threads: rule_threads("atp_sft")
     resources:
         **rule_resources("atp_sft"),
