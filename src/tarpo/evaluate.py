@@ -333,36 +333,21 @@ def trajectories(tokenizer: Any, title: str, records: list[dict[str, Any]], rows
 
 
 def _log_to_mlflow(cfg: Config, *, backbone: str, method: str, benchmark: str, checkpoint: Path | None,
-                   metrics: dict[str, Any], params: dict[str, Any], artifacts: list[Path]) -> str | None:
-    """Attach eval/{benchmark}/... metrics to the run that trained the checkpoint (a new evaluate run otherwise)."""
-    from tarpo.tracking import run_name, start_run, tracking_enabled
+                   metrics: dict[str, Any], params: dict[str, Any], artifacts: list[Path],
+                   started: float | None = None) -> str | None:
+    """Log the evaluation as a run nested under the run that trained the checkpoint (its run_id.txt), or
+    under `{backbone}/{method}/seed{seed}/evaluate` (cot); the parent gets eval/{benchmark}/... (tarpo.tracking)."""
+    from tarpo.tracking import log_evaluation
 
-    if not tracking_enabled():
-        return None
     run_id = None
     if checkpoint is not None and (Path(checkpoint) / "run_id.txt").exists():
         run_id = (Path(checkpoint) / "run_id.txt").read_text().strip() or None
-    scalars = {f"eval/{benchmark}/{key}": float(value) for key, value in metrics.items()
-               if key in TRACKED or key.startswith("pass@")}
+    scalars = {key: float(value) for key, value in metrics.items() if key in TRACKED or key.startswith("pass@")}
     for key, (low, high) in metrics.get("ci95", {}).items():
-        scalars[f"eval/{benchmark}/{key}_ci95_low"], scalars[f"eval/{benchmark}/{key}_ci95_high"] = low, high
-    tags = {"backbone": backbone, "method": method, "seed": str(cfg.seed), f"eval/{benchmark}": "done"}
-    name = run_name(backbone, method, "evaluate", seed=cfg.seed)
-    if run_id is not None:
-        try:
-            with start_run(cfg.name, name, tags=tags, run_id=run_id) as tracker:
-                tracker.log_metrics(scalars)
-                for path in artifacts:
-                    tracker.log_artifact(path, artifact_path=f"eval/{benchmark}")
-                return tracker.run_id
-        except Exception as err:  # noqa: BLE001 - the training run lives in another store: log a new run instead
-            print(f"could not reopen training run {run_id} ({type(err).__name__}: {err}); logging a new run")
-    with start_run(cfg.name, name, params=params,
-                   tags={**tags, "stage": "evaluate", "benchmark": benchmark}) as tracker:
-        tracker.log_metrics(scalars)
-        for path in artifacts:
-            tracker.log_artifact(path, artifact_path=f"eval/{benchmark}")
-        return tracker.run_id
+        scalars[f"{key}_ci95_low"], scalars[f"{key}_ci95_high"] = low, high
+    return log_evaluation(cfg.name, backbone=backbone, method=method, seed=cfg.seed, benchmark=benchmark,
+                          metrics=scalars, params=params, artifacts=artifacts, training_run_id=run_id,
+                          started=started)
 
 
 # ---------------------------------------------------------------- the job
@@ -480,7 +465,8 @@ def evaluate(
     atomic_write_text(paths["html"], trajectories(tokenizer, f"{backbone}/{method} on {benchmark}", records, rows, method))
     params = {"backbone": backbone, "method": method, "benchmark": benchmark, "evaluate": to_dict(e), "seed": cfg.seed}
     _log_to_mlflow(cfg, backbone=backbone, method=method, benchmark=benchmark, checkpoint=checkpoint,
-                   metrics=metrics, params=params, artifacts=[paths["samples"], paths["html"]])
+                   metrics=metrics, params=params, artifacts=[paths["samples"], paths["html"]],
+                   started=time.time() - (time.perf_counter() - started))
     metrics["wall_seconds"] = time.perf_counter() - started
     write_json(paths["json"], metrics)
     paths["partial"].unlink(missing_ok=True)

@@ -1,4 +1,4 @@
-"""MLflow tracking: one run per job, named `{backbone}/{method}/{stage}`
+"""MLflow tracking: one top-level run per job kind, named `{backbone}/{method}/{stage}`
 (per-seed stages: `{backbone}/{method}/seed{seed}/{stage}`, `run_name`).
 
 Runs are grouped into one experiment per config (its `name`) and named so a
@@ -6,10 +6,20 @@ reader finds them:
 
     {backbone}/sft/warm_start   the embedded backbone's supervised warm start (tarpo.backbone)
     {backbone}/{method}/seed{seed}/train   RL training with one seed, step metrics (tarpo.trainer);
-                                the method's evaluations attach `eval/{benchmark}/...` metrics
-                                to this same run (its id is in the checkpoint's run_id.txt)
+                                its id is in the checkpoint's run_id.txt
+      {backbone}/{method}/seed{seed}/evaluate/{benchmark}   one nested run per evaluated
+                                benchmark of that checkpoint (tarpo.evaluate, `log_evaluation`)
     {backbone}/cot/seed{seed}/evaluate     an untrained baseline's evaluations with one sampling
-                                seed (tarpo.evaluate)
+                                seed: a parent run ...
+      {backbone}/cot/seed{seed}/evaluate/{benchmark}   ... with one nested run per benchmark
+
+An evaluation is its own (child) run, with its own start and end time, so the
+training run's duration stays the training's. Its headline metrics are also
+copied onto the parent as `eval/{benchmark}/{metric}` (a metric write leaves a
+run's status and end time alone), so the runs table compares methods
+directly. Evaluations run in parallel jobs: the parent of an untrained
+baseline is found by name and tags (or created) under a file lock, and a
+store call that hits SQLite's write lock is retried.
 
 The default store is a local SQLite database under the results directory
 (`sqlite:///results/mlflow.db`, artifacts in `results/mlruns/`), so runs sit
@@ -22,20 +32,24 @@ tracking into a no-op, for tests and for processes that must not write a store.
         run.log_artifact(checkpoint / "samples.html")
 
 Browse the default store with
-`mlflow ui --backend-store-uri sqlite:///results/mlflow.db`.
+`mlflow ui --backend-store-uri sqlite:///results/mlflow.db`. MLflow 3 opens in
+its GenAI mode (an experiment lands on Overview/Traces); `ui_url` gives the
+address of an experiment's runs table in the "Model training" mode, and
+`python -m tarpo.tracking` prints it for every experiment of the store.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
-import fcntl
 import json
 import logging
 import math
 import os
 import re
+import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -43,6 +57,16 @@ RESULTS_DIR = Path("results")
 MAX_PARAM_CHARS = 500  # longer values are cut (MLflow's own limit is 6000)
 _BATCH = 100  # MLflow accepts at most 100 params/tags and 1000 metrics per batch call
 _T = TypeVar("_T")
+
+# The experiment tag MLflow 3's UI reads for an experiment's type. 3.17 decides its mode from the
+# "GenAI | Model training" switch (the `workflowType` URL parameter, else the browser's last choice)
+# and ignores the tag, but it is the experiment's declared kind: set on every experiment created here.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+PARENT_TAG = "mlflow.parentRunId"  # MLflow nests a run under the run this tag names
+UI_WORKFLOW = "machine_learning"  # `workflowType` value of the UI's "Model training" mode
+LOCK_TIMEOUT_S = 300
+RETRY_ATTEMPTS = 6
 
 
 def tracking_enabled() -> bool:
@@ -55,6 +79,11 @@ def tracking_uri(results_dir: str | Path = RESULTS_DIR) -> str:
     if env:
         return env
     return f"sqlite:///{(Path(results_dir) / 'mlflow.db').resolve()}"
+
+
+def ui_url(experiment_id: str, base: str = "http://127.0.0.1:5000") -> str:
+    """The address of an experiment's runs table in `mlflow ui` (MLflow 3: in its "Model training" mode)."""
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType={UI_WORKFLOW}"
 
 
 def metric_key(name: str) -> str:
@@ -87,32 +116,37 @@ def _quiet_logs() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def _retry(fn: Callable[[], _T], attempts: int = 6) -> _T:
-    """Retry a store call that failed because another job held the SQLite write lock."""
-    for i in range(attempts):
-        try:
-            return fn()
-        except Exception as err:  # MLflow wraps sqlite's OperationalError in its own exceptions
-            if "locked" not in str(err).lower() or i == attempts - 1:
-                raise
-            time.sleep(0.2 * 2**i)
-    raise AssertionError("unreachable")
+def _is_locked(err: BaseException) -> bool:
+    # MLflow wraps sqlite's OperationalError ("database is locked") in its own exceptions
+    return "locked" in str(err).lower()
+
+
+def _retry(fn: Callable[[], _T], attempts: int = RETRY_ATTEMPTS) -> _T:
+    """Call `fn`, again after 0.2, 0.4, 0.8, ... s while it fails because another job holds SQLite's write lock."""
+    import tenacity
+
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception(_is_locked),
+        stop=tenacity.stop_after_attempt(attempts),
+        wait=tenacity.wait_exponential(multiplier=0.2, min=0.2, max=10),
+        reraise=True,
+    )
+    return retrying(fn)
 
 
 @contextlib.contextmanager
 def _store_lock(uri: str) -> Iterator[None]:
-    """Serialise first-time schema creation / experiment creation between jobs sharing one SQLite file."""
+    """Serialise schema, experiment and parent-run creation between jobs sharing one SQLite file
+    (`<db>.lock` beside it). Other stores (a server) serialise nothing here."""
     if not uri.startswith("sqlite:///"):
         yield
         return
+    from filelock import FileLock
+
     db = Path(uri[len("sqlite:///") :])
     db.parent.mkdir(parents=True, exist_ok=True)
-    with open(db.with_name(db.name + ".lock"), "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with FileLock(db.with_name(db.name + ".lock"), timeout=LOCK_TIMEOUT_S):
+        yield
 
 
 class Tracker:
@@ -184,9 +218,12 @@ class NullTracker(Tracker):
         pass
 
 
-def _experiment_id(client: Any, name: str, uri: str, results_dir: Path) -> str:
-    exp = client.get_experiment_by_name(name)
+def _experiment_id(client: Any, name: str, results_dir: Path) -> str:
+    """The id of experiment `name`, created (tagged as a model-training experiment) if missing."""
+    exp = _retry(lambda: client.get_experiment_by_name(name))
     if exp is not None:
+        if EXPERIMENT_KIND_TAG not in exp.tags:  # a store from before the tag: declare it once
+            _retry(lambda: client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND))
         return exp.experiment_id
     artifact_location = None
     if not os.environ.get("MLFLOW_TRACKING_URI", "").strip():
@@ -195,7 +232,8 @@ def _experiment_id(client: Any, name: str, uri: str, results_dir: Path) -> str:
         root.mkdir(parents=True, exist_ok=True)
         artifact_location = root.as_uri()
     try:
-        return client.create_experiment(name, artifact_location=artifact_location)
+        return _retry(lambda: client.create_experiment(name, artifact_location=artifact_location,
+                                                       tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}))
     except Exception:
         exp = client.get_experiment_by_name(name)  # created by a concurrent job on another host
         if exp is None:
@@ -207,6 +245,49 @@ def run_name(backbone: str, method: str, stage: str, seed: int | None = None) ->
     """The run name convention: `{backbone}/{method}/{stage}`, e.g. `tiny/sft/warm_start`, and
     `{backbone}/{method}/seed{seed}/{stage}` for a per-seed run, e.g. `tiny/tarpo/seed0/train`."""
     return f"{backbone}/{method}/{stage}" if seed is None else f"{backbone}/{method}/seed{seed}/{stage}"
+
+
+def _client(uri: str) -> Any:
+    _quiet_logs()
+    from mlflow.tracking import MlflowClient
+
+    _quiet_logs()  # importing mlflow configures its loggers
+    return MlflowClient(tracking_uri=uri)
+
+
+@contextlib.contextmanager
+def _running(client: Any, uri: str, run_id: str) -> Iterator[Tracker]:
+    """Yield the run's tracker with the run as MLflow's active run (unless one is); end it FINISHED,
+    FAILED (the block raised) or KILLED (Ctrl-C, SystemExit) with the current time as its end time."""
+    import mlflow
+
+    # mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI; both are put back afterwards
+    # so that the next start_run in this process still picks its own store.
+    from mlflow.tracking._tracking_service import utils as _mlflow_uri
+
+    previous_uri = getattr(_mlflow_uri, "_tracking_uri", None)
+    previous_env = os.environ.get("MLFLOW_TRACKING_URI")
+    activated = mlflow.active_run() is None
+    if activated:
+        mlflow.set_tracking_uri(uri)
+        mlflow.start_run(run_id=run_id)
+    status = "FAILED"
+    try:
+        yield Tracker(client, run_id)
+        status = "FINISHED"
+    except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or a preempted job exiting to be resumed
+        status = "KILLED"
+        raise
+    finally:
+        if activated:
+            _retry(lambda: mlflow.end_run(status))
+            mlflow.set_tracking_uri(previous_uri)
+            if previous_env is None:
+                os.environ.pop("MLFLOW_TRACKING_URI", None)
+            else:
+                os.environ["MLFLOW_TRACKING_URI"] = previous_env
+        else:
+            _retry(lambda: client.set_terminated(run_id, status))
 
 
 @contextlib.contextmanager
@@ -223,29 +304,25 @@ def start_run(
 
     The run ends FINISHED when the block succeeds, FAILED when it raises, and
     KILLED on Ctrl-C or SystemExit (a preempted job exiting to be resumed).
-    Pass `run_id` to reopen an existing run (a resumed training job, or
-    evaluation metrics attached to the run that trained the checkpoint);
-    `run_name` is then ignored. Inside the block the run is also MLflow's
-    active run (unless one was already active), so library integrations that
-    call `mlflow.log_*` themselves log into it too. Prefer the yielded
-    tracker in project code: with TARPO_TRACKING=off there is no run, and
-    a bare `mlflow.log_*` call would start one in ./mlflow.db.
+    Pass `run_id` to reopen an existing run (a resumed training job);
+    `run_name` is then ignored. Evaluations do not reopen the training run
+    (that would move its end time): they go through `log_evaluation`.
+    Inside the block the run is also MLflow's active run (unless one was
+    already active), so library integrations that call `mlflow.log_*`
+    themselves log into it too. Prefer the yielded tracker in project code:
+    with TARPO_TRACKING=off there is no run, and a bare `mlflow.log_*` call
+    would start one in ./mlflow.db.
     """
     if not tracking_enabled():
         yield NullTracker()
         return
     if not isinstance(experiment, str):
         raise TypeError(f"start_run: experiment must be the experiment name (cfg.name), got {type(experiment).__name__}")
-    _quiet_logs()
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
-    _quiet_logs()  # importing mlflow configures its loggers
     uri = tracking_uri(results_dir)
     with _store_lock(uri):
-        client = MlflowClient(tracking_uri=uri)
+        client = _client(uri)
         if run_id is None:
-            exp_id = _experiment_id(client, experiment, uri, Path(results_dir))
+            exp_id = _experiment_id(client, experiment, Path(results_dir))
             run_tags = {metric_key(str(k)): str(v) for k, v in (tags or {}).items()}
             run_id = _retry(lambda: client.create_run(exp_id, run_name=run_name, tags=run_tags)).info.run_id
         else:
@@ -255,31 +332,122 @@ def start_run(
     tracker = Tracker(client, run_id)
     if params:
         tracker.log_params(params)
+    with _running(client, uri, run_id) as tracker:
+        yield tracker
 
-    # mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI; both are put back afterwards
-    # so that the next start_run in this process still picks its own store.
-    from mlflow.tracking._tracking_service import utils as _mlflow_uri
 
-    previous_uri = getattr(_mlflow_uri, "_tracking_uri", None)
-    previous_env = os.environ.get("MLFLOW_TRACKING_URI")
-    activated = mlflow.active_run() is None
-    if activated:
-        mlflow.set_tracking_uri(uri)
-        mlflow.start_run(run_id=run_id)
+def _quote(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _evaluate_parent(client: Any, exp_id: str, name: str, tags: Mapping[str, str], start_ms: int) -> Any:
+    """The top-level `.../evaluate` run of `name` in the experiment, created if missing (call under the store lock)."""
+    found = _retry(lambda: client.search_runs(
+        [exp_id], filter_string=f"attributes.run_name = {_quote(name)} and tags.stage = 'evaluate'",
+        order_by=["attributes.start_time ASC"], max_results=100))
+    for run in found:  # not a child, nor a per-benchmark run of an older store
+        if PARENT_TAG not in run.data.tags and "benchmark" not in run.data.tags:
+            return run
+    return _retry(lambda: client.create_run(exp_id, start_time=start_ms, run_name=name,
+                                            tags={**tags, "stage": "evaluate"}))
+
+
+def log_evaluation(
+    experiment: str,
+    *,
+    backbone: str,
+    method: str,
+    seed: int,
+    benchmark: str,
+    metrics: Mapping[str, float],
+    params: Mapping[str, Any] | None = None,
+    artifacts: Iterable[str | Path] = (),
+    training_run_id: str | None = None,
+    started: float | None = None,
+    results_dir: str | Path = RESULTS_DIR,
+) -> str | None:
+    """Log one benchmark evaluation as a nested run; returns its id (None with tracking off).
+
+    The child run `{backbone}/{method}/seed{seed}/evaluate/{benchmark}` starts
+    at `started` (epoch seconds; now if None), ends now, and holds `metrics`
+    (plain keys: `pass_at_1`, ...), `params` and the `artifacts` files. Its
+    parent is the training run `training_run_id` (the checkpoint's
+    run_id.txt) when the store has it; otherwise (an untrained baseline such
+    as cot, or a checkpoint trained with tracking off or into another store)
+    the top-level run `{backbone}/{method}/seed{seed}/evaluate` of
+    `experiment`, found by name and tags or created, whose span grows to
+    cover its evaluations. The parent also gets `eval/{benchmark}/{metric}`:
+    a metric write, which leaves a training run's status and end time alone.
+    An earlier child of the same parent and benchmark (a re-run) is deleted
+    (MLflow keeps it under the runs table's "State: Deleted").
+    """
+    if not tracking_enabled():
+        return None
+    uri = tracking_uri(results_dir)
+    start_ms = int((time.time() if started is None else started) * 1000)
+    base = run_name(backbone, method, "evaluate", seed=seed)
+    tags = {"backbone": backbone, "method": method, "seed": str(seed)}
+    with _store_lock(uri):
+        client = _client(uri)
+        parent = None
+        if training_run_id:
+            try:
+                parent = _retry(lambda: client.get_run(training_run_id))
+            except Exception as err:  # noqa: BLE001 - e.g. the training run lives in another store
+                print(f"training run {training_run_id} is not in {uri} ({type(err).__name__}); "
+                      f"logging under {base} instead")
+            if parent is not None and parent.info.lifecycle_stage != "active":
+                parent = None
+        if parent is None:
+            exp_id = _experiment_id(client, experiment, Path(results_dir))
+            parent = _evaluate_parent(client, exp_id, base, tags, start_ms)
+        parent_id, exp_id = parent.info.run_id, parent.info.experiment_id
+        earlier = _retry(lambda: client.search_runs(
+            [exp_id], filter_string=f"tags.`{PARENT_TAG}` = {_quote(parent_id)} and tags.benchmark = {_quote(benchmark)}",
+            max_results=100))
+        for run in earlier:
+            _retry(lambda: client.delete_run(run.info.run_id))
+        child_tags = {**tags, "stage": "evaluate", "benchmark": benchmark, PARENT_TAG: parent_id}
+        child_id = _retry(lambda: client.create_run(exp_id, start_time=start_ms, run_name=f"{base}/{benchmark}",
+                                                    tags=child_tags)).info.run_id
     status = "FAILED"
     try:
-        yield tracker
+        tracker = Tracker(client, child_id)
+        if params:
+            tracker.log_params(params)
+        with _running(client, uri, child_id) as tracker:
+            tracker.log_metrics(metrics)
+            for path in artifacts:
+                tracker.log_artifact(path)
+        Tracker(client, parent_id).log_metrics({f"eval/{benchmark}/{key}": value for key, value in metrics.items()})
         status = "FINISHED"
-    except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or a preempted job exiting to be resumed
-        status = "KILLED"
-        raise
     finally:
-        if activated:
-            _retry(lambda: mlflow.end_run(status))
-            mlflow.set_tracking_uri(previous_uri)
-            if previous_env is None:
-                os.environ.pop("MLFLOW_TRACKING_URI", None)
-            else:
-                os.environ["MLFLOW_TRACKING_URI"] = previous_env
-        else:
-            _retry(lambda: client.set_terminated(run_id, status))
+        if parent.data.tags.get("stage") == "evaluate":  # a parent that only holds evaluations spans them
+            with _store_lock(uri):
+                info = _retry(lambda: client.get_run(parent_id)).info
+                end = max(info.end_time or 0, int(time.time() * 1000))
+                _retry(lambda: client.set_terminated(parent_id, status, end_time=end))
+    return child_id
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m tarpo.tracking`: print the `mlflow ui` address of each experiment's runs table."""
+    parser = argparse.ArgumentParser(prog="python -m tarpo.tracking", description=main.__doc__)
+    parser.add_argument("--results-dir", default=str(RESULTS_DIR), help="where the default store lies (results)")
+    parser.add_argument("--url", default="http://127.0.0.1:5000", help="where `mlflow ui` serves")
+    args = parser.parse_args(argv)
+    uri = tracking_uri(args.results_dir)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).exists():
+        print(f"no MLflow store at {uri} (a job with tracking on creates it)", file=sys.stderr)
+        return 1
+    client = _client(uri)
+    print(f"mlflow ui --backend-store-uri {uri}   # then open:")
+    for exp in client.search_experiments(order_by=["creation_time ASC"]):
+        if exp.name == "Default" and not client.search_runs([exp.experiment_id], max_results=1):
+            continue
+        print(f"  {exp.name}: {ui_url(exp.experiment_id, args.url)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
