@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import time
+from pathlib import Path
 
 import pytest
 
@@ -113,3 +115,224 @@ def test_flatten_params():
     flat = tracking.flatten_params({"a": {"b": {"c": 1}, "d": []}, "e": None, "f": {}}, max_chars=10)
     assert flat == {"a.b.c": "1", "a.d": "[]", "e": "None", "f": "{}"}
     assert tracking.flatten_params({"s": "y" * 50}, max_chars=10)["s"] == "yyyyyyy..."
+
+
+# ---------------------------------------------------------------- runs as the jobs make them
+
+
+def _client(store):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking.tracking_uri(store))
+
+
+def _runs(store, experiment):
+    client = _client(store)
+    exp = client.get_experiment_by_name(experiment)
+    return client.search_runs([exp.experiment_id], max_results=1000)
+
+
+def _evaluate_as_the_job_does(store, monkeypatch, method, benchmark, checkpoint=None, pass_at_1=0.5):
+    """What tarpo.evaluate does after an evaluation: its `_log_to_mlflow`, with the checkpoint's run_id.txt."""
+    from types import SimpleNamespace
+
+    from tarpo import evaluate
+
+    monkeypatch.chdir(store.parent)  # the job's default store is results/ under its working directory
+    started = time.time()
+    time.sleep(0.02)
+    metrics = {"pass@1": pass_at_1, "mean_tokens": 12.0, "n_problems": 8, "ci95": {"pass@1": (0.25, 0.75)},
+               "per_problem": [1, 0]}
+    return evaluate._log_to_mlflow(SimpleNamespace(name="jobs", seed=0), backbone="tiny", method=method,
+                                   benchmark=benchmark, checkpoint=checkpoint, metrics=metrics,
+                                   params={"benchmark": benchmark}, artifacts=[], started=started)
+
+
+def test_one_top_level_run_per_stage_evaluations_nested_and_training_time_kept(store, tmp_path, monkeypatch):
+    assert store == tmp_path / "results"
+    with tracking.start_run("jobs", tracking.run_name("tiny", "sft", "warm_start"), results_dir=store) as run:
+        run.log_metrics({"loss": 2.0}, step=1)
+    # the trainer: its run, then the checkpoint's run_id.txt
+    with tracking.start_run("jobs", tracking.run_name("tiny", "tarpo", "train", seed=0),
+                            tags={"backbone": "tiny", "method": "tarpo", "stage": "train"}, results_dir=store) as run:
+        for step in range(3):
+            run.log_metrics({"reward_mean": 0.1 * step}, step=step)
+        train_id = run.run_id
+    trained_ms = int(time.time() * 1000)
+    checkpoint = tmp_path / "checkpoint"
+    checkpoint.mkdir()
+    (checkpoint / "run_id.txt").write_text(f"{train_id}\n")
+    time.sleep(0.05)
+    # its evaluation on two benchmarks, then the cot baseline's on the same two
+    ids = {("tarpo", b): _evaluate_as_the_job_does(store, monkeypatch, "tarpo", b, checkpoint)
+           for b in ("synthetic_test_id", "synthetic_test_ood")}
+    ids.update({("cot", b): _evaluate_as_the_job_does(store, monkeypatch, "cot", b, pass_at_1=0.25)
+                for b in ("synthetic_test_id", "synthetic_test_ood")})
+
+    runs = _runs(store, "jobs")
+    top = [r for r in runs if tracking.PARENT_TAG not in r.data.tags]
+    names = sorted(r.info.run_name for r in top)
+    assert names == ["tiny/cot/seed0/evaluate", "tiny/sft/warm_start", "tiny/tarpo/seed0/train"], names
+    by_name = {r.info.run_name: r for r in top}
+    cot_id = by_name["tiny/cot/seed0/evaluate"].info.run_id
+    children = {r.info.run_id: r for r in runs if tracking.PARENT_TAG in r.data.tags}
+    assert set(children) == set(ids.values())
+    for (method, benchmark), child_id in ids.items():
+        child = children[child_id]
+        assert child.data.tags[tracking.PARENT_TAG] == (train_id if method == "tarpo" else cot_id)
+        assert child.info.run_name == f"tiny/{method}/seed0/evaluate/{benchmark}"
+        assert child.data.tags["benchmark"] == benchmark and child.data.tags["stage"] == "evaluate"
+        assert child.info.status == "FINISHED"
+        assert trained_ms < child.info.start_time < child.info.end_time  # its own span, after the training
+        assert child.data.metrics["pass_at_1"] == (0.5 if method == "tarpo" else 0.25)
+        assert child.data.metrics["pass_at_1_ci95_low"] == 0.25
+        assert child.data.params["benchmark"] == benchmark
+
+    train = _client(store).get_run(train_id)
+    assert train.info.status == "FINISHED"
+    assert train.info.end_time <= trained_ms, "evaluations moved the training run's end time"
+    # the headline numbers are on the parent too, for the runs table
+    assert train.data.metrics["eval/synthetic_test_ood/pass_at_1"] == 0.5
+    assert train.data.metrics["reward_mean"] == pytest.approx(0.2)
+    cot = _client(store).get_run(cot_id)
+    assert cot.data.metrics["eval/synthetic_test_id/pass_at_1"] == 0.25
+    assert cot.info.status == "FINISHED"
+    cot_children = [c for c in children.values() if c.data.tags[tracking.PARENT_TAG] == cot_id]
+    assert cot.info.start_time <= min(c.info.start_time for c in cot_children)
+    assert cot.info.end_time >= max(c.info.end_time for c in cot_children)  # it spans its evaluations
+
+    # a re-run of one evaluation replaces the earlier child (deleted, not listed)
+    again = _evaluate_as_the_job_does(store, monkeypatch, "cot", "synthetic_test_id", pass_at_1=0.75)
+    runs = _runs(store, "jobs")
+    assert len(runs) == len(top) + len(children)
+    assert again in {r.info.run_id for r in runs} and ids[("cot", "synthetic_test_id")] not in {r.info.run_id for r in runs}
+    assert _client(store).get_run(cot_id).data.metrics["eval/synthetic_test_id/pass_at_1"] == 0.75
+
+
+def test_evaluation_of_a_checkpoint_from_elsewhere_gets_its_own_parent(store, tmp_path, monkeypatch):
+    checkpoint = tmp_path / "checkpoint"
+    checkpoint.mkdir()
+    (checkpoint / "run_id.txt").write_text("0123456789abcdef0123456789abcdef\n")  # not in this store
+    child = _evaluate_as_the_job_does(store, monkeypatch, "grpo", "synthetic_test_id", checkpoint)
+    runs = {r.info.run_name: r for r in _runs(store, "jobs")}
+    assert set(runs) == {"tiny/grpo/seed0/evaluate", "tiny/grpo/seed0/evaluate/synthetic_test_id"}
+    assert runs["tiny/grpo/seed0/evaluate/synthetic_test_id"].info.run_id == child
+    assert runs["tiny/grpo/seed0/evaluate/synthetic_test_id"].data.tags[tracking.PARENT_TAG] == \
+        runs["tiny/grpo/seed0/evaluate"].info.run_id
+
+
+_PARALLEL_EVAL = """
+import sys
+from tarpo import tracking
+store, benchmark = sys.argv[1], sys.argv[2]
+tracking._client(tracking.tracking_uri(store)).search_runs(["0"])  # imports and the store's connection done
+print("ready", flush=True)
+tracking.log_evaluation("jobs", backbone="tiny", method="cot", seed=0, benchmark=benchmark,
+                        metrics={"pass@1": 0.5}, results_dir=store)
+"""
+
+
+def test_parallel_evaluations_share_one_parent(store):
+    """Evaluation jobs of one baseline start together; the store lock makes one of them create the
+    parent run and the others find it. The test holds that lock first: no job may write meanwhile."""
+    import subprocess
+    import sys
+
+    from filelock import FileLock
+
+    with tracking.start_run("jobs", "tiny/sft/warm_start", results_dir=store):
+        pass  # the store and the experiment exist, as after the upstream jobs
+    benchmarks = ["b0", "b1", "b2"]
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    with FileLock(store / "mlflow.db.lock", timeout=60):
+        procs = [subprocess.Popen([sys.executable, "-c", _PARALLEL_EVAL, str(store), b], env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for b in benchmarks]
+        for proc in procs:
+            assert proc.stdout.readline().strip() == "ready", proc.communicate(timeout=60)[0][-3000:]
+        time.sleep(1.0)
+        assert [r.info.run_name for r in _runs(store, "jobs")] == ["tiny/sft/warm_start"], "a job wrote unlocked"
+        assert all(proc.poll() is None for proc in procs)
+    for proc in procs:  # released: all of them go at once
+        out, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, out[-3000:]
+    runs = _runs(store, "jobs")
+    parents = [r for r in runs if r.info.run_name == "tiny/cot/seed0/evaluate"]
+    assert len(parents) == 1, [(r.info.run_id, r.info.start_time) for r in parents]
+    children = [r for r in runs if r.data.tags.get(tracking.PARENT_TAG) == parents[0].info.run_id]
+    assert sorted(r.data.tags["benchmark"] for r in children) == benchmarks
+    assert sorted(parents[0].data.metrics) == [f"eval/{b}/pass_at_1" for b in benchmarks]
+
+
+def test_experiment_is_declared_a_model_training_experiment(store):
+    with tracking.start_run("kind", "tiny/sft/warm_start", results_dir=store):
+        pass
+    client = _client(store)
+    exp = client.get_experiment_by_name("kind")
+    assert exp.tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
+    # a store from before the tag: the next job declares it, a kind set by hand is kept
+    client.delete_experiment_tag(exp.experiment_id, tracking.EXPERIMENT_KIND_TAG)
+    other = client.create_experiment("hand-set", tags={tracking.EXPERIMENT_KIND_TAG: "genai_development"})
+    tracking.log_evaluation("kind", backbone="tiny", method="cot", seed=0, benchmark="b", metrics={"x": 1.0},
+                            results_dir=store)
+    tracking.log_evaluation("hand-set", backbone="tiny", method="cot", seed=0, benchmark="b", metrics={"x": 1.0},
+                            results_dir=store)
+    assert client.get_experiment(exp.experiment_id).tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
+    assert client.get_experiment(other).tags[tracking.EXPERIMENT_KIND_TAG] == "genai_development"
+    # the address that opens the runs table in MLflow 3's "Model training" mode
+    assert tracking.ui_url(exp.experiment_id) == \
+        f"http://127.0.0.1:5000/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning"
+
+
+def test_ui_url_parameter_is_the_one_the_installed_mlflow_ui_reads():
+    """The runs-table address relies on the UI's `workflowType` URL parameter: an MLflow upgrade that
+    renames it fails here (then check the address in a browser: tools/mlflow_screenshot.py)."""
+    import mlflow
+
+    js = Path(mlflow.__file__).parent / "server" / "js" / "build" / "static" / "js"
+    bundle = "".join(p.read_text(errors="replace") for p in js.glob("main.*.js"))
+    assert 'get("workflowType")' in bundle
+    assert f'MACHINE_LEARNING="{tracking.UI_WORKFLOW}"' in bundle
+    assert '"/experiments/:experimentId/runs"' in "".join(p.read_text(errors="replace") for p in js.glob("*.js"))
+
+
+def test_cli_prints_each_experiments_runs_table(store, capsys):
+    assert tracking.main(["--results-dir", str(store)]) == 1  # no store yet
+    with tracking.start_run("smoke", "tiny/sft/warm_start", results_dir=store):
+        pass
+    capsys.readouterr()
+    assert tracking.main(["--results-dir", str(store), "--url", "http://127.0.0.1:5001"]) == 0
+    out = capsys.readouterr().out
+    exp_id = _client(store).get_experiment_by_name("smoke").experiment_id
+    assert f"smoke: http://127.0.0.1:5001/#/experiments/{exp_id}/runs?workflowType=machine_learning" in out
+    assert "Default" not in out  # MLflow's empty default experiment is left out
+
+
+def test_retry_waits_out_a_locked_database():
+    calls = []
+
+    def flaky():
+        calls.append(time.monotonic())
+        if len(calls) < 3:
+            raise RuntimeError("(sqlite3.OperationalError) database is locked")
+        return "ok"
+
+    assert tracking._retry(flaky) == "ok" and len(calls) == 3
+    assert calls[2] - calls[1] >= calls[1] - calls[0] >= 0.15  # exponential back-off
+
+    def broken():
+        calls.append(None)
+        raise ValueError("no such table")
+
+    calls.clear()
+    with pytest.raises(ValueError):
+        tracking._retry(broken)
+    assert len(calls) == 1  # only a lock is worth waiting for
+
+    def always_locked():
+        calls.append(None)
+        raise RuntimeError("database is locked")
+
+    calls.clear()
+    with pytest.raises(RuntimeError, match="locked"):
+        tracking._retry(always_locked, attempts=2)
+    assert len(calls) == 2
