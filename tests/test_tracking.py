@@ -205,7 +205,8 @@ def test_one_top_level_run_per_stage_evaluations_nested_and_training_time_kept(s
     again = _evaluate_as_the_job_does(store, monkeypatch, "cot", "synthetic_test_id", pass_at_1=0.75)
     runs = _runs(store, "jobs")
     assert len(runs) == len(top) + len(children)
-    assert again in {r.info.run_id for r in runs} and ids[("cot", "synthetic_test_id")] not in {r.info.run_id for r in runs}
+    listed = {r.info.run_id for r in runs}
+    assert again in listed and ids[("cot", "synthetic_test_id")] not in listed
     assert _client(store).get_run(cot_id).data.metrics["eval/synthetic_test_id/pass_at_1"] == 0.75
 
 

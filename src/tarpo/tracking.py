@@ -402,9 +402,8 @@ def log_evaluation(
             exp_id = _experiment_id(client, experiment, Path(results_dir))
             parent = _evaluate_parent(client, exp_id, base, tags, start_ms)
         parent_id, exp_id = parent.info.run_id, parent.info.experiment_id
-        earlier = _retry(lambda: client.search_runs(
-            [exp_id], filter_string=f"tags.`{PARENT_TAG}` = {_quote(parent_id)} and tags.benchmark = {_quote(benchmark)}",
-            max_results=100))
+        same = f"tags.`{PARENT_TAG}` = {_quote(parent_id)} and tags.benchmark = {_quote(benchmark)}"
+        earlier = _retry(lambda: client.search_runs([exp_id], filter_string=same, max_results=100))
         for run in earlier:
             _retry(lambda: client.delete_run(run.info.run_id))
         child_tags = {**tags, "stage": "evaluate", "benchmark": benchmark, PARENT_TAG: parent_id}
