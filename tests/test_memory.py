@@ -68,6 +68,10 @@ def test_estimate_parts_by_hand():
     assert e.activations == 2 * (7 * 8 + 2 * kv_dim + 4 * 16) * positions * seqs * BF16
     assert e.logits == 2 * seqs * 7 * 100 * FP32
     assert e.total == max(e.rollout_peak, e.train_peak) + 3 * GIB
+    # scoring two sequences at a time: a third of the activations and logits, the same rollout
+    chunked = estimate(s, dataclasses.replace(t, forward_batch=2))
+    assert (chunked.activations, chunked.logits) == (e.activations // 3, e.logits // 3)
+    assert chunked.kv_cache == e.kv_cache and chunked.total <= e.total
     # a separate reference doubles the weights only with full fine-tuning and beta > 0
     assert estimate(s, dataclasses.replace(t, beta=0.1)).weights == 2 * p * FP32
     assert estimate(s, dataclasses.replace(t, adapter="lora", beta=0.1)).weights == p * FP32

@@ -138,6 +138,29 @@ def test_training_runs_and_writes_a_loadable_policy(prepared, tmp_path, method):
         assert torch.equal(p, trainer.params[f"model.{name}"].detach())
 
 
+@pytest.mark.parametrize("method,updates", [("grpo", 1), ("tarpo", 2)])
+def test_scoring_in_pieces_gives_the_same_update(prepared, tmp_path, method, updates):
+    """forward_batch splits the training forward; the loss is a mean over completions, so the step is the same."""
+    from tarpo.trainer import forward_pieces
+
+    assert forward_pieces(5, 2) == [slice(0, 2), slice(2, 4), slice(4, 5)] and forward_pieces(5, 0) == [slice(0, 5)]
+    results = []
+    for forward_batch in (0, 1, 3):  # 4 completions a step: whole, singles, uneven pieces
+        trainer = make(prepared, tmp_path / str(forward_batch), method, steps=1, checkpoint_every=0,
+                       updates_per_batch=updates, clip_eps=0.2, forward_batch=forward_batch)
+        # fixed, unequal rewards: non-zero advantages whatever the tiny model answers
+        trainer.rewards = lambda rollout, texts, records: (torch.arange(len(texts), dtype=torch.float32) % 3, {})
+        metrics = trainer.train_step().metrics
+        assert metrics["grad_norm"] > 0
+        results.append((weights(trainer), metrics))
+    (whole, m0), *pieces = results
+    for params, metrics in pieces:
+        for name, value in whole.items():
+            torch.testing.assert_close(params[name], value, rtol=0, atol=1e-6, msg=name)
+        for key in ("loss", "kl", "reward_mean", "grad_norm"):
+            assert metrics[key] == pytest.approx(m0[key], rel=1e-5, abs=1e-7), key
+
+
 def test_resume_after_sigterm_gives_the_same_weights(prepared, tmp_path, monkeypatch):
     straight = make(prepared, tmp_path / "straight")
     straight.run()

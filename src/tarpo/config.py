@@ -126,6 +126,10 @@ class TrainConfig:
     steps: int = _doc("Optimiser steps; 0: one epoch of the training set.", ge=0, default=60)
     prompts_per_step: int = _doc("Prompts per optimiser step per process (before accumulation).", ge=1, default=8)
     grad_accum: int = _doc("Gradient accumulation micro-batches per optimiser step.", ge=1, default=1)
+    forward_batch: int = _doc(
+        "Completions per training forward/backward pass (0: a whole micro-batch at once). Bounds activation "
+        "memory (python -m tarpo.memory); the loss and its gradient do not change.", ge=0, default=0,
+    )
     group_size: int = _doc(
         "Completions sampled per prompt (G); at least 2, since one completion's group-relative advantage is 0.",
         ge=2, default=4,

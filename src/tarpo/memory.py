@@ -13,7 +13,8 @@ bf16 autocast on a GPU; one process per GPU, each with a full copy, as in
 * rollout: the KV cache of prompts_per_step x group_size sequences of
   max_prompt_tokens + max_new_tokens positions, in bf16;
 * training forward: activations autograd keeps for the backward pass over
-  those sequences (no activation checkpointing), bf16, per token and layer
+  the train.forward_batch sequences scored at once (all of them when 0; no
+  activation checkpointing), bf16, per token and layer
   about 7h + 2 kv + 4 i values (norm inputs, q/k/v, attention output, MLP
   inputs, gate, up, their product), plus the fp32 logits and log-softmax of
   the completion positions.
@@ -140,9 +141,10 @@ def estimate(s: Shape, t: TrainConfig, new_tokens: int | None = None) -> Estimat
     sequences = t.prompts_per_step * t.group_size
     positions = t.max_prompt_tokens + new_tokens
     kv_cache = 2 * s.layers * s.kv_dim * positions * sequences * BF16
+    scored = min(t.forward_batch or sequences, sequences)  # sequences in one forward/backward pass
     per_token_layer = 7 * s.hidden + 2 * s.kv_dim + 4 * s.intermediate
-    activations = s.layers * per_token_layer * positions * sequences * BF16
-    logits = 2 * sequences * new_tokens * s.vocab * FP32  # fp32 logits + the log-softmax autograd keeps
+    activations = s.layers * per_token_layer * positions * scored * BF16
+    logits = 2 * scored * new_tokens * s.vocab * FP32  # fp32 logits + the log-softmax autograd keeps
     return Estimate(weights, trainable, kv_cache, activations, logits)
 
 
@@ -180,6 +182,8 @@ def memory_table(cfg: Config, gpu_gib: float) -> list[dict[str, Any]]:
                 "backbone": name, "method": method, "adapter": t.adapter,
                 "params_B": parameter_count(shape) / 1e9,
                 "sequences": t.prompts_per_step * t.group_size,
+                "forward_batch": min(t.forward_batch or t.prompts_per_step * t.group_size,
+                                     t.prompts_per_step * t.group_size),
                 "positions": t.max_prompt_tokens + t.max_new_tokens,
                 "weights": e.weights / GIB, "trainable": e.trainable / GIB, "kv_cache": e.kv_cache / GIB,
                 "activations": e.activations / GIB, "logits": e.logits / GIB, "total": e.total / GIB,
@@ -197,7 +201,7 @@ def markdown(rows: list[dict[str, Any]], config_path: str, gpu_gib: float) -> st
         return f"No backbone of {config_path} has a known shape.\n"
     frame["fits"] = frame["fits"].map({True: "yes", False: "**no**"})
     frame = frame.rename(columns={
-        "params_B": "params (B)", "sequences": "seqs/step", "positions": "prompt+new",
+        "params_B": "params (B)", "sequences": "seqs/rollout", "forward_batch": "seqs/forward", "positions": "prompt+new",
         "weights": "weights", "trainable": "trainable+grad+Adam", "kv_cache": "KV cache (rollout)",
         "activations": "activations", "logits": "logits", "total": "peak (GiB)", "gpus": "GPUs/job",
         "fits": f"fits {gpu_gib:g} GiB", "longest_fit": "longest max_new_tokens that fits"})

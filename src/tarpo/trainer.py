@@ -28,6 +28,7 @@ scheduler state, and the periodic checkpoints only served a killed run.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import dataclasses
@@ -96,6 +97,12 @@ def encode_prompts(tokenizer: Any, questions: list[str], max_tokens: int, device
         ids[i, width - len(row):] = torch.tensor(row)
         mask[i, width - len(row):] = 1
     return ids.to(device), mask.to(device)
+
+
+def forward_pieces(n: int, forward_batch: int) -> list[slice]:
+    """Slices of n completions scored in one forward/backward each: all at once when forward_batch is 0."""
+    size = forward_batch or n
+    return [slice(start, min(start + size, n)) for start in range(0, n, size)]
 
 
 def batch_indices(n_records: int, seed: int, step: int, micro: int, grad_accum: int, world: int, rank: int,
@@ -532,25 +539,38 @@ class GrpoTrainer:
         rollout_seconds = time.perf_counter() - started
 
         self.optimizer.zero_grad(set_to_none=True)
-        old_logps: list[dict[str, Tensor] | None] = [None] * len(batches)
+        # The loss is a mean over completions, so scoring a micro-batch in pieces of forward_batch
+        # completions, each weighted by its share, gives the same loss and gradient with a fraction
+        # of the activation memory. Logged means are weighted the same way.
+        pieces = [(i, part) for i, b in enumerate(batches) for part in forward_pieces(len(b[3]), t.forward_batch)]
+        old_logps: dict[int, dict[str, Tensor]] = {}
         finite = True
-        losses, kls, action_kls, entropies, action_entropies = [], [], [], [], []
+        weighted: dict[str, float] = collections.defaultdict(float)
+        weights: dict[str, float] = collections.defaultdict(float)
+
+        def log_mean(name: str, value: float, weight: float) -> None:
+            weighted[name] += value * weight
+            weights[name] += weight
+
         for update in range(t.updates_per_batch):
             if update > 0:
                 self.optimizer.zero_grad(set_to_none=True)
-            for i, (rollout, _, _, _, adv) in enumerate(batches):
-                out, logps = self._loss(rollout, adv, old_logps[i])
+            for j, (i, part) in enumerate(pieces):
+                rollout, adv = batches[i][0], batches[i][4]
+                share = (part.stop - part.start) / len(adv)
+                if share < 1:
+                    rollout, adv = rollout.select(part), adv[part]
+                out, logps = self._loss(rollout, adv, old_logps.get(j))
                 if update == 0:
-                    old_logps[i] = {k: v.detach() for k, v in logps.items()}
-                    valid = rollout.valid
-                    entropies.append(float(logps["token_entropy"][valid].mean()))
+                    old_logps[j] = {k: v.detach() for k, v in logps.items()}
+                    log_mean("token_entropy", float(logps["token_entropy"][rollout.valid].mean()), share)
                     if "action_entropy" in logps and bool(rollout.thinking.any()):
-                        action_entropies.append(float(logps["action_entropy"][rollout.thinking].mean()))
+                        log_mean("action_entropy", float(logps["action_entropy"][rollout.thinking].mean()), share)
                 finite = finite and bool(torch.isfinite(out.loss.detach()))
-                (out.loss / len(batches)).backward()
-                losses.append(float(out.loss.detach()))
-                kls.append(out.kl)
-                action_kls.append(out.action_kl)
+                (out.loss * share / len(batches)).backward()
+                log_mean("loss", float(out.loss.detach()), share)
+                log_mean("kl", out.kl, share)
+                log_mean("action_kl", out.action_kl, share)
             finite = bool(self._sync_gradients()) and finite
             # Every process reaches the same verdict (gradients were averaged), so all skip together.
             if not finite:
@@ -579,9 +599,9 @@ class GrpoTrainer:
         metrics = {
             "reward_mean": float(all_rewards.mean()),
             "reward_std": float(all_rewards.std()) if all_rewards.numel() > 1 else 0.0,
-            "loss": float(sum(losses) / len(losses)),
-            "kl": float(sum(kls) / len(kls)),
-            "token_entropy": float(sum(entropies) / max(len(entropies), 1)),
+            "loss": weighted["loss"] / weights["loss"],
+            "kl": weighted["kl"] / weights["kl"],
+            "token_entropy": weighted["token_entropy"] / max(weights["token_entropy"], 1e-12),
             "completion_length": float(lengths.mean()),
             "lr": self.group_lr("policy"),
             "tokens_per_s": n_tokens / max(rollout_seconds, 1e-9),
@@ -594,9 +614,9 @@ class GrpoTrainer:
             metrics["grad_norm"] = float(grad_norm)
         if self.group_lr("head") is not None:
             metrics["head_lr"] = self.group_lr("head")
-        if action_entropies:
-            metrics["action_entropy"] = sum(action_entropies) / len(action_entropies)
-            metrics["action_kl"] = float(sum(action_kls) / len(action_kls))
+        if weights["action_entropy"]:
+            metrics["action_entropy"] = weighted["action_entropy"] / weights["action_entropy"]
+            metrics["action_kl"] = weighted["action_kl"] / weights["action_kl"]
         stats = [self.mode.rollout_stats(embed, b[0].tokens, b[0].meta, b[0].thinking) for b in batches] + reward_parts
         for key in sorted({k for s in stats for k in s}):
             values = [s[key] for s in stats if key in s]
