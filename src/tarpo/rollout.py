@@ -5,6 +5,10 @@ which a reasoning mode forms every next input embedding. `score` rebuilds the
 same input embeddings from what the rollout stored and runs one full forward;
 with unchanged weights its log-probs equal the rollout's (the invariant the
 tests check for every mode).
+
+`generate(compiled=True)` decodes on a preallocated static KV cache with one
+torch.compile'd step per token, shared by every mode (`tarpo.decode`); the
+eager path on a dynamic cache stays the default and the reference.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import torch
 from torch import Tensor, nn
 from transformers import DynamicCache
 
+from tarpo import decode
 from tarpo.data.template import ANSWER_MARKER
 from tarpo.modes import Mode
 
@@ -140,19 +145,47 @@ def generate(
     marker: AnswerMarker,
     greedy: bool = False,
     generator: torch.Generator | None = None,
+    compiled: bool = False,
+    static_cache: bool | None = None,
+    compile_mode: str | None = None,
+    sync_every: int | None = None,
 ) -> Rollout:
-    """Sample completions for left-padded prompts, one forward per step on a KV cache."""
+    """Sample completions for left-padded prompts, one forward per step on a KV cache.
+
+    Eager (default): a growing `DynamicCache`, the reference. `compiled=True`: a preallocated `StaticCache` and
+    one `torch.compile`d step (record the step, form the mode's next input, decoder + LM head) shared by every
+    mode; sampling stays eager (see `tarpo.decode`). `static_cache=True` without `compiled` runs that static-cache
+    step eagerly (a debugging reference for the compiled path). `compile_mode`: torch.compile's mode (default
+    'reduce-overhead', i.e. CUDA graphs, on CUDA; 'default' elsewhere). `sync_every`: steps between the checks
+    whether every sequence has ended, each a host-device sync on an accelerator; default 1 (every step) on CPU
+    and for the eager path, `decode.CUDA_SYNC_EVERY` for the static path on CUDA. Checking less often only
+    runs (and trims) steps after the end, but the generator then advances further than the eager path's.
+    """
     decoder, lm_head, embed = model_parts(model)
     device = prompt_ids.device
     batch = prompt_ids.shape[0]
-    eos = torch.tensor(eos_ids, device=device)
-    mask = prompt_mask.long()
-    positions = (mask.cumsum(-1) - 1).clamp_min(0)
-    cache = DynamicCache(config=model.config)
-    out = decoder(inputs_embeds=embed(prompt_ids), attention_mask=mask, position_ids=positions,
-                  past_key_values=cache, use_cache=True)
-    hidden = out.last_hidden_state[:, -1]
-    next_position = positions[:, -1:] + 1
+    eos = torch.tensor(eos_ids, device=device, dtype=torch.long)
+    static = compiled if static_cache is None else static_cache
+    if compiled and not static:
+        raise ValueError("compiled decoding runs on the static cache (static_cache=False with compiled=True)")
+    if static:
+        engine = decode.static_decoder(
+            (decoder, lm_head, embed), model.config, mode, marker, batch=batch, prompt_len=prompt_ids.shape[1],
+            max_new_tokens=max_new_tokens, temperature=temperature, eos_ids=eos_ids, eos=eos, pad_id=pad_id,
+            compiled=compiled, compile_mode=compile_mode or decode.default_compile_mode(device))
+        logits, hidden, next_position = engine.prefill(prompt_ids, prompt_mask)
+        if sync_every is None:
+            sync_every = decode.CUDA_SYNC_EVERY if device.type == "cuda" else 1
+    else:
+        mask = prompt_mask.long()
+        positions = (mask.cumsum(-1) - 1).clamp_min(0)
+        cache = DynamicCache(config=model.config)
+        out = decoder(inputs_embeds=embed(prompt_ids), attention_mask=mask, position_ids=positions,
+                      past_key_values=cache, use_cache=True)
+        hidden = out.last_hidden_state[:, -1]
+        logits = lm_head(hidden).float() / temperature
+        next_position = positions[:, -1:] + 1
+        sync_every = sync_every or 1
 
     run = torch.zeros(batch, dtype=torch.long, device=device)
     seen = torch.zeros(batch, dtype=torch.bool, device=device)
@@ -160,28 +193,32 @@ def generate(
     state = mode.new_state(batch, device)
     steps: list[dict] = []
     for t in range(max_new_tokens):
-        logits = lm_head(hidden).float() / temperature
         draw = mode.sample(logits, hidden, ~seen & ~finished, embed, generator, greedy, state)
-        token = torch.where(finished, torch.full_like(draw.token, pad_id), draw.token)
-        ends = torch.isin(token, eos) & ~finished
-        run, seen = marker.update(run, seen, token)
-        thinking = ~seen & ~ends & ~finished
-        one = lambda v: v.unsqueeze(1)  # noqa: E731 - (B, ...) -> (B, 1, ...)
-        meta = {k: one(v) for k, v in draw.meta.items()}
-        logps = mode.logprobs(one(logits), one(hidden), one(token), meta, one(thinking))
+        last = t == max_new_tokens - 1
+        if static and not last:  # record this step and run the next one's forward in one call
+            (token, ends, thinking, run, seen, logps, stats), logits, hidden, next_position = engine.step(
+                draw.token, draw.meta, finished, run, seen, logits, hidden, next_position)
+            meta1 = None
+        else:
+            token, ends, thinking, run, seen, logps, stats, meta1 = decode.record_step(
+                mode, marker, eos, pad_id, draw.token, draw.meta, finished, run, seen, logits, hidden)
         steps.append({"token": token, "valid": ~finished, "thinking": thinking, "meta": draw.meta,
-                      "logps": {k: v[:, 0] for k, v in logps.items()},
-                      "stats": {k: v[:, 0] for k, v in mode.step_stats(meta, one(thinking)).items()}})
+                      "logps": logps, "stats": stats})
         finished = finished | ends
-        if bool(finished.all()) or t == max_new_tokens - 1:
+        if last or ((t + 1) % sync_every == 0 and bool(finished.all())):
             break
-        inputs = mode.next_inputs(embed, one(token), meta, one(thinking))
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
-        out = decoder(inputs_embeds=inputs, attention_mask=mask, position_ids=next_position,
-                      past_key_values=cache, use_cache=True)
-        hidden = out.last_hidden_state[:, -1]
-        next_position = next_position + 1
+        if not static:
+            inputs = mode.next_inputs(embed, token.unsqueeze(1), meta1, thinking.unsqueeze(1))
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+            out = decoder(inputs_embeds=inputs, attention_mask=mask, position_ids=next_position,
+                          past_key_values=cache, use_cache=True)
+            hidden = out.last_hidden_state[:, -1]
+            logits = lm_head(hidden).float() / temperature
+            next_position = next_position + 1
 
+    if sync_every > 1:  # steps run after every sequence had ended hold no valid position: drop them
+        length = int(torch.stack([s["valid"].any() for s in steps]).nonzero().max()) + 1
+        steps = steps[:length]
     stack = lambda key: torch.stack([s[key] for s in steps], 1)  # noqa: E731
     stack_dict = lambda key: {k: torch.stack([s[key][k] for s in steps], 1) for k in steps[0][key]}  # noqa: E731
     return Rollout(prompt_ids, prompt_mask, stack("token"), stack("valid"), stack("thinking"),

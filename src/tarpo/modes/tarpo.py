@@ -28,7 +28,14 @@ def soft_embeddings(embed: nn.Embedding, ids: Tensor, weights: Tensor) -> Tensor
 
 
 def mix_where(mask: Tensor, base: Tensor, build: callable) -> Tensor:
-    """`base` with the rows under `mask` replaced by `build(index)`; builds only what is needed."""
+    """`base` with the rows under `mask` replaced by `build(index)`; builds only what is needed.
+
+    Under torch.compile (the compiled decode step) it builds every row and selects with `torch.where`: no
+    data-dependent shape or host sync, so the step stays one graph. `build` then gets full slices as its index.
+    """
+    if torch.compiler.is_compiling():
+        built = build((slice(None),) * mask.ndim)
+        return torch.where(mask.unsqueeze(-1), built.to(base.dtype), base)
     if not bool(mask.any()):
         return base
     index = mask.nonzero(as_tuple=True)

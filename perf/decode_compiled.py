@@ -1,0 +1,147 @@
+"""Rollout throughput of every mode: eager (dynamic cache) vs static cache + compiled step vs `model.generate`.
+
+Not a test: it prints a table. Same model, prompts and number of new tokens for all (EOS disabled, so every
+row generates exactly --new-tokens); each repeat runs model.generate, the eager and the compiled rollout in
+turn (interleaved, so load from other processes hits all three alike) and the table shows the median
+tokens/s. The first compiled call of a (mode, batch) compiles; its time is the "compile s" column.
+
+    python perf/decode_compiled.py                                   # ~3M-param Qwen2, CPU, batch 16 and 64
+    python perf/decode_compiled.py --device cuda --preset 1.5b --dtype bfloat16 --batch 64 --new-tokens 512
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+from tarpo import decode
+from tarpo.config import TrainConfig
+from tarpo.modes import build_mode
+from tarpo.rollout import AnswerMarker, generate
+
+# The presets of perf/rollout_throughput.py (copied, so this script does not move when that one does).
+PRESETS = {
+    # ~3M parameters: the size of the embedded backbone's bigger variants
+    "3m": dict(vocab_size=512, hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4,
+               num_key_value_heads=2),
+    # Qwen2.5-1.5B's shape (random weights)
+    "1.5b": dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+                 num_attention_heads=12, num_key_value_heads=2),
+}
+METHODS = ("grpo", "hrpo", "lepo", "tarpo", "atp_latent")
+
+
+class CharTokenizer:
+    """Just enough of a tokenizer for AnswerMarker: id -> text ('#' is id 35)."""
+
+    def __init__(self, vocab_size: int) -> None:
+        self.n = vocab_size
+
+    def __len__(self) -> int:
+        return self.n
+
+    def decode(self, ids: list[int]) -> str:
+        return "".join("#" if i == 35 else chr(0x4E00 + i) for i in ids)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def seconds(fn, device) -> float:
+    sync(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="3m")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--batch", type=int, nargs="+", default=[16, 64])
+    parser.add_argument("--prompt-tokens", type=int, default=32)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--compile-mode", default=None, help="torch.compile mode (default: reduce-overhead on cuda, "
+                                                            "default elsewhere)")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    torch.manual_seed(0)
+    config = Qwen2Config(**PRESETS[args.preset], max_position_embeddings=4096, tie_word_embeddings=False)
+    model = Qwen2ForCausalLM(config).to(device=device, dtype=dtype).eval()
+    n_params = sum(p.numel() for p in model.parameters())
+    marker = AnswerMarker(CharTokenizer(config.vocab_size), config.vocab_size).to(device)
+    cfg = TrainConfig(action_bias_hard=0.0)  # TARPO at ~50% soft steps: its most expensive regime
+    print(f"model {args.preset}: {n_params / 1e6:.1f}M params, {device} {args.dtype}, threads "
+          f"{torch.get_num_threads()}, prompt {args.prompt_tokens}, new tokens {args.new_tokens}, "
+          f"median of {args.repeats} interleaved repeats")
+    header = (f"{'mode':>10} {'batch':>5} {'generate':>10} {'eager':>10} {'compiled':>10} {'compiled/':>10} "
+              f"{'compiled/':>10} {'eager/':>8} {'compile':>8}")
+    print(header)
+    print(f"{'':>10} {'':>5} {'tok/s':>10} {'tok/s':>10} {'tok/s':>10} {'generate':>10} {'eager':>10} "
+          f"{'generate':>8} {'s':>8}")
+    rows = []
+    for batch in args.batch:
+        prompt = torch.randint(100, config.vocab_size, (batch, args.prompt_tokens), device=device)
+        mask = torch.ones_like(prompt)
+        n_tokens = batch * args.new_tokens
+
+        def hf_generate():
+            with torch.no_grad():
+                model.generate(prompt, attention_mask=mask, do_sample=True, temperature=0.5, top_k=0, top_p=1.0,
+                               max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, pad_token_id=0)
+
+        for method in args.methods:
+            mode_cfg = cfg
+            if method == "atp_latent":  # a latent block of up to 6 steps, then the answer
+                mode_cfg = TrainConfig()
+                mode_cfg.atp_latents_per_step, mode_cfg.atp_max_steps = 2, 3
+            mode = build_mode(method, mode_cfg, config.hidden_size).to(device=device, dtype=dtype)
+            if method == "atp_latent":  # <bol>, <eol>, <lat>: the last ids of the vocabulary
+                mode.special_ids = {"<bol>": config.vocab_size - 3, "<eol>": config.vocab_size - 2,
+                                    "<lat>": config.vocab_size - 1}
+
+            def ours(compiled: bool):
+                return generate(model, mode, prompt, mask, max_new_tokens=args.new_tokens, temperature=0.5,
+                                eos_ids=[], pad_id=0, marker=marker, compiled=compiled,
+                                compile_mode=args.compile_mode,
+                                generator=torch.Generator(device=device).manual_seed(0))
+
+            compile_s = seconds(lambda: ours(True), device)  # compiles (once per mode and shape)
+            hf_generate(), ours(False), ours(True)  # warm-up
+            times = {"generate": [], "eager": [], "compiled": []}
+            for _ in range(args.repeats):
+                times["generate"].append(seconds(hf_generate, device))
+                times["eager"].append(seconds(lambda: ours(False), device))
+                times["compiled"].append(seconds(lambda: ours(True), device))
+            rate = {k: n_tokens / statistics.median(v) for k, v in times.items()}
+            row = {"method": method, "batch": batch, **{f"{k}_tokens_per_s": v for k, v in rate.items()},
+                   "compiled_vs_generate": rate["compiled"] / rate["generate"],
+                   "compiled_vs_eager": rate["compiled"] / rate["eager"],
+                   "eager_vs_generate": rate["eager"] / rate["generate"], "compile_s": compile_s}
+            rows.append(row)
+            print(f"{method:>10} {batch:>5} {rate['generate']:>10.0f} {rate['eager']:>10.0f} {rate['compiled']:>10.0f} "
+                  f"{row['compiled_vs_generate']:>9.2f}x {row['compiled_vs_eager']:>9.2f}x "
+                  f"{row['eager_vs_generate']:>7.2f}x {compile_s:>8.1f}", flush=True)
+            decode.clear_cache()
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"args": vars(args), "n_params": n_params, "rows": rows}, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()
