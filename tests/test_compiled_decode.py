@@ -145,24 +145,29 @@ def test_static_eager_matches_dynamic(run, method, greedy):
     assert_same_rollout(method, static, eager)
 
 
-def test_static_cache_buckets_prompts_and_trims_late_syncs(format_model, tiny_tokenizer):
-    """Prompt lengths in one bucket share a StaticDecoder; checking for the end every 4 steps changes nothing."""
+def test_static_decoder_serves_shorter_prompts_and_trims_late_syncs(format_model, tiny_tokenizer):
+    """A decoder sized for a long prompt serves a shorter one (behind masked slots); checking for the end only
+    every 4 steps runs steps past it, which are trimmed: the same rollouts as eager decoding."""
     tok = tiny_tokenizer
     marker = AnswerMarker(tok, format_model.config.vocab_size)
     mode = make_mode("grpo", format_model, tok)
+    ids, mask = left_pad([tok(p)["input_ids"] for p, _ in format_corpus(6, seed=4)], tok.pad_token_id)
+    wide_ids = torch.cat([torch.full((6, 20), tok.pad_token_id), ids], 1)  # the same prompts, 20 more pads
+    wide_mask = torch.cat([torch.zeros(6, 20, dtype=mask.dtype), mask], 1)
+    kw = dict(max_new_tokens=40, temperature=TEMPERATURE, eos_ids=[tok.eos_token_id], pad_id=tok.pad_token_id,
+              marker=marker)
     decode.clear_cache()
     rollouts = []
-    for n_prompts, sync_every in ((6, 1), (8, 4)):  # different prompt lengths, one bucket
-        rows = [tok(p)["input_ids"] for p, _ in format_corpus(n_prompts, seed=4)][:6]
-        ids, mask = left_pad(rows, tok.pad_token_id)
-        kw = dict(max_new_tokens=STEPS, temperature=TEMPERATURE, eos_ids=[tok.eos_token_id], pad_id=tok.pad_token_id,
-                  marker=marker, generator=torch.Generator().manual_seed(0), static_cache=True)
-        rollouts.append(generate(format_model, mode, ids, mask, sync_every=sync_every, **kw))
-        eager = generate(format_model, mode, ids, mask, **{**kw, "static_cache": False,
-                                                           "generator": torch.Generator().manual_seed(0)})
+    for (i, m), sync_every in (((wide_ids, wide_mask), 1), ((ids, mask), 4)):
+        rollouts.append(generate(format_model, mode, i, m, static_cache=True, sync_every=sync_every,
+                                 generator=torch.Generator().manual_seed(0), **kw))
+        eager = generate(format_model, mode, i, m, generator=torch.Generator().manual_seed(0), **kw)
         assert_same_rollout("grpo", rollouts[-1], eager)
-    assert len(decode._DECODERS) == 1
-    assert not rollouts[-1].valid[:, -1].all()  # rows ended early: the check every 4 steps had steps to trim
+    (decoder,) = decode._DECODERS.values()
+    assert decoder.prompt_len == decode.bucket(wide_ids.shape[1]) > decode.bucket(ids.shape[1])
+    assert torch.equal(rollouts[0].tokens, rollouts[1].tokens)
+    length = rollouts[1].tokens.shape[1]
+    assert length < 40 and length % 4  # every row ended before the budget, between two checks: steps were trimmed
 
 
 # ---------------------------------------------------------------- the compiled step

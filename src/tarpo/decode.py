@@ -31,12 +31,13 @@ inductor's fused kernels round differently again. Sampled tokens are the
 same unless a draw lands within rounding of a category boundary; log-probs
 agree within the rollout/training invariant's tolerance.
 
-Compiled steps are cached per (model, mode, marker, batch, bucketed prompt
-length, max_new_tokens, temperature, eos/pad ids, device, autocast state,
-compile mode): training calls `generate` every step with the same shapes, so
-it compiles once. Prompt lengths are rounded up to a multiple of
-`PROMPT_BUCKET` (the extra slots are masked) so that varying prompt lengths
-reuse a few graphs.
+Static decoders (cache + compiled step) are kept per (model, mode, marker,
+batch, max_new_tokens, temperature, eos/pad ids, device, autocast state,
+compile mode), the `CACHE_SIZE` most recently used. Each serves every prompt
+up to its prompt capacity, a multiple of `PROMPT_BUCKET` (shorter prompts sit
+behind masked slots); a longer prompt replaces it with a bigger one. Training
+calls `generate` every step with the same batch and budget, so it compiles
+once per prompt bucket it grows through, then reuses that graph.
 """
 
 from __future__ import annotations
@@ -249,15 +250,20 @@ def _raise_recompile_limit() -> None:
 def static_decoder(parts, config, mode, marker, *, batch: int, prompt_len: int, max_new_tokens: int,
                    temperature: float, eos_ids: list[int], eos: Tensor, pad_id: int, compiled: bool,
                    compile_mode: str | None) -> StaticDecoder:
-    """The cached StaticDecoder for these shapes (built on first use; the least recently used one is dropped)."""
+    """The cached StaticDecoder for this call (built on first use; the least recently used one is dropped).
+
+    A decoder serves every prompt up to its prompt capacity (shorter prompts sit right-aligned behind masked
+    slots); a longer prompt replaces it with one of the longer bucket. So a training run, whose prompt lengths
+    vary from step to step, settles on one decoder (one graph) once its longest prompt has been seen.
+    """
     device = eos.device
     autocast = (torch.is_autocast_enabled(device.type),
                 torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None)
-    key = (id(parts[0]), id(parts[1]), id(parts[2]), id(mode), id(marker), batch, bucket(prompt_len), max_new_tokens,
-           float(temperature), tuple(eos_ids), pad_id, str(device), autocast, compiled, compile_mode)
+    # ids are only reused once an object is freed; an entry holds its objects, so a hit is the same objects
+    key = (id(parts[0]), id(parts[1]), id(parts[2]), id(mode), id(marker), batch, max_new_tokens, float(temperature),
+           tuple(eos_ids), pad_id, str(device), autocast, compiled, compile_mode)
     decoder = _DECODERS.get(key)
-    # ids are only reused once an object is freed; the entry holds its objects, so a hit is the same objects
-    if decoder is None:
+    if decoder is None or decoder.prompt_len < prompt_len:
         decoder = StaticDecoder(parts, config, mode, marker, batch=batch, prompt_len=bucket(prompt_len),
                                 max_new_tokens=max_new_tokens, temperature=temperature, eos=eos, pad_id=pad_id,
                                 compiled=compiled, compile_mode=compile_mode)
