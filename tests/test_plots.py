@@ -138,16 +138,29 @@ def make_results(root: Path, methods=METHODS, benchmarks=tuple(BENCHMARKS), step
     return root
 
 
-def md_table(path: Path) -> tuple[list[str], list[list[str]]]:
-    """Header and body rows of the (first) pipe table in a markdown file."""
-    lines = []
-    for ln in path.read_text().splitlines():
+def md_tables(text: str) -> list[tuple[list[str], list[list[str]]]]:
+    """Header and body rows of every pipe table in a markdown text (cells stripped of their padding)."""
+    tables, lines = [], []
+    for ln in [*text.splitlines(), ""]:
         if ln.startswith("|"):
             lines.append(ln)
         elif lines:
-            break
-    split = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines]
-    return split[0], split[2:]
+            split = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines]
+            assert set("".join(split[1])) <= set(":-"), split[1]  # the alignment row
+            assert all(len(row) == len(split[0]) for row in split), lines
+            tables.append((split[0], split[2:]))
+            lines = []
+    return tables
+
+
+def md_table(path: Path) -> tuple[list[str], list[list[str]]]:
+    """Header and body rows of the (first) pipe table in a markdown file."""
+    return md_tables(path.read_text())[0]
+
+
+def md_row(text: str, *first: str) -> list[str]:
+    """The first row of any pipe table in `text` whose leading cells are `first`."""
+    return next(row for _, rows in md_tables(text) for row in rows if row[:len(first)] == list(first))
 
 
 def number(cell: str) -> float:
@@ -190,6 +203,9 @@ def test_every_output_is_written_and_parses(full):
         assert "$\\pm$" in tex
         assert (where / "paired.md").read_text().count("method − CoT") == 1
         assert (where / "paired.tex").read_text().count("\\begin{tabular}") == 2  # vs CoT, vs GRPO
+        for name, n_tables in (("main", 2), ("paired", 2)):  # main + lucky share / tokens; vs CoT, vs GRPO
+            page = (where / f"{name}.html").read_text()
+            assert page.startswith("<!DOCTYPE html>") and page.count("<table") == n_tables, name
     assert not list(results.rglob(".*.tmp*"))
 
 
@@ -220,24 +236,24 @@ def test_summary_holds_the_inputs_intervals_and_split_averages(full):
         assert (m, "gsm8k", "id", "lucky_share") not in s.index
     # ...and the table shows it, with its interval
     md = (results / "figures" / BACKBONE / "tables" / "main.md").read_text()
-    row = next(ln for ln in md.splitlines() if ln.startswith("| TARPO | synthetic_test_id |"))
+    row = md_row(md, "TARPO", "synthetic_test_id")
     lucky = counts(PASS1["tarpo"]["synthetic_test_id"])
-    assert f"| {100 * sum(c >= 3 for c in lucky.values()) / sum(lucky.values()):.1f} [" in row
+    assert row[2].startswith(f"{100 * sum(c >= 3 for c in lucky.values()) / sum(lucky.values()):.1f} [")
 
 
 def test_best_is_bold_only_where_significantly_above_the_runner_up(full):
     results, out = full
     header, rows = md_table(out / BACKBONE / "tables" / "main.md")
     ids = [b for b, s in BENCHMARKS.items() if s == "id"]
+    # an average column only for ID (two benchmarks); OOD has one, whose average would repeat it
     expected_cols = ["Method"] + [f"{b} Pass@{j}" for b in BENCHMARKS for j in (1, K)] + \
-        [f"{g} avg Pass@{j}" for g in ("ID", "OOD") for j in (1, K)]
+        [f"ID avg Pass@{j}" for j in (1, K)]
     assert header == expected_cols
     assert [r[0] for r in rows] == [plots.METHOD_LABEL[m] for m in METHODS]
     for row, m in zip(rows, METHODS):
         c = {b: counts(PASS1[m][b]) for b in BENCHMARKS}
         want = [100 * pass_at_counts(c[b], j) for b in BENCHMARKS for j in (1, K)]
         want += [100 * np.mean([pass_at_counts(c[b], j) for b in ids]) for j in (1, K)]
-        want += [100 * pass_at_counts(c["synthetic_test_ood"], j) for j in (1, K)]
         assert [number(cell) for cell in row[1:]] == pytest.approx(want, abs=0.05)
         assert all(half_width(cell) > 0 for cell in row[1:])  # every value carries its interval
     paired = pd.read_csv(results / BACKBONE / "paired.csv")
@@ -275,7 +291,7 @@ def test_paired_comparisons_against_cot_and_grpo(full):
     vs_grpo = paired[paired.comparison == "vs_grpo"]
     assert set(vs_grpo.method) == {"hrpo", "lepo", "tarpo"}  # CoT - GRPO would repeat GRPO - CoT
     header, rows = md_table(out / BACKBONE / "tables" / "paired.md")
-    assert header == ["Method", "synthetic_test_id", "gsm8k", "synthetic_test_ood", "ID avg", "OOD avg"]
+    assert header == ["Method", "synthetic_test_id", "gsm8k", "synthetic_test_ood", "ID avg"]
     tarpo = rows[[r[0] for r in rows].index("TARPO")]
     assert tarpo[3].startswith("**+35.0 [") and "p<0.001" in tarpo[3]
 
@@ -410,10 +426,10 @@ def test_results_page(full, tmp_path):
         assert heading in text, heading
     assert "Linux-test, 2 CPUs, torch 2.x, device cpu (15 evaluations, 2026-01-02)" in text
     assert "### tiny: method − CoT" in text and "### tiny: method − GRPO" in text
-    assert f"| synthetic_test_id | ID | {N_PROBLEMS} | {K} | 1 |" in text
+    assert md_row(text, "synthetic_test_id")[:5] == ["synthetic_test_id", "ID", str(N_PROBLEMS), str(K), "1"]
     assert "seeds: 0" in text and "This page was generated on" in text
-    tarpo = next(ln for ln in text.splitlines() if ln.startswith("| TARPO | synthetic_test_id |"))
-    assert "soft 0.300" in tarpo and " [" in tarpo  # lucky share with its interval
+    tarpo = md_row(text, "TARPO", "synthetic_test_id")
+    assert tarpo[-1] == "soft 0.300" and " [" in tarpo[2]  # lucky share with its interval
 
 
 def test_cli_summarises_one_backbone(tmp_path):
@@ -445,3 +461,145 @@ def test_workflow_declares_every_figure_with_a_caption():
     assert (REPO / "workflow" / "report" / "paired.rst").exists()
     assert "rule results_page" in rules
     assert re.search(r'include:\s*"workflow/rules/figures.smk"', (REPO / "Snakefile").read_text())
+
+
+# ---------------------------------------------------------------- what the figures show
+
+
+def figure_inputs(results: Path):
+    cfg = make_config()
+    return cfg, plots.Results(cfg, results, BACKBONE), plots.read_summary(results / BACKBONE / "summary.csv")
+
+
+def is_png(path: Path) -> bool:
+    import matplotlib.image
+
+    return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and min(matplotlib.image.imread(path).shape[:2]) > 100
+
+
+def marker_positions(ax) -> dict[str, tuple[float, float]]:
+    """Method label -> where its token-efficiency marker lands on the page (display coordinates)."""
+    out = {}
+    for container in ax.containers:
+        line = container.lines[0]
+        out[container.get_label()] = tuple(line.get_transform().transform(line.get_xydata())[0])
+    return out
+
+
+def test_token_efficiency_names_methods_in_a_legend_not_beside_the_points(full, tmp_path):
+    results, _ = full
+    cfg, res, summary = figure_inputs(results)
+    fig = plots.fig_token_efficiency(res, cfg, summary, tmp_path / "te.png")
+    assert is_png(tmp_path / "te.png")
+    labels = [plots.METHOD_LABEL[m] for m in METHODS]
+    assert len(fig.legends) == 1 and [t.get_text() for t in fig.legends[0].get_texts()] == labels
+    avg = summary[summary.benchmark == plots.AVERAGE].set_index(["method", "split", "metric"])
+    for ax, split in zip(fig.axes, plots.SPLITS):
+        # no free-floating text naming a method: each point is identified by its marker and colour only
+        assert not [t.get_text() for t in ax.texts if any(label in t.get_text() for label in labels)]
+        assert sorted(marker_positions(ax)) == sorted(labels)  # one marker per method
+        # both axes from 0, up to past every interval
+        assert ax.get_xlim()[0] == 0 and ax.get_ylim()[0] == 0
+        assert ax.get_ylim()[1] >= 100 * max(avg.ci_high[(m, split, "pass@1")] for m in METHODS)
+        assert ax.get_xlim()[1] >= max(avg.ci_high[(m, split, "mean_tokens")] for m in METHODS)
+    # marker i of the legend is the marker and colour of the method's point
+    handles = {t.get_text(): h for t, h in zip(fig.legends[0].get_texts(), fig.legends[0].legend_handles)}
+    for container in fig.axes[0].containers:
+        line, handle = container.lines[0], handles[container.get_label()]
+        assert line.get_marker() == handle.get_marker() and line.get_color() == handle.get_color()
+
+
+def test_token_efficiency_keeps_equal_points_visible(full, tmp_path):
+    results, _ = full
+    cfg, res, summary = figure_inputs(results)
+    # HRPO exactly on GRPO's point (both axes, both splits); CoT far from everyone
+    same = summary.copy()
+    for metric in ("pass@1", "mean_tokens"):
+        for split in plots.SPLITS:
+            rows = (same.benchmark == plots.AVERAGE) & (same.split == split) & (same.metric == metric)
+            grpo = same[rows & (same.method == "grpo")][["value", "ci_low", "ci_high"]].to_numpy()
+            same.loc[rows & (same.method == "hrpo"), ["value", "ci_low", "ci_high"]] = grpo
+    fig = plots.fig_token_efficiency(res, cfg, same, tmp_path / "te.png")
+    for ax in fig.axes:
+        pos = marker_positions(ax)
+        gap = abs(pos["GRPO"][0] - pos["HRPO"][0])
+        assert gap >= 0.9 * plots.DODGE_PT * fig.dpi / 72 and pos["GRPO"][1] == pos["HRPO"][1]
+        cot = next(c for c in ax.containers if c.get_label() == "CoT").lines[0]
+        assert pos["CoT"] == pytest.approx(tuple(ax.transData.transform(cot.get_xydata())[0]))  # not moved
+
+
+def test_dodges_spread_only_markers_that_cover_each_other():
+    assert plots._dodges([(10, 50), (10, 50), (40, 10)], 100, 100) == [-plots.DODGE_PT / 2, plots.DODGE_PT / 2, 0]
+    assert plots._dodges([(10, 50), (30, 50), (50, 50)], 100, 100) == [0, 0, 0]
+    three = plots._dodges([(10, 50), (11, 51), (12, 50)], 100, 100)
+    assert three == [-plots.DODGE_PT, 0, plots.DODGE_PT]
+
+
+def test_shared_y_range_unless_the_panels_differ_tenfold():
+    assert plots._tops([60.0, 40.0]) == ([60.0, 60.0], True)
+    assert plots._tops([90.0, 9.0]) == ([90.0, 9.0], False)
+    assert plots._percent_top(25.0) == pytest.approx(28.75) and plots._percent_top(95.0) == 101.0
+    assert plots._percent_top(0.5) == 5.0
+
+
+def test_pass_at_k_axes_start_at_zero_and_hold_the_intervals(full, tmp_path):
+    results, _ = full
+    cfg, res, summary = figure_inputs(results)
+    fig = plots.fig_pass_at_k(res, cfg, summary, tmp_path / "pk.png")
+    assert is_png(tmp_path / "pk.png")
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(panels) == len(BENCHMARKS)
+    for ax, bench in zip(panels, res.benchmarks):
+        assert ax.get_ylim()[0] == 0
+        part = summary[(summary.benchmark == bench) & summary.metric.str.startswith("pass@")]
+        assert ax.get_ylim()[1] >= 100 * part.ci_high.max()
+        assert len(ax.containers) == len(METHODS)  # one line with error bars per method
+        for container in ax.containers:  # bars are the summary's intervals
+            segments = container.lines[2][0].get_segments()
+            method = next(m for m in METHODS if plots.METHOD_LABEL[m] == container.get_label())
+            rows = part[part.method == method].assign(k=lambda f: f.metric.str[5:].astype(int)).sort_values("k")
+            assert [s[0][1] for s in segments] == pytest.approx(list(100 * rows.ci_low))
+            assert [s[1][1] for s in segments] == pytest.approx(list(100 * rows.ci_high))
+    # comparable benchmarks share one range ...
+    assert len({ax.get_ylim() for ax in panels}) == 1
+    assert plots.OWN_SCALES not in fig.legends[0].get_title().get_text()
+    # ... a benchmark ten times lower gets its own, still from 0 and holding its intervals
+    low = summary.copy()
+    hard = (low.benchmark == "synthetic_test_ood") & low.metric.str.startswith("pass@")
+    low.loc[hard, ["value", "ci_low", "ci_high"]] *= 0.1
+    fig = plots.fig_pass_at_k(res, cfg, low, tmp_path / "pk.png")
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    ood = panels[res.benchmarks.index("synthetic_test_ood")]
+    assert ood.get_ylim()[0] == 0 and 100 * low[hard].ci_high.max() <= ood.get_ylim()[1] < panels[0].get_ylim()[1] / 3
+    assert plots.OWN_SCALES in fig.legends[0].get_title().get_text()
+
+
+def test_soft_position_axes_start_at_zero_and_hold_the_band(full, tmp_path):
+    results, out = full
+    cfg, res, _ = figure_inputs(results)
+    positions = pd.read_csv(out / BACKBONE / "soft_position.csv")
+    fig = plots.fig_soft_position(res, cfg, positions, tmp_path / "sp.png")
+    assert is_png(tmp_path / "sp.png")
+    for ax, split in zip(fig.axes, plots.SPLITS):
+        tarpo = positions[(positions.method == "tarpo") & (positions.split == split)]
+        assert ax.get_ylim()[0] == 0 and ax.get_ylim()[1] >= min(tarpo.ci_high.max(), 1.05)
+
+
+def test_a_malformed_metrics_line_is_an_error_naming_file_and_line(tmp_path):
+    from tarpo.io import BadInputError
+
+    results = make_results(tmp_path / "results", methods=("cot", "grpo"), benchmarks=("synthetic_test_id",))
+    metrics = results / BACKBONE / "grpo" / "seed0" / "checkpoint" / "metrics.jsonl"
+    metrics.write_text(metrics.read_text() + "{not json\n")
+    with pytest.raises(BadInputError, match=r"metrics\.jsonl:31: not valid JSON"):
+        plots.Results(make_config(methods=("cot", "grpo"), benchmarks=("synthetic_test_id",)), results, BACKBONE)
+
+
+def test_report_shows_the_tables_as_html():
+    rules = (REPO / "workflow" / "rules" / "figures.smk").read_text()
+    tables_rule = rules.split("rule tables:")[1].split("\nrule ")[0]
+    for name in ("main", "paired"):
+        assert re.search(r'report\(\s*f"\{FIGURES_DIR\}/tables/' + name + r'\.html",\s*caption=', tables_rule), name
+    assert not re.search(r'report\(\s*f"[^"]*\.(csv|md|tex)"', rules)  # no raw table file as a report entry
+    summarise_rule = rules.split("rule summarise:")[1].split("\nrule ")[0]
+    assert summarise_rule.count('".html"') == 2  # main.html, paired.html per backbone

@@ -10,11 +10,14 @@ training metrics (`tarpo.summary`) and writes
                                                 over a split's benchmarks
     results/{backbone}/paired.csv               paired comparisons: each method minus CoT and minus GRPO (Pass@1),
                                                 and the best-vs-runner-up tests behind `best`
-    {out}/{backbone}/tables/main.{csv,md,tex}   method x benchmark Pass@1 / Pass@k (%) ± CI half-width, ID and
-                                                OOD averages; bold only where the best is significantly better
-                                                than the runner-up
-    {out}/{backbone}/tables/paired.{md,tex}     the paired table
-    {out}/{backbone}/{figure}.png               FIGURES below, with 95% intervals
+    {out}/{backbone}/tables/main.{csv,md,tex,html}
+                                                method x benchmark Pass@1 / Pass@k (%) ± CI half-width, ID and
+                                                OOD averages where a split has several benchmarks; bold only
+                                                where the best is significantly better than the runner-up
+    {out}/{backbone}/tables/paired.{md,tex,html}
+                                                the paired table
+    {out}/{backbone}/{figure}.png               FIGURES below, with 95% intervals; every y-axis starts at 0,
+                                                panels share a range unless theirs differ by > SHARED_SCALE
     {out}/{backbone}/soft_position.csv          the soft ratio per relative-position bin behind soft_position.png
 
 `combined_table` puts every backbone into {out}/tables/main.* and paired.*
@@ -45,6 +48,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLocator  # noqa: E402
+from matplotlib.transforms import ScaledTranslation  # noqa: E402
 
 from tarpo.config import Config  # noqa: E402
 from tarpo.io import atomic_write_text  # noqa: E402
@@ -65,6 +69,11 @@ PALETTE = {"cot": _CB[7], "grpo": _CB[0], "hrpo": _CB[2], "lepo": _CB[4], "tarpo
 # so each has its own shape and earlier methods are drawn larger (nested shapes stay visible).
 MARKERS = {"cot": "o", "grpo": "s", "hrpo": "^", "lepo": "D", "tarpo": "P", "atp_latent": "X"}
 DPI = 150
+# Panels side by side share one y-range (from 0) unless their ranges differ by more than this factor.
+SHARED_SCALE = 3.0
+# Token efficiency: markers of the methods are drawn this many points apart horizontally (a fixed offset on
+# the page, not in tokens), so that methods with the same values stay visible side by side.
+DODGE_PT = 6.0
 
 # Training dynamics panels: (metrics.jsonl key, panel title, y label).
 DYNAMICS = (
@@ -118,11 +127,14 @@ def _save(fig: Any, path: Path) -> None:
     tmp.replace(path)
 
 
-def _legend(fig: Any, methods: Sequence[str], pal: dict[str, Any], markers: bool = True, title: str = "method") -> None:
+def _legend(fig: Any, methods: Sequence[str], pal: dict[str, Any], markers: bool = True, title: str = "method",
+            lines: bool = True) -> None:
+    """One entry per method (colour, and its marker with `markers`; marker only without `lines`), below the
+    panels."""
     from matplotlib.lines import Line2D
 
-    handles = [Line2D([], [], color=pal[m], label=method_label(m), lw=2,
-                      **({"marker": MARKERS.get(m, "v"), "ms": 7} if markers else {})) for m in methods]
+    handles = [Line2D([], [], color=pal[m], label=method_label(m), lw=2 if lines else 0, ls="-" if lines else "none",
+                      **({"marker": MARKERS.get(m, "v"), "ms": 7} if markers or not lines else {})) for m in methods]
     fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=len(handles), frameon=False,
                title=title, title_fontsize=9)
 
@@ -136,6 +148,42 @@ def _subtitle(res: Results, cfg: Config) -> str:
     return f"backbone {res.backbone} · config {cfg.name} · {_count(n, 'seed')}"
 
 
+def _percent_top(high: float) -> float:
+    """The upper y-limit of a percentage panel that starts at 0: room above the highest bar, at most 101."""
+    return float(min(101.0, max(5.0, 1.15 * high))) if np.isfinite(high) else 100.0
+
+
+def _tops(tops: Sequence[float]) -> tuple[list[float], bool]:
+    """Upper limits of panels whose axes start at 0: one common limit while the panels' own limits are within
+    SHARED_SCALE of each other (comparable by eye), otherwise each its own, so that a split whose values are
+    ten times smaller is not flattened onto the axis. Also says whether the scale is shared."""
+    tops = [float(t) for t in tops]
+    if not tops or min(tops) <= 0 or max(tops) <= SHARED_SCALE * min(tops):
+        return [max(tops, default=1.0)] * len(tops), True
+    return tops, False
+
+
+OWN_SCALES = "each panel has its own y-scale, from 0"
+
+
+def _dodges(points: Sequence[tuple[float, float]], xspan: float, yspan: float) -> list[float]:
+    """Sideways offsets (in points on the page) of markers at `points` (data coordinates, on axes spanning
+    `xspan` x `yspan`): markers that would cover each other (closer than 3% of the width and 4% of the
+    height) are spread DODGE_PT apart around their position, the others stay where they are."""
+    n = len(points)
+    group = list(range(n))
+    for i in range(n):
+        for j in range(i):
+            if (abs(points[i][0] - points[j][0]) < 0.03 * xspan and abs(points[i][1] - points[j][1]) < 0.04 * yspan):
+                old, new = group[i], group[j]
+                group = [new if g == old else g for g in group]
+    out = []
+    for i in range(n):
+        members = [k for k in range(n) if group[k] == group[i]]
+        out.append(DODGE_PT * (members.index(i) - (len(members) - 1) / 2))
+    return out
+
+
 def _err(value: Any, low: Any, high: Any) -> np.ndarray:
     """Error-bar lengths [[below], [above]] from interval bounds (0 where there is no interval)."""
     value, low, high = (np.asarray(x, dtype=float) for x in (value, low, high))
@@ -146,7 +194,7 @@ def _err(value: Any, low: Any, high: Any) -> np.ndarray:
 # ---------------------------------------------------------------- figures
 
 
-def fig_training_dynamics(res: Results, cfg: Config, path: Path) -> None:
+def fig_training_dynamics(res: Results, cfg: Config, path: Path) -> Any:
     """Small multiples of training metrics against step, one line per trained method; with several seeds, the
     mean over seeds of the smoothed curves and a band spanning them."""
     trained = method_order(res.training)
@@ -206,15 +254,17 @@ def fig_training_dynamics(res: Results, cfg: Config, path: Path) -> None:
         _legend(fig, trained, pal, markers=window == 1 and n_seeds <= 1,
                 title=f"method ({how})" if how else "method")
     _save(fig, path)
+    return fig
 
 
-def fig_pass_at_k(res: Results, cfg: Config, summary: pd.DataFrame, path: Path) -> None:
-    """Pass@k against k (log2 axis) with 95% intervals, one panel per benchmark, one line per method."""
+def fig_pass_at_k(res: Results, cfg: Config, summary: pd.DataFrame, path: Path) -> Any:
+    """Pass@k against k (log2 axis) with 95% intervals, one panel per benchmark, one line per method. Every
+    y-axis starts at 0; panels share their range unless it differs by more than SHARED_SCALE."""
     benches = res.benchmarks
     pal = palette(res.methods or list(METHOD_ORDER))
     ncols = min(max(len(benches), 1), 4)
     nrows = max(1, math.ceil(len(benches) / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.6 * nrows), squeeze=False, sharey=True,
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.6 * nrows), squeeze=False, sharey=False,
                              constrained_layout=True)
     fig.suptitle(f"Pass@k with 95% intervals ({_subtitle(res, cfg)})", fontsize=12)
     if not benches:
@@ -224,9 +274,11 @@ def fig_pass_at_k(res: Results, cfg: Config, summary: pd.DataFrame, path: Path) 
     for col in ("value", "ci_low", "ci_high"):
         part[col] = 100.0 * part[col]
     ks = sorted(part.k.unique())
+    highs = []
     for ax, bench in zip(axes.flat, benches):
         ax.set_title(f"{bench} ({SPLIT_LABEL[res.split[bench]]})")
         data = part[part.benchmark == bench]
+        highs.append(float(np.nanmax(data[["value", "ci_high"]].to_numpy(), initial=0.0)))
         drawn = method_order(data.method.unique())
         for i, m in enumerate(drawn):
             line = data[data.method == m].sort_values("k")
@@ -242,23 +294,34 @@ def fig_pass_at_k(res: Results, cfg: Config, summary: pd.DataFrame, path: Path) 
             ax.set_xlim(ks[0] / 2, ks[0] * 2)
         ax.set_xlabel("k (samples per problem, log2 scale)")
         ax.set_ylabel("Pass@k (%)" if ax in axes[:, 0] else "")
-    if not part.empty:
-        top = float(np.nanmax(part[["value", "ci_high"]].to_numpy()))
-        axes[0, 0].set_ylim(0, min(100.0, max(5.0, 1.1 * top)) if top < 95 else 101)
+    tops, shared = _tops([_percent_top(h) for h in highs])
+    for ax, top in zip(axes.flat, tops):
+        ax.set_ylim(0, top)
     for ax in list(axes.flat)[len(benches) or 1:]:
         ax.set_visible(False)
     if res.methods:
-        _legend(fig, res.methods, pal, title="method (bars: 95% bootstrap interval over problems and seeds)")
+        _legend(fig, res.methods, pal, title="method (bars: 95% bootstrap interval over problems and seeds"
+                + ("" if shared or len(benches) < 2 else f"; {OWN_SCALES}") + ")")
     _save(fig, path)
+    return fig
 
 
-def fig_token_efficiency(res: Results, cfg: Config, summary: pd.DataFrame, path: Path) -> None:
-    """Pass@1 against mean generated tokens, averaged over each split's benchmarks, both with 95% intervals."""
+def fig_token_efficiency(res: Results, cfg: Config, summary: pd.DataFrame, path: Path) -> Any:
+    """Pass@1 against mean generated tokens, averaged over each split's benchmarks, both with 95% intervals.
+
+    Methods are told apart by colour and marker in one legend (no labels beside the points, which can land
+    beside another method's marker), and markers that would cover each other are spread DODGE_PT points apart
+    sideways on the page (`_dodges`), so that methods with equal values stay visible. Both axes start at 0;
+    the two panels share their ranges unless they differ by more than SHARED_SCALE."""
     pal = palette(res.methods or list(METHOD_ORDER))
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), constrained_layout=True)
     fig.suptitle(f"Token efficiency ({_subtitle(res, cfg)})", fontsize=12)
     avg = summary[summary.benchmark == AVERAGE]
-    for ax, split in zip(axes, SPLITS):
+    drawn: list[str] = []
+    # panel -> method -> (tokens, Pass@1 %, tokens CI low, high, Pass@1 CI low, high)
+    panels: dict[int, dict[str, tuple[float, ...]]] = {}
+    limits: dict[int, tuple[float, float]] = {}  # panel -> (highest tokens, highest Pass@1), intervals included
+    for panel, (ax, split) in enumerate(zip(axes, SPLITS)):
         benches = res.benchmarks_of(split)
         names = ", ".join(benches) if len(benches) <= 3 else f"{len(benches)} benchmarks"
         ax.set_title(f"{SPLIT_LABEL[split]}: {names}" if benches else f"{SPLIT_LABEL[split]} benchmarks")
@@ -275,33 +338,13 @@ def fig_token_efficiency(res: Results, cfg: Config, summary: pd.DataFrame, path:
         def get(m: str, metric: str, col: str, scale: float = 1.0) -> float:
             return scale * float(part.loc[(m, metric), col])
 
-        xs = np.array([get(m, "mean_tokens", "value") for m in methods_here])
-        ys = np.array([get(m, "pass@1", "value", 100) for m in methods_here])
-        xlo = np.array([get(m, "mean_tokens", "ci_low") for m in methods_here])
-        xhi = np.array([get(m, "mean_tokens", "ci_high") for m in methods_here])
-        ylo = np.array([get(m, "pass@1", "ci_low", 100) for m in methods_here])
-        yhi = np.array([get(m, "pass@1", "ci_high", 100) for m in methods_here])
-        x_all = np.concatenate([xs, xlo[~np.isnan(xlo)], xhi[~np.isnan(xhi)]])
-        y_all = np.concatenate([ys, ylo[~np.isnan(ylo)], yhi[~np.isnan(yhi)]])
-        xpad = max((x_all.max() - x_all.min()) * 0.15, 1.0)
-        ypad = max((y_all.max() - y_all.min()) * 0.15, 1.0)
-        ax.set_xlim(x_all.min() - xpad, x_all.max() + 2.5 * xpad)
-        ax.set_ylim(max(y_all.min() - ypad, 0.0), min(y_all.max() + 2 * ypad, 101.0))
-        if y_all.max() <= 0:
-            ax.set_ylim(0, 5)
-        # labels of points that (nearly) coincide are stacked instead of printed over each other
-        placed: list[tuple[float, float]] = []
-        xspan, yspan = np.diff(ax.get_xlim())[0], np.diff(ax.get_ylim())[0]
-        for i, m in enumerate(methods_here):
-            x, y = float(xs[i]), float(ys[i])
-            st = style(m, methods_here)
-            ax.errorbar([x], [y], xerr=_err([x], [xlo[i]], [xhi[i]]), yerr=_err([y], [ylo[i]], [yhi[i]]),
-                        color=pal[m], marker=st["marker"], ms=st["ms"] + 2, ls="none", zorder=3, mec="white",
-                        mew=0.8, capsize=3, elinewidth=1, clip_on=False)
-            near = sum(1 for px, py in placed if abs(px - x) < 0.04 * xspan and abs(py - y) < 0.06 * yspan)
-            placed.append((x, y))
-            ax.annotate(method_label(m), (x, y), textcoords="offset points", xytext=(8, 4 + 12 * near), fontsize=9,
-                        color=pal[m], va="center")
+        rows = {m: (get(m, "mean_tokens", "value"), get(m, "pass@1", "value", 100),
+                    get(m, "mean_tokens", "ci_low"), get(m, "mean_tokens", "ci_high"),
+                    get(m, "pass@1", "ci_low", 100), get(m, "pass@1", "ci_high", 100)) for m in methods_here}
+        panels[panel] = rows
+        limits[panel] = (max(float(np.nanmax([r[0], r[3]])) for r in rows.values()),
+                         max(float(np.nanmax([r[1], r[5]])) for r in rows.values()))
+        drawn += [m for m in methods_here if m not in drawn]
         ax.set_xlabel("mean generated tokens per sample")
         ax.set_ylabel("Pass@1 (%)" + (" (mean over benchmarks)" if len(benches) > 1 else ""))
         missing = sorted(set(res.methods) - set(methods_here), key=res.methods.index)
@@ -309,15 +352,36 @@ def fig_token_efficiency(res: Results, cfg: Config, summary: pd.DataFrame, path:
             ax.text(0.99, 0.01, "left out (not evaluated on every benchmark here): "
                     + ", ".join(method_label(m) for m in missing),
                     transform=ax.transAxes, ha="right", va="bottom", fontsize=7, color="0.4")
-    fig.text(0.5, -0.03, "up and to the left is better: higher accuracy with fewer generated tokens; "
-             "bars: 95% bootstrap intervals over problems and seeds", ha="center", fontsize=8, color="0.35")
+    order = sorted(limits)
+    x_tops, _ = _tops([max(1.12 * limits[p][0], 1.0) for p in order])
+    y_tops, shared = _tops([_percent_top(limits[p][1]) for p in order])
+    for p, x_top, y_top in zip(order, x_tops, y_tops):
+        ax = axes[p]
+        ax.set_xlim(0, x_top)
+        ax.set_ylim(0, y_top)
+        rows = panels[p]
+        shifts = _dodges([(r[0], r[1]) for r in rows.values()], x_top, y_top)
+        for (m, (x, y, xlo, xhi, ylo, yhi)), shift in zip(rows.items(), shifts):
+            ax.errorbar([x], [y], xerr=_err([x], [xlo], [xhi]), yerr=_err([y], [ylo], [yhi]), color=pal[m],
+                        marker=MARKERS.get(m, "v"), ms=8, ls="none", zorder=3, mec="white", mew=0.8, capsize=3,
+                        elinewidth=1, clip_on=False, label=method_label(m),
+                        transform=ax.transData + ScaledTranslation(shift / 72, 0, fig.dpi_scale_trans))
+    how = ("up and to the left is better: higher accuracy with fewer generated tokens; bars: 95% bootstrap "
+           "intervals over problems and seeds\nmarkers that would cover each other are drawn a few points apart "
+           "sideways" + ("" if shared or len(order) < 2 else f"; {OWN_SCALES}"))
+    if drawn:
+        _legend(fig, method_order(drawn), pal, lines=False, title=f"method\n({how})")
+    else:
+        fig.text(0.5, -0.03, how, ha="center", va="top", fontsize=8, color="0.35")
     _save(fig, path)
+    return fig
 
 
-def fig_soft_position(res: Results, cfg: Config, positions: pd.DataFrame, path: Path) -> None:
-    """Soft ratio per relative-position bin of the thinking phase with a 95% band (TARPO; LEPO for reference)."""
+def fig_soft_position(res: Results, cfg: Config, positions: pd.DataFrame, path: Path) -> Any:
+    """Soft ratio per relative-position bin of the thinking phase with a 95% band (TARPO; LEPO for reference).
+    Both panels start at 0 and share their range unless it differs by more than SHARED_SCALE."""
     pal = palette(["lepo", "tarpo"])
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), constrained_layout=True, sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), constrained_layout=True, sharey=False)
     fig.suptitle(f"Where TARPO routes soft ({_subtitle(res, cfg)})", fontsize=12)
     centres = (np.arange(N_POSITION_BINS) + 0.5) / N_POSITION_BINS
     curves: dict[tuple[str, str], dict[str, Any]] = {}
@@ -331,8 +395,8 @@ def fig_soft_position(res: Results, cfg: Config, positions: pd.DataFrame, path: 
             "seeds": int(part.n_seeds.iloc[0])}
     tarpo = [c for (_, m), c in curves.items() if m == "tarpo"]
     tarpo_max = max((float(np.nanmax(np.concatenate([c["ratio"], c["high"]]))) for c in tarpo), default=0.0)
-    top = max([1.15 * tarpo_max, 0.01] + [1.15 * c["overall"] for c in tarpo])
-    for ax, split in zip(axes, SPLITS):
+    tops: dict[int, float] = {}
+    for panel, (ax, split) in enumerate(zip(axes, SPLITS)):
         ax.set_title(f"{SPLIT_LABEL[split]} benchmarks")
         if (split, "tarpo") not in curves:
             if "tarpo" not in cfg.methods:
@@ -346,6 +410,7 @@ def fig_soft_position(res: Results, cfg: Config, positions: pd.DataFrame, path: 
             _note(ax, why)
             continue
         c = curves[(split, "tarpo")]
+        top = max(1.15 * float(np.nanmax(np.concatenate([c["ratio"], c["high"]]))), 1.15 * c["overall"], 0.01)
         seen = ~np.isnan(c["ratio"])  # bins no step fell in are skipped, not drawn as gaps
         ax.fill_between(centres[seen], c["low"][seen], c["high"][seen], color=pal["tarpo"], alpha=0.2, lw=0,
                         label="TARPO, 95% interval over problems" + (" and seeds" if c["seeds"] > 1 else ""))
@@ -362,13 +427,20 @@ def fig_soft_position(res: Results, cfg: Config, positions: pd.DataFrame, path: 
             else:  # an entry without a line: LEPO's ratio would flatten TARPO's curve to the axis
                 ax.plot([], [], ls="none", label=f"LEPO, reference: {lepo['overall']:.0%} of thinking steps soft "
                         "(off this scale)")
+        tops[panel] = min(top, 1.05)
         ax.set_xlim(0, 1)
         ax.set_xticks(np.linspace(0, 1, 6))
         ax.set_xlabel("relative position in the thinking phase\n(0 = first step, 1 = just before ####)")
         ax.set_ylabel("soft ratio (soft / thinking steps)")
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.3), fontsize=8, frameon=False)
-    axes[0].set_ylim(0, min(top, 1.05))
+    panels = sorted(tops)
+    limits, shared = _tops([tops[p] for p in panels])
+    for p, top in zip(panels, limits):
+        axes[p].set_ylim(0, top)
+    if not shared:
+        fig.suptitle(f"Where TARPO routes soft ({_subtitle(res, cfg)})\n{OWN_SCALES}", fontsize=12)
     _save(fig, path)
+    return fig
 
 
 # ---------------------------------------------------------------- the jobs
@@ -427,7 +499,8 @@ def combined_table(cfg: Config, results: Path, out: Path) -> None:
     notes += precision_notes(precision_frame(summary, paired)) if not summary.empty else []
     write_main(main_table(summary, found), Path(out) / "tables", title, notes, summary)
     write_paired(paired, found, Path(out) / "tables")
-    print(f"summarise: {len(frames)} backbone summaries -> {Path(out) / 'tables'}/main.{{csv,md,tex}}, paired.{{md,tex}}")
+    print(f"summarise: {len(frames)} backbone summaries -> {Path(out) / 'tables'}/main.{{csv,md,tex,html}}, "
+          "paired.{md,tex,html}")
 
 
 def summarise(cfg: Config, results: Path, out: Path, backbones: Sequence[str] | None = None,

@@ -35,6 +35,7 @@ import pandas as pd
 
 from tarpo import stats
 from tarpo.config import Config
+from tarpo.io import BadInputError, read_jsonl
 from tarpo.metrics import pass_at_k
 
 METHOD_ORDER = ("cot", "grpo", "hrpo", "lepo", "tarpo", "atp_latent")
@@ -91,11 +92,6 @@ def shown_metrics(k: int) -> list[str]:
 # ---------------------------------------------------------------- reading results
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    with open(path) as fh:
-        return [json.loads(line) for line in fh if line.strip()]
-
-
 def _split_of(metrics: dict[str, Any], benchmark: str, cfg: Config) -> str:
     """'id' or 'ood': the eval JSON's own flag, else the benchmark registry."""
     if metrics.get("distribution") in SPLITS:
@@ -139,7 +135,7 @@ class Results:
                 for seed in self.seeds:
                     path = root / method / f"seed{seed}" / "checkpoint" / "metrics.jsonl"
                     if path.exists() and path.stat().st_size:
-                        frame = pd.DataFrame(_read_jsonl(path))
+                        frame = pd.DataFrame(read_jsonl(path))
                         if "step" in frame:
                             self.training.setdefault(method, {})[seed] = frame.sort_values("step")
                     else:
@@ -152,14 +148,19 @@ class Results:
 
     def samples(self, method: str, benchmark: str, seed: int) -> Iterator[dict[str, Any]]:
         """The samples file's rows, streamed with only the fields the figures read (a paper-scale file holds
-        token ids and completions of hundreds of thousands of samples); nothing when there is no file."""
+        token ids and completions of hundreds of thousands of samples, so not `tarpo.io.read_jsonl`, which
+        holds them all; a malformed line is the same error); nothing when there is no file."""
         path = self.samples_paths.get((method, benchmark), {}).get(seed)
         if path is None:
             return
-        with open(path) as fh:
-            for line in fh:
+        with open(path, encoding="utf-8") as fh:
+            for number, line in enumerate(fh, 1):
                 if line.strip():
-                    row = json.loads(line)
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError as err:
+                        where = f"{path}:{number}"
+                        raise BadInputError(f"{where}: not valid JSON ({err.msg}, column {err.colno})") from None
                     yield {"problem_id": row.get("problem_id"), "n_thinking": row.get("n_thinking", 0),
                            "soft": row.get("soft") or []}
 

@@ -1,27 +1,35 @@
-"""Tables (Markdown, CSV, LaTeX) and the results page, from the summaries of `tarpo.summary`.
+"""Tables (Markdown, CSV, LaTeX, HTML) and the results page, from the summaries of `tarpo.summary`.
 
 - Main table: rows (backbone, method), columns (benchmark or split average) x
   (Pass@1, Pass@k for the largest k), in %: the mean over seeds and problems
   "± half the width of its 95% bootstrap interval" (the CSV holds the exact
-  bounds; a percentile interval need not be symmetric). Bold marks the best
-  value of a column only where it is significantly above the runner-up
-  (paired bootstrap over problems and seeds); otherwise nothing is bold.
+  bounds, and the HTML shows them on hover; a percentile interval need not be
+  symmetric). Bold marks the best value of a column only where it is
+  significantly above the runner-up (paired bootstrap over problems and
+  seeds); otherwise nothing is bold. A split's average ("ID avg", "OOD avg")
+  is a column only where the split has more than one benchmark (the average
+  of one benchmark would repeat its columns).
 - Paired table: each method minus CoT and minus GRPO, Pass@1 in points, per
-  benchmark and split average: delta [95% CI], p-value; bold where the
-  interval excludes 0.
+  benchmark and split average (same rule): delta [95% CI], p-value; bold
+  where the interval excludes 0.
 - Precision: per benchmark, problems x samples x seeds and the CI half-width
   obtained (median over methods), i.e. the size of difference the run can detect.
 - Results page (`results_page`): all of the above for every backbone, the
   lucky share, tokens and soft ratio / gate, and the machine it ran on.
+
+Every table is a DataFrame of formatted cells first; Markdown comes from
+`DataFrame.to_markdown` (tabulate), LaTeX from `Styler.to_latex` (booktabs
+rules) and HTML (the Snakemake report shows it) from `Styler.to_html`.
 """
 
 from __future__ import annotations
 
 import datetime
+import html
 import math
 import os
 import platform
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -34,15 +42,81 @@ from tarpo.io import atomic_write_text
 from tarpo.summary import (AVERAGE, PAIRED_BASELINES, SPLIT_LABEL, SPLITS, Results, largest_k, method_label,
                            method_order, read_paired, read_summary, shown_metrics)
 
-TABLE_FORMATS = ("csv", "md", "tex")
+TABLE_FORMATS = ("csv", "md", "tex", "html")
 MISSING = "–"
+TEX_MISSING = "--"
 CI_NOTE = ("± = half the width of the 95% bootstrap interval over problems (and seeds); exact bounds in the CSV. "
            "Bold: best in its column and significantly better than the runner-up (paired bootstrap, 95%); "
            "no bold where the top two cannot be told apart.")
+BEHAVIOUR_TITLE = "Lucky share (correct answers from a wrong chain), mean tokens, soft ratio / gate [95% interval]"
+
+# The HTML pages' look (the report shows them in a frame of their own).
+_CSS = ("body{font-family:sans-serif;font-size:14px} table{border-collapse:collapse;margin-bottom:1.5em}"
+        "th,td{padding:3px 8px;border-bottom:1px solid #ddd;white-space:nowrap} td{text-align:right}"
+        "th{background:#f4f4f4;text-align:center} td.left{text-align:left} li{margin-bottom:0.2em}")
 
 
 def _nan(v: float | None) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def averaged_splits(frame: pd.DataFrame) -> list[str]:
+    """The splits of `frame` (rows with `benchmark` and `split`) with more than one benchmark: only those get
+    an average column."""
+    if frame.empty:
+        return []
+    part = frame[frame.benchmark != AVERAGE]
+    return [s for s in SPLITS if part[part.split == s].benchmark.nunique() > 1]
+
+
+# ---------------------------------------------------------------- rendering a frame of formatted cells
+
+
+def to_markdown(frame: pd.DataFrame, left: int = 1) -> str:
+    """A pipe table of `frame`'s string cells (the first `left` columns left-aligned, the rest right-aligned),
+    the cells as they are (no number parsing)."""
+    align = ["left"] * left + ["right"] * (len(frame.columns) - left)
+    return frame.to_markdown(index=False, disable_numparse=True, colalign=align) + "\n"
+
+
+def to_latex(frame: pd.DataFrame, left: int = 1, breaks: Sequence[int] = ()) -> str:
+    """A booktabs `tabular` of `frame` (\\usepackage{booktabs}): the first `left` columns are names (escaped),
+    the others LaTeX already; with MultiIndex columns, each top-level label spans its columns. A \\midrule
+    goes before each row position in `breaks`."""
+    styler = frame.style.hide(axis="index").format_index(escape="latex", axis=1)
+    styler = styler.format(escape="latex", subset=list(frame.columns[:left]))
+    text = styler.to_latex(hrules=True, multicol_align="c", column_format="l" * left + "r" * (len(frame.columns)
+                                                                                            - left))
+    if breaks:
+        lines = text.splitlines()
+        body = lines.index("\\midrule") + 1
+        for i in sorted(breaks, reverse=True):
+            lines.insert(body + i, "\\midrule")
+        text = "\n".join(lines) + "\n"
+    return text
+
+
+def to_html(frame: pd.DataFrame, uuid: str, left: int = 1, bold: pd.DataFrame | None = None,
+            hover: pd.DataFrame | None = None) -> str:
+    """An HTML table of `frame` (cells escaped): bold where `bold` is True, `hover` as the cells' titles."""
+    styler = frame.style.hide(axis="index").set_uuid(uuid).format(escape="html").format_index(escape="html", axis=1)
+    styler = styler.set_td_classes(pd.DataFrame([["left"] * left + [""] * (len(frame.columns) - left)]
+                                                * len(frame), index=frame.index, columns=frame.columns))
+    if bold is not None:
+        styler = styler.apply(lambda _: bold.map(lambda b: "font-weight: bold" if b else ""), axis=None)
+    if hover is not None:
+        styler = styler.set_tooltips(hover, as_title_attribute=True)
+    return styler.to_html()
+
+
+def html_page(title: str, body: Sequence[str]) -> str:
+    return ("<!DOCTYPE html>\n<html><head><meta charset='utf-8'>"
+            f"<title>{html.escape(title)}</title>\n<style>{_CSS}</style></head><body>\n"
+            + "\n".join(body) + "\n</body></html>\n")
+
+
+def _html_notes(notes: Sequence[str]) -> str:
+    return "<ul>\n" + "".join(f"<li>{html.escape(n)}</li>\n" for n in notes) + "</ul>" if notes else ""
 
 
 # ---------------------------------------------------------------- the main table
@@ -62,9 +136,14 @@ class MainTable:
     def empty(self) -> bool:
         return self.value.empty
 
+    @property
+    def many_backbones(self) -> bool:
+        return self.value.index.get_level_values("backbone").nunique() > 1
+
 
 def main_table(summary: pd.DataFrame, backbones: Sequence[str] | None = None) -> MainTable:
-    """Groups: every benchmark (ID, then OOD), then "ID avg", "OOD avg". Missing entries are NaN."""
+    """Groups: every benchmark (ID, then OOD), then "ID avg", "OOD avg" for the splits with more than one
+    benchmark. Missing entries are NaN."""
     if summary.empty:
         empty = pd.DataFrame()
         return MainTable(empty, empty, empty, empty)
@@ -73,9 +152,7 @@ def main_table(summary: pd.DataFrame, backbones: Sequence[str] | None = None) ->
     for split in SPLITS:
         part = summary[(summary.split == split) & (summary.benchmark != AVERAGE)]
         groups += [(b, b, split) for b in dict.fromkeys(part.benchmark)]
-    for split in SPLITS:
-        if ((summary.split == split) & (summary.benchmark != AVERAGE)).any():
-            groups.append((f"{SPLIT_LABEL[split]} avg", AVERAGE, split))
+    groups += [(f"{SPLIT_LABEL[split]} avg", AVERAGE, split) for split in averaged_splits(summary)]
     backbones = list(backbones) if backbones else list(dict.fromkeys(summary.backbone))
     keys = [(bench, split, metric) for _, bench, split in groups for metric in metrics]
     index, frames = [], {"value": [], "ci_low": [], "ci_high": [], "best": []}
@@ -96,18 +173,39 @@ def main_table(summary: pd.DataFrame, backbones: Sequence[str] | None = None) ->
     return MainTable(made["value"], made["ci_low"], made["ci_high"], made["best"].astype(bool))
 
 
-def _pm(value: float, low: float, high: float, tex: bool = False) -> tuple[str, str]:
-    """(value, '± half-width') strings in %, one decimal; the half-width empty without an interval."""
+def _pm(value: float, low: float, high: float, fmt: str = "md", bold: bool = False) -> str:
+    """A main-table cell in %, one decimal: "value ± half-width" (no ± without an interval), in `fmt`
+    ("md": bold with **, "tex": \\textbf on the value and a small ±, "html": plain, bold by style)."""
     if _nan(value):
-        return (MISSING if not tex else "--"), ""
-    if _nan(low) or _nan(high):
-        return f"{value:.1f}", ""
-    half = f"{(high - low) / 2:.1f}"
-    return f"{value:.1f}", (f"{{\\scriptsize$\\pm$ {half}}}" if tex else f"± {half}")
+        return TEX_MISSING if fmt == "tex" else MISSING
+    text = f"{value:.1f}"
+    half = "" if _nan(low) or _nan(high) else f"{(high - low) / 2:.1f}"
+    if fmt == "tex":
+        text = f"\\textbf{{{text}}}" if bold else text
+        return f"{text} {{\\scriptsize$\\pm$ {half}}}" if half else text
+    text = f"{text} ± {half}" if half else text
+    return f"**{text}**" if bold and fmt == "md" else text
 
 
 def _flat_columns(table: pd.DataFrame) -> list[str]:
     return [f"{group} {metric}" for group, metric in table.columns]
+
+
+def _main_cells(table: MainTable, fmt: str) -> pd.DataFrame:
+    """The formatted value cells, same index and columns as `table.value`."""
+    return pd.DataFrame([[_pm(table.value.loc[key, col], table.low.loc[key, col], table.high.loc[key, col], fmt,
+                              bool(table.best.loc[key, col])) for col in table.value.columns]
+                         for key in table.value.index], index=table.value.index, columns=table.value.columns)
+
+
+def _names(index: pd.Index, many: bool, blank_repeats: bool = False) -> pd.DataFrame:
+    """The Backbone (with several) and Method columns of a main table's rows."""
+    backbones = [b for b, _ in index]
+    if blank_repeats:
+        backbones = [b if i == 0 or b != backbones[i - 1] else "" for i, b in enumerate(backbones)]
+    names = {"Backbone": backbones} if many else {}
+    names["Method"] = [method_label(m) for _, m in index]
+    return pd.DataFrame(names)
 
 
 def table_csv(table: MainTable) -> str:
@@ -121,69 +219,58 @@ def table_csv(table: MainTable) -> str:
     return wide[order].reset_index().to_csv(index=False, float_format="%.4f")
 
 
+def main_frame(table: MainTable, fmt: str = "md") -> pd.DataFrame:
+    """The main table as a frame of formatted cells: Backbone (with several), Method, then one column per
+    (group, metric), flat ("gsm8k Pass@1") for Markdown, the two levels for LaTeX and HTML."""
+    names = _names(table.value.index, table.many_backbones, blank_repeats=fmt == "tex")
+    cells = _main_cells(table, fmt).reset_index(drop=True)
+    if fmt == "md":
+        cells.columns = _flat_columns(table.value)
+    else:
+        names.columns = pd.MultiIndex.from_tuples([("", c) for c in names.columns])
+        cells.columns = pd.MultiIndex.from_tuples(list(table.value.columns))
+    return pd.concat([names, cells], axis=1)
+
+
 def table_markdown(table: MainTable, title: str, notes: Sequence[str] = ()) -> str:
-    many = table.value.index.get_level_values("backbone").nunique() > 1
-    head = (["Backbone"] if many else []) + ["Method"] + _flat_columns(table.value)
-    n = len(table.value.columns)
-    lines = [f"**{title}**", "", "| " + " | ".join(head) + " |",
-             "|" + "|".join(["---"] * (len(head) - n) + ["---:"] * n) + "|"]
-    for key in table.value.index:
-        cells = []
-        for col in table.value.columns:
-            value, half = _pm(table.value.loc[key, col], table.low.loc[key, col], table.high.loc[key, col])
-            text = f"{value} {half}".strip()
-            cells.append(f"**{text}**" if table.best.loc[key, col] else text)
-        backbone, method = key
-        lines.append("| " + " | ".join(([backbone] if many else []) + [method_label(method)] + cells) + " |")
-    lines += [""] + [f"- {note}" for note in notes]
+    frame = main_frame(table, "md")
+    lines = [f"**{title}**", "", to_markdown(frame, left=2 if table.many_backbones else 1).rstrip(), ""]
+    lines += [f"- {note}" for note in notes]
     return "\n".join(lines).rstrip() + "\n"
 
 
-def _tex(text: str) -> str:
-    out = []
-    for ch in text:
-        out.append({"\\": r"\textbackslash{}", "_": r"\_", "&": r"\&", "%": r"\%", "#": r"\#", "$": r"\$",
-                    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}.get(ch, ch))
-    return "".join(out)
-
-
 def table_latex(table: MainTable, title: str, notes: Sequence[str] = ()) -> str:
-    """A booktabs `tabular` (\\usepackage{booktabs}), benchmark names spanning their Pass@1 / Pass@k columns."""
-    value = table.value
-    many = value.index.get_level_values("backbone").nunique() > 1
-    groups = list(dict.fromkeys(value.columns.get_level_values("group")))
-    per_group = {g: [m for gg, m in value.columns if gg == g] for g in groups}
-    lead = 2 if many else 1
+    """A booktabs `tabular` (\\usepackage{booktabs}), benchmark names spanning their Pass@1 / Pass@k columns,
+    a rule between backbones."""
+    backbones = list(table.value.index.get_level_values("backbone"))
+    breaks = [i for i in range(1, len(backbones)) if backbones[i] != backbones[i - 1]]
     out = [f"% {title}", "% Requires \\usepackage{booktabs}. " + CI_NOTE.replace("CSV", "main.csv")]
-    out += [f"% {note}" for note in notes]
-    out.append("\\begin{tabular}{" + "l" * lead + "r" * len(value.columns) + "}")
-    out.append("\\toprule")
-    header, rules, col = [""] * lead, [], lead + 1
-    for g in groups:
-        n = len(per_group[g])
-        header.append(f"\\multicolumn{{{n}}}{{c}}{{{_tex(g)}}}")
-        rules.append(f"\\cmidrule(lr){{{col}-{col + n - 1}}}")
-        col += n
-    out.append(" & ".join(header) + " \\\\")
-    out.append(" ".join(rules))
-    out.append(" & ".join((["Backbone"] if many else []) + ["Method"] + [m for g in groups for m in per_group[g]])
-               + " \\\\")
-    out.append("\\midrule")
-    previous = None
-    for key in value.index:
-        backbone, method = key
-        if many and previous is not None and backbone != previous:
-            out.append("\\midrule")
-        cells = []
-        for c in value.columns:
-            v, half = _pm(value.loc[key, c], table.low.loc[key, c], table.high.loc[key, c], tex=True)
-            v = f"\\textbf{{{v}}}" if table.best.loc[key, c] else v
-            cells.append(f"{v} {half}".strip())
-        name = [_tex(backbone) if backbone != previous else ""] if many else []
-        out.append(" & ".join(name + [method_label(method)] + cells) + " \\\\")
-        previous = backbone
-    out += ["\\bottomrule", "\\end{tabular}"]
-    return "\n".join(out) + "\n"
+    out += [f"% {note}" for note in notes if note != CI_NOTE]
+    return "\n".join(out) + "\n" + to_latex(main_frame(table, "tex"), left=2 if table.many_backbones else 1,
+                                            breaks=breaks)
+
+
+def table_html(table: MainTable, title: str, notes: Sequence[str] = (), summary: pd.DataFrame | None = None) -> str:
+    """A page with the main table (the exact 95% interval on hover), its notes and the lucky share / tokens /
+    soft ratio table."""
+    body = [f"<h3>{html.escape(title)}</h3>"]
+    if table.empty:
+        body.append("<p>No evaluation results found.</p>")
+    else:
+        frame = main_frame(table, "html")
+        left = 2 if table.many_backbones else 1
+        pad = pd.DataFrame(False, index=frame.index, columns=frame.columns[:left])
+        best = pd.concat([pad, table.best.reset_index(drop=True).set_axis(frame.columns[left:], axis=1)], axis=1)
+        hover = pd.DataFrame(
+            [["" if _nan(lo) or _nan(hi) else f"95% interval [{lo:.1f}, {hi:.1f}]"
+              for lo, hi in zip(table.low.loc[key], table.high.loc[key])] for key in table.value.index],
+            columns=frame.columns[left:])
+        body.append(to_html(frame, "main", left, bold=best, hover=hover))
+    body.append(_html_notes(notes))
+    if summary is not None and not summary.empty:
+        body += [f"<h3>{html.escape(BEHAVIOUR_TITLE)}</h3>",
+                 to_html(behaviour_frame(summary), "behaviour", left=3 if summary.backbone.nunique() > 1 else 2)]
+    return html_page(title, body)
 
 
 def main_title(summary: pd.DataFrame, what: str) -> str:
@@ -191,13 +278,16 @@ def main_title(summary: pd.DataFrame, what: str) -> str:
     pk = f" / Pass@{k}" if k > 1 else ""
     seeds = int(summary.n_seeds.max()) if not summary.empty and summary.n_seeds.notna().any() else 1
     over = f"mean over {seeds} seeds and the problems" if seeds > 1 else "mean over the problems (1 seed)"
-    return (f"{what}: Pass@1{pk} (%) per benchmark, {over}, ± half-width of the 95% bootstrap interval; "
-            f"ID / OOD avg = unweighted mean over the split's benchmarks")
+    averaged = averaged_splits(summary)
+    avg = (f"; {' / '.join(SPLIT_LABEL[s] for s in averaged)} avg = unweighted mean over the split's benchmarks"
+           if averaged else "")
+    return f"{what}: Pass@1{pk} (%) per benchmark, {over}, ± half-width of the 95% bootstrap interval{avg}"
 
 
 def write_main(table: MainTable, directory: Path, title: str, notes: Sequence[str] = (),
                summary: pd.DataFrame | None = None) -> None:
-    """main.{csv,md,tex}; with `summary`, main.md also gets the lucky share / tokens / soft ratio table."""
+    """main.{csv,md,tex,html}; with `summary`, main.md and main.html also get the lucky share / tokens / soft
+    ratio table."""
     directory = Path(directory)
     notes = [CI_NOTE, *notes]
     if table.empty:
@@ -205,34 +295,69 @@ def write_main(table: MainTable, directory: Path, title: str, notes: Sequence[st
         atomic_write_text(directory / "main.md", f"**{title}**\n\nNo evaluation results found.\n"
                           + "".join(f"- {n}\n" for n in notes[1:]))
         atomic_write_text(directory / "main.tex", f"% no evaluation results found: {title}\n")
+        atomic_write_text(directory / "main.html", table_html(table, title, notes[1:]))
         return
     atomic_write_text(directory / "main.csv", table_csv(table))
     md = table_markdown(table, title, notes)
     if summary is not None and not summary.empty:
-        md += "\n**Lucky share (correct answers from a wrong chain), mean tokens, soft ratio / gate** [95% interval]\n\n"
-        md += behaviour_markdown(summary)
+        md += f"\n**{BEHAVIOUR_TITLE}**\n\n" + behaviour_markdown(summary)
     atomic_write_text(directory / "main.md", md)
     atomic_write_text(directory / "main.tex", table_latex(table, title, notes))
+    atomic_write_text(directory / "main.html", table_html(table, title, notes, summary))
 
 
 # ---------------------------------------------------------------- the paired table
 
 
-def _p(p: float) -> str:
-    return "p<0.001" if p < 0.001 else f"p={p:.3f}"
+def _p(p: float, tex: bool = False) -> str:
+    text = "p<0.001" if p < 0.001 else f"p={p:.3f}"
+    return f"${text}$" if tex else text
 
 
-def _delta(row: pd.Series, tex: bool = False) -> str:
+def _delta(row: pd.Series, fmt: str = "md") -> str:
     d, lo, hi = 100 * row.delta, 100 * row.ci_low, 100 * row.ci_high
-    if tex:
-        text = f"${d:+.1f}$ {{\\scriptsize[${lo:+.1f}$, ${hi:+.1f}$] {_p(row.p_value)}}}"
+    if fmt == "tex":
+        text = f"${d:+.1f}$ {{\\scriptsize[${lo:+.1f}$, ${hi:+.1f}$] {_p(row.p_value, tex=True)}}}"
         return f"\\textbf{{{text}}}" if row.significant else text
     text = f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}] {_p(row.p_value)}"
-    return f"**{text}**" if row.significant else text
+    return f"**{text}**" if row.significant and fmt == "md" else text
 
 
-def _paired_blocks(paired: pd.DataFrame, backbones: Sequence[str]):
-    """(backbone, baseline, frame of its vs-baseline rows, column groups (benchmark, split, label))."""
+@dataclass
+class PairedBlock:
+    """One backbone's comparisons with one baseline: cells per method (rows) and benchmark / split average
+    (columns)."""
+
+    backbone: str
+    baseline: str
+    rows: pd.DataFrame  # the paired.csv rows
+    columns: list[tuple[str, str, str]]  # (benchmark or AVERAGE, split, label)
+
+    def title(self, minus: str = "−") -> str:
+        return f"{self.backbone}: method {minus} {method_label(self.baseline)}, Pass@1 (points)"
+
+    def frame(self, fmt: str = "md") -> pd.DataFrame:
+        """Method, then one column per benchmark / split average: formatted cells."""
+        out = []
+        for method in method_order(self.rows.method.unique()):
+            rows = self.rows[self.rows.method == method].set_index(["benchmark", "split"])
+            out.append([method_label(method)] + [_delta(rows.loc[(b, s)], fmt) if (b, s) in rows.index
+                                                 else (TEX_MISSING if fmt == "tex" else MISSING)
+                                                 for b, s, _ in self.columns])
+        return pd.DataFrame(out, columns=["Method"] + [label for _, _, label in self.columns])
+
+    def significant(self) -> pd.DataFrame:
+        out = []
+        for method in method_order(self.rows.method.unique()):
+            rows = self.rows[self.rows.method == method].set_index(["benchmark", "split"])
+            out.append([False] + [bool(rows.loc[(b, s)].significant) if (b, s) in rows.index else False
+                                  for b, s, _ in self.columns])
+        return pd.DataFrame(out, columns=["Method"] + [label for _, _, label in self.columns])
+
+
+def paired_blocks(paired: pd.DataFrame, backbones: Sequence[str]) -> Iterator[PairedBlock]:
+    """The vs-baseline comparisons per backbone and baseline; split averages only for splits with more than one
+    benchmark."""
     rows = paired[paired.comparison.str.startswith("vs_")] if not paired.empty else paired
     for backbone in backbones:
         sub = rows[rows.backbone == backbone] if not rows.empty else rows
@@ -242,52 +367,50 @@ def _paired_blocks(paired: pd.DataFrame, backbones: Sequence[str]):
                 continue
             cols = [(b, s, b) for s in SPLITS for b in dict.fromkeys(block[(block.split == s)
                                                                             & (block.benchmark != AVERAGE)].benchmark)]
-            cols += [(AVERAGE, s, f"{SPLIT_LABEL[s]} avg") for s in SPLITS
+            cols += [(AVERAGE, s, f"{SPLIT_LABEL[s]} avg") for s in averaged_splits(block)
                      if ((block.split == s) & (block.benchmark == AVERAGE)).any()]
-            yield backbone, baseline, block, cols
+            yield PairedBlock(backbone, baseline, block, cols)
 
 
 PAIRED_NOTE = ("Pass@1 difference in points (method minus baseline), mean over the paired problems and seeds; "
                "[95% bootstrap interval] and two-sided bootstrap p-value, both from resampling problems (and "
                "seeds, paired by seed); bold where the interval excludes 0.")
+NO_PAIRED = "No paired comparison: it needs CoT or GRPO and another method with per-problem results."
 
 
 def paired_markdown(paired: pd.DataFrame, backbones: Sequence[str], heading: str = "**") -> str:
     """One table per backbone and baseline (`heading`: the Markdown wrapping of each table's title)."""
     out = []
-    for backbone, baseline, block, cols in _paired_blocks(paired, backbones):
+    for block in paired_blocks(paired, backbones):
         close = heading if heading == "**" else ""
-        out += [f"{heading}{backbone}: method − {method_label(baseline)}, Pass@1 (points){close}", "",
-                "| Method | " + " | ".join(label for _, _, label in cols) + " |",
-                "|---|" + "---:|" * len(cols)]
-        for method in method_order(block.method.unique()):
-            rows = block[block.method == method].set_index(["benchmark", "split"])
-            cells = [_delta(rows.loc[(b, s)]) if (b, s) in rows.index else MISSING for b, s, _ in cols]
-            out.append(f"| {method_label(method)} | " + " | ".join(cells) + " |")
-        out.append("")
+        out += [f"{heading}{block.title()}{close}", "", to_markdown(block.frame("md")).rstrip(), ""]
     if not out:
-        return "No paired comparison: it needs CoT or GRPO and another method with per-problem results.\n"
+        return NO_PAIRED + "\n"
     return "\n".join(out + [f"- {PAIRED_NOTE}"]) + "\n"
 
 
 def paired_latex(paired: pd.DataFrame, backbones: Sequence[str]) -> str:
     out = ["% Requires \\usepackage{booktabs}. " + PAIRED_NOTE]
-    for backbone, baseline, block, cols in _paired_blocks(paired, backbones):
-        out += [f"% {backbone}: method minus {method_label(baseline)}",
-                "\\begin{tabular}{l" + "r" * len(cols) + "}", "\\toprule",
-                f"{_tex(backbone)} $-$ {method_label(baseline)} & "
-                + " & ".join(_tex(label) for _, _, label in cols) + " \\\\", "\\midrule"]
-        for method in method_order(block.method.unique()):
-            rows = block[block.method == method].set_index(["benchmark", "split"])
-            cells = [_delta(rows.loc[(b, s)], tex=True) if (b, s) in rows.index else "--" for b, s, _ in cols]
-            out.append(f"{method_label(method)} & " + " & ".join(cells) + " \\\\")
-        out += ["\\bottomrule", "\\end{tabular}", ""]
+    for block in paired_blocks(paired, backbones):
+        frame = block.frame("tex").rename(columns={"Method": f"{block.backbone}: method - "
+                                                              f"{method_label(block.baseline)}"})
+        out += [f"% {block.title('minus')}", to_latex(frame)]
     return "\n".join(out) + "\n"
+
+
+def paired_html(paired: pd.DataFrame, backbones: Sequence[str]) -> str:
+    body = []
+    for i, block in enumerate(paired_blocks(paired, backbones)):
+        body += [f"<h3>{html.escape(block.title())}</h3>",
+                 to_html(block.frame("html"), f"paired{i}", bold=block.significant())]
+    body.append(_html_notes([PAIRED_NOTE]) if body else f"<p>{html.escape(NO_PAIRED)}</p>")
+    return html_page("Paired comparisons", body)
 
 
 def write_paired(paired: pd.DataFrame, backbones: Sequence[str], directory: Path) -> None:
     atomic_write_text(Path(directory) / "paired.md", paired_markdown(paired, backbones))
     atomic_write_text(Path(directory) / "paired.tex", paired_latex(paired, backbones))
+    atomic_write_text(Path(directory) / "paired.html", paired_html(paired, backbones))
 
 
 # ---------------------------------------------------------------- precision: the CI half-width per benchmark
@@ -337,16 +460,15 @@ def precision_notes(precision: pd.DataFrame) -> list[str]:
 
 def precision_markdown(precision: pd.DataFrame) -> str:
     many = precision.backbone.nunique() > 1
-    head = (["Backbone"] if many else []) + ["Benchmark", "Split", "Problems", "Samples / problem", "Seeds",
-                                             "Pass@1 CI ± (points)", "Paired Δ vs CoT CI ± (points)"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * (len(head) - 4) + "---:|" * 4]
+    rows = []
     for row in precision.itertuples():
-        cells = ([row.backbone] if many else []) + [
+        rows.append(([row.backbone] if many else []) + [
             row.benchmark, SPLIT_LABEL.get(row.split, row.split), str(row.problems), str(row.samples),
             str(row.seeds), MISSING if _nan(row.pass1_half_width) else f"{row.pass1_half_width:.1f}",
-            MISSING if _nan(row.vs_cot_half_width) else f"{row.vs_cot_half_width:.1f}"]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+            MISSING if _nan(row.vs_cot_half_width) else f"{row.vs_cot_half_width:.1f}"])
+    head = (["Backbone"] if many else []) + ["Benchmark", "Split", "Problems", "Samples / problem", "Seeds",
+                                             "Pass@1 CI ± (points)", "Paired Δ vs CoT CI ± (points)"]
+    return to_markdown(pd.DataFrame(rows, columns=head), left=len(head) - 5)
 
 
 # ---------------------------------------------------------------- lucky share, tokens, soft ratio / gate
@@ -363,12 +485,11 @@ def _metric_text(rows: pd.DataFrame, metric: str, scale: float, digits: int) -> 
     return f"{value} [{scale * row.ci_low:.{digits}f}, {scale * row.ci_high:.{digits}f}]"
 
 
-def behaviour_markdown(summary: pd.DataFrame) -> str:
-    """Per backbone, method and benchmark: lucky share (%), mean generated tokens, soft ratio / HRPO gate."""
+def behaviour_frame(summary: pd.DataFrame) -> pd.DataFrame:
+    """Per backbone (with several), method and benchmark: lucky share (%), mean generated tokens, soft ratio /
+    HRPO gate, formatted cells."""
     many = summary.backbone.nunique() > 1
-    head = (["Backbone"] if many else []) + ["Method", "Benchmark", "Lucky share (%)", "Mean tokens",
-                                             "Soft ratio / gate"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * (len(head) - 3) + "---:|" * 3]
+    out = []
     part = summary[summary.benchmark != AVERAGE]
     for backbone in dict.fromkeys(part.backbone):
         sub = part[part.backbone == backbone]
@@ -381,11 +502,18 @@ def behaviour_markdown(summary: pd.DataFrame) -> str:
                     mode = f"soft {rows[rows.metric == 'soft_ratio'].value.iloc[0]:.3f}"
                 elif (rows.metric == "mean_gate").any():
                     mode = f"gate a = {rows[rows.metric == 'mean_gate'].value.iloc[0]:.4f}"
-                cells = ([backbone] if many else []) + [
+                out.append(([backbone] if many else []) + [
                     method_label(method), bench, _metric_text(rows, "lucky_share", 100, 1),
-                    _metric_text(rows, "mean_tokens", 1, 1), mode]
-                lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+                    _metric_text(rows, "mean_tokens", 1, 1), mode])
+    head = (["Backbone"] if many else []) + ["Method", "Benchmark", "Lucky share (%)", "Mean tokens",
+                                             "Soft ratio / gate"]
+    return pd.DataFrame(out, columns=head)
+
+
+def behaviour_markdown(summary: pd.DataFrame) -> str:
+    """`behaviour_frame` as a Markdown table."""
+    frame = behaviour_frame(summary)
+    return to_markdown(frame, left=len(frame.columns) - 3)
 
 
 # ---------------------------------------------------------------- the results page

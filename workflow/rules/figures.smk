@@ -4,17 +4,22 @@
 #   results/{backbone}/summary.csv                      long format, every eval metric with its 95% CI
 #                                                       (over problems and seeds) + split averages
 #   results/{backbone}/paired.csv                       paired comparisons (vs CoT, vs GRPO, best vs runner-up)
-#   results/figures/{backbone}/tables/main.{csv,md,tex} method x benchmark Pass@1 / Pass@k ± CI; bold only
-#                                                       where the best is significantly above the runner-up
-#   results/figures/{backbone}/tables/paired.{md,tex}   method - CoT / - GRPO: delta, 95% CI, p-value
+#   results/figures/{backbone}/tables/main.{csv,md,tex,html}
+#                                                       method x benchmark Pass@1 / Pass@k ± CI (split averages
+#                                                       where a split has several benchmarks); bold only where
+#                                                       the best is significantly above the runner-up
+#   results/figures/{backbone}/tables/paired.{md,tex,html}
+#                                                       method - CoT / - GRPO: delta, 95% CI, p-value
 #   results/figures/{backbone}/{figure}.png             the figures below (in the --report)
 #
 # `tables` puts every backbone into results/figures/tables/main.* and paired.*,
 # and `results_page` writes the Markdown results page to the config's
 # `results_page` (config/config.yaml: the tracked docs/results.md; other
 # configs: results/figures/tables/results.md). All are cheap: they only read results. `snakemake --report report.html`
-# collects the figures and the table with their captions (workflow/report/*.rst;
-# the report's front page, workflow.rst, is set in the Snakefile).
+# collects the figures and the tables with their captions (workflow/report/*.rst;
+# the report's front page, workflow.rst, is set in the Snakefile). The tables
+# enter the report as HTML pages (main.html, paired.html), which it displays;
+# the CSV, Markdown and LaTeX versions sit beside them.
 
 FIGURES_DIR = f"{RESULTS}/figures"
 
@@ -41,8 +46,8 @@ rule summarise:
     output:
         summary=f"{RESULTS}/{{backbone}}/summary.csv",
         paired=f"{RESULTS}/{{backbone}}/paired.csv",
-        tables=multiext(f"{FIGURES_DIR}/{{backbone}}/tables/main", ".csv", ".md", ".tex"),
-        paired_tables=multiext(f"{FIGURES_DIR}/{{backbone}}/tables/paired", ".md", ".tex"),
+        tables=multiext(f"{FIGURES_DIR}/{{backbone}}/tables/main", ".csv", ".md", ".tex", ".html"),
+        paired_tables=multiext(f"{FIGURES_DIR}/{{backbone}}/tables/paired", ".md", ".tex", ".html"),
         positions=f"{FIGURES_DIR}/{{backbone}}/soft_position.csv",
         training_dynamics=_figure("training_dynamics", "training dynamics"),
         pass_at_k=_figure("pass_at_k", "Pass@k curves"),
@@ -65,21 +70,23 @@ rule tables:
     input:
         expand(f"{RESULTS}/{{backbone}}/{{name}}.csv", backbone=BACKBONES, name=["summary", "paired"]),
     output:
-        csv=report(
-            f"{FIGURES_DIR}/tables/main.csv",
+        csv=f"{FIGURES_DIR}/tables/main.csv",
+        md=f"{FIGURES_DIR}/tables/main.md",
+        tex=f"{FIGURES_DIR}/tables/main.tex",
+        html=report(
+            f"{FIGURES_DIR}/tables/main.html",
             caption="../report/tables.rst",
             category="Tables",
             labels={"table": "main results, every backbone"},
         ),
-        md=f"{FIGURES_DIR}/tables/main.md",
-        tex=f"{FIGURES_DIR}/tables/main.tex",
-        paired=report(
-            f"{FIGURES_DIR}/tables/paired.md",
+        paired=f"{FIGURES_DIR}/tables/paired.md",
+        paired_tex=f"{FIGURES_DIR}/tables/paired.tex",
+        paired_html=report(
+            f"{FIGURES_DIR}/tables/paired.html",
             caption="../report/paired.rst",
             category="Tables",
             labels={"table": "paired comparisons, every backbone"},
         ),
-        paired_tex=f"{FIGURES_DIR}/tables/paired.tex",
     params:
         config=summarise_config,
     log:
