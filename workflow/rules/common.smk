@@ -157,6 +157,16 @@ def all_targets():
     return targets
 
 
+def results_root(wildcards):
+    """The results directory, as a params function (a plain string param that prefixes an input is a lint)."""
+    return RESULTS
+
+
+def figures_root(wildcards):
+    """Where tables and figures go, as a params function (see results_root)."""
+    return FIGURES_DIR
+
+
 def report_figure(name, title):
     """A figure output of rule summarise, declared for the report with its caption (workflow/report/NAME.rst)
     and labels."""

@@ -21,20 +21,6 @@
 # enter the report as HTML pages (main.html, paired.html), which it displays;
 # the CSV, Markdown and LaTeX versions sit beside them.
 
-FIGURES_DIR = f"{RESULTS}/figures"
-
-
-def _figure(name, title):
-    """A figure output, declared for the report with its caption and labels."""
-    return report(
-        f"{FIGURES_DIR}/{{backbone}}/{name}.png",
-        caption=f"../report/{name}.rst",
-        category="Figures",
-        subcategory="{backbone}",
-        labels={"backbone": "{backbone}", "figure": title},
-    )
-
-
 # Not in the config's `resources` (ResourcesConfig has no entry for it): the
 # job plots and reads JSON, one CPU thread and a few GB at most at paper scale.
 SUMMARISE_RESOURCES = {"mem_mb": 4000, "runtime": 30, "gpu": 0}
@@ -49,21 +35,25 @@ rule summarise:
         tables=multiext(f"{FIGURES_DIR}/{{backbone}}/tables/main", ".csv", ".md", ".tex", ".html"),
         paired_tables=multiext(f"{FIGURES_DIR}/{{backbone}}/tables/paired", ".md", ".tex", ".html"),
         positions=f"{FIGURES_DIR}/{{backbone}}/soft_position.csv",
-        training_dynamics=_figure("training_dynamics", "training dynamics"),
-        pass_at_k=_figure("pass_at_k", "Pass@k curves"),
-        token_efficiency=_figure("token_efficiency", "token efficiency"),
-        soft_position=_figure("soft_position", "soft ratio by position"),
-    params:
-        config=summarise_config,
+        training_dynamics=report_figure("training_dynamics", "training dynamics"),
+        pass_at_k=report_figure("pass_at_k", "Pass@k curves"),
+        token_efficiency=report_figure("token_efficiency", "token efficiency"),
+        soft_position=report_figure("soft_position", "soft ratio by position"),
     log:
         f"{LOGS}/summarise/{{backbone}}.log",
+    conda:
+        "../../envs/tarpo.yaml"
     threads: 1
     resources:
         **SUMMARISE_RESOURCES,
+    params:
+        config=summarise_config,
+        results=results_root,
+        figures=figures_root,
     shell:
         "OMP_NUM_THREADS={threads} PYTHONUNBUFFERED=1 "
         "tarpo summarise --config-json {params.config:q} --backbone {wildcards.backbone:q} "
-        "--results {RESULTS} --out {FIGURES_DIR} 2>&1 | tee {log:q}"
+        "--results {params.results:q} --out {params.figures:q} 2>&1 | tee {log:q}"
 
 
 rule tables:
@@ -87,16 +77,20 @@ rule tables:
             category="Tables",
             labels={"table": "paired comparisons, every backbone"},
         ),
-    params:
-        config=summarise_config,
     log:
         f"{LOGS}/summarise/tables.log",
+    conda:
+        "../../envs/tarpo.yaml"
     threads: 1
     resources:
         **SUMMARISE_RESOURCES,
+    params:
+        config=summarise_config,
+        results=results_root,
+        figures=figures_root,
     shell:
         "PYTHONUNBUFFERED=1 tarpo summarise --config-json {params.config:q} --combined "
-        "--results {RESULTS} --out {FIGURES_DIR} 2>&1 | tee {log:q}"
+        "--results {params.results:q} --out {params.figures:q} 2>&1 | tee {log:q}"
 
 
 # The results page (README, "Results"): main table with CIs, paired table,
@@ -109,13 +103,16 @@ rule results_page:
         evals=[e for b in BACKBONES for e in backbone_eval_jsons(b)],
     output:
         CFG.results_page,
-    params:
-        config=results_page_config,
     log:
         f"{LOGS}/summarise/results_page.log",
+    conda:
+        "../../envs/tarpo.yaml"
     threads: 1
     resources:
         **SUMMARISE_RESOURCES,
+    params:
+        config=results_page_config,
+        results=results_root,
     shell:
-        "PYTHONUNBUFFERED=1 tarpo summarise --config-json {params.config:q} --results {RESULTS} "
+        "PYTHONUNBUFFERED=1 tarpo summarise --config-json {params.config:q} --results {params.results:q} "
         "--page {output:q} 2>&1 | tee {log:q}"
