@@ -62,6 +62,55 @@ def seconds(fn, device) -> float:
     return time.perf_counter() - t0
 
 
+def phases(fn, mode, device, steps: int, repeats: int) -> dict[str, float]:
+    """Median ms per step of the compiled rollout's phases: the prefill (spread over the steps), the eager
+    sampling, the compiled steps and the rest of the loop."""
+    timers = {"prefill": [decode.StaticDecoder, "prefill"], "step": [decode.StaticDecoder, "step"],
+              "sample": [mode, "sample"]}
+    spent: dict[str, float] = {}
+
+    def timed(name, original):
+        def wrapper(*a, **kw):
+            sync(device)
+            t0 = time.perf_counter()
+            out = original(*a, **kw)
+            sync(device)
+            spent[name] += time.perf_counter() - t0
+            return out
+        return wrapper
+
+    originals = {name: getattr(owner, attr) for name, (owner, attr) in timers.items()}
+    for name, (owner, attr) in timers.items():
+        setattr(owner, attr, timed(name, originals[name]))
+    try:
+        runs = []
+        for _ in range(repeats):
+            spent.update({name: 0.0 for name in timers})
+            total = seconds(fn, device)
+            runs.append({**spent, "rest": total - sum(spent.values()), "total": total})
+    finally:
+        for name, (owner, attr) in timers.items():
+            if owner is mode:
+                del mode.sample  # back to the class's method
+            else:
+                setattr(owner, attr, originals[name])
+    return {k: 1000 * statistics.median(r[k] for r in runs) / steps for k in runs[0]}
+
+
+def bare_linears(model, batch: int, device, dtype, repeats: int) -> float:
+    """ms for one pass of (batch, in) inputs through every linear layer of the model: the decode step's GEMMs."""
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    inputs = [torch.randn(batch, m.in_features, device=device, dtype=dtype) for m in linears]
+
+    def run():
+        with torch.no_grad():
+            for m, x in zip(linears, inputs):
+                m(x)
+
+    run()
+    return 1000 * statistics.median(seconds(run, device) for _ in range(max(repeats, 5) * 4))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="3m")
@@ -75,6 +124,8 @@ def main() -> None:
     parser.add_argument("--compile-mode", default=None, help="torch.compile mode (default: reduce-overhead on cuda, "
                                                             "default elsewhere)")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also time the compiled rollout's phases (ms per step) and the model's bare linear layers")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
     if args.threads:
@@ -137,6 +188,14 @@ def main() -> None:
             print(f"{method:>10} {batch:>5} {rate['generate']:>10.0f} {rate['eager']:>10.0f} {rate['compiled']:>10.0f} "
                   f"{row['compiled_vs_generate']:>9.2f}x {row['compiled_vs_eager']:>9.2f}x "
                   f"{row['eager_vs_generate']:>7.2f}x {compile_s:>8.1f}", flush=True)
+            if args.breakdown:
+                row["breakdown_ms_per_step"] = phases(lambda: ours(True), mode, device, args.new_tokens, args.repeats)
+                print(f"{'':>17}compiled, ms per step: " + ", ".join(
+                    f"{k} {v:.2f}" for k, v in row["breakdown_ms_per_step"].items()), flush=True)
+        if args.breakdown:
+            linear_ms = bare_linears(model, batch, device, dtype, args.repeats)
+            print(f"{'':>17}the model's {sum(isinstance(m, torch.nn.Linear) for m in model.modules())} linear layers "
+                  f"on {batch} rows, bare: {linear_ms:.2f} ms", flush=True)
             decode.clear_cache()
     if args.json:
         with open(args.json, "w") as fh:
