@@ -70,6 +70,9 @@ def make_mode(method: str, model, tok) -> Mode:
     return build_mode(method, MODE_CFG, model.config.hidden_size)
 
 
+GRAPHS: dict[tuple[str, str, bool], int] = {}  # graphs dynamo captured during each `run`
+
+
 @pytest.fixture(scope="module")
 def run(setup):
     """run(method, path, greedy) -> (mode, model, rollout); path in {'eager', 'static', 'compiled'}; cached."""
@@ -81,10 +84,12 @@ def run(setup):
         if method not in modes:  # one mode object per method: the compiled step is cached per mode
             modes[method] = make_mode(method, model, tok)
         mode = modes[method]
+        before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
         rollout = generate(model, mode, ids, mask, max_new_tokens=STEPS, temperature=TEMPERATURE,
                            eos_ids=[tok.eos_token_id], pad_id=tok.pad_token_id, marker=marker, greedy=greedy,
                            generator=torch.Generator().manual_seed(0), compiled=path == "compiled",
                            static_cache=path != "eager")
+        GRAPHS[method, path, greedy] = torch._dynamo.utils.counters["stats"]["unique_graphs"] - before
         return mode, model, rollout
 
     return go
@@ -176,14 +181,19 @@ def test_static_decoder_serves_shorter_prompts_and_trims_late_syncs(format_model
 @pytest.mark.parametrize("method", METHODS)
 def test_compiled_matches_eager(run, method):
     """Sampled: the same tokens as eager decoding for the same seed, log-probs within the invariant's tolerance."""
-    _, _, compiled = run(method, "compiled", False)
+    mode, _, compiled = run(method, "compiled", False)
     _, _, eager = run(method, "eager", False)
     assert_same_rollout(method, compiled, eager)
+    (decoder,) = [d for d in decode._DECODERS.values() if d.compiled and d.mode is mode]
+    assert decoder.fullgraph  # the whole step, the mode's parts included, is one graph: no graph break
+    assert GRAPHS[method, "compiled", False] == 1  # compiled once for all the steps
 
 
 @pytest.mark.parametrize("method", METHODS)
 def test_compiled_greedy_matches_eager(run, method):
+    run(method, "compiled", False)
     _, _, compiled = run(method, "compiled", True)
+    assert GRAPHS[method, "compiled", True] == 0  # the sampled rollout's graph serves this call too
     _, _, eager = run(method, "eager", True)
     assert_same_rollout(method, compiled, eager)
 
@@ -195,19 +205,6 @@ def test_compiled_rollout_satisfies_the_invariant(run, method):
     scored = score(model, mode, r, TEMPERATURE)
     for key, value in r.logps.items():
         assert_close(scored[key][r.valid], value[r.valid], **LOGP_TOL, msg=lambda m, key=key: f"{key}: {m}")
-
-
-def test_compiled_step_is_one_graph_reused_across_calls(run, setup):
-    """fullgraph compile succeeded (no fallback) and a second call with the same shapes compiles nothing."""
-    run("tarpo", "compiled", False)
-    model, tok, ids, mask, marker = setup("tarpo")
-    (decoder,) = [d for d in decode._DECODERS.values() if d.compiled and d.mode is run("tarpo", "compiled", False)[0]]
-    frames = torch._dynamo.utils.counters["frames"]["ok"]
-    generate(model, decoder.mode, ids, mask, max_new_tokens=STEPS, temperature=TEMPERATURE,
-             eos_ids=[tok.eos_token_id], pad_id=tok.pad_token_id, marker=marker,
-             generator=torch.Generator().manual_seed(5), compiled=True)
-    assert torch._dynamo.utils.counters["frames"]["ok"] == frames
-    assert decode._DECODERS[next(reversed(decode._DECODERS))] is decoder
 
 
 class BreakingMode(Mode):
@@ -226,3 +223,5 @@ def test_a_step_that_breaks_the_graph_compiles_in_pieces(setup):
         compiled = generate(model, mode, ids, mask, compiled=True, generator=torch.Generator().manual_seed(0), **kw)
     eager = generate(model, mode, ids, mask, generator=torch.Generator().manual_seed(0), **kw)
     assert_same_rollout("grpo", compiled, eager)
+    (decoder,) = [d for d in decode._DECODERS.values() if d.mode is mode]
+    assert decoder.compiled and not decoder.fullgraph

@@ -177,9 +177,11 @@ class StaticDecoder:
         self.compiled, self.compile_mode = compiled, compile_mode
         self.cudagraphs = compiled and eos.device.type == "cuda" and compile_mode in ("reduce-overhead", "max-autotune")
         self.attention = _Attention(self.decoder) if compiled else contextlib.nullcontext()
+        self.fullgraph = False  # whether the compiled step is one graph (set by _compile)
         self._step = self._compile(fullgraph=True) if compiled else self._step_eager
 
     def _compile(self, fullgraph: bool):
+        self.fullgraph = fullgraph
         _raise_recompile_limit()
         return torch.compile(self._step_eager, mode=self.compile_mode, dynamic=False, fullgraph=fullgraph)
 
