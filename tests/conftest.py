@@ -7,6 +7,11 @@ import os
 import pytest
 import torch
 
+from tarpo.console import setup_logging
+
+# As `tarpo` sets it up: the package logs INFO records to the current stdout (capsys sees them).
+setup_logging()
+
 os.environ.setdefault("TARPO_TRACKING", "off")  # tests that track set up their own store
 
 

@@ -22,6 +22,7 @@ directory like any other (`load_backbone` reads the policy from it):
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import re
 import time
@@ -37,6 +38,8 @@ from tqdm import tqdm
 from tarpo.data.template import ANSWER_MARKER, build_prompt
 from tarpo.modes.atp_latent import BEGIN_LATENT, CONTINUE, END_LATENT, SPECIAL_TOKENS, STOP, AtpLatentMode
 from tarpo.rollout import model_parts
+
+log = logging.getLogger(__name__)
 
 DECODER_DIR, MODE_FILE, SUMMARY_FILE = "decoder", "mode.safetensors", "sft.json"
 
@@ -358,7 +361,7 @@ def run_sft(cfg: Any, backbone: str, backbone_dir: Path, data_dir: Path, out_dir
             decoder.save_pretrained(tmp / DECODER_DIR)
             save_file({k: v.detach().cpu().contiguous() for k, v in mode.state_dict().items()}, tmp / MODE_FILE)
             write_json(tmp / SUMMARY_FILE, summary)
-    print(f"atp sft {backbone}: decoded-step exact match {checks['decoded_step_exact_match']:.2f}, "
+    log.info(f"atp sft {backbone}: decoded-step exact match {checks['decoded_step_exact_match']:.2f}, "
           f"stop accuracy {checks['stop_accuracy']:.2f}, pass@1 {checks['pass_at_1']:.2f}, "
           f"{checks['active_latents']:.1f} latents, {summary['seconds']:.0f}s")
     return summary

@@ -18,6 +18,7 @@ Two layouts of a backbone directory (what `tarpo backbone` writes):
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import random
@@ -41,6 +42,8 @@ from transformers import (
 from tarpo.config import BackboneConfig, Config, ConfigError, TinyModelConfig, WarmStartConfig
 from tarpo.data.template import ANSWER_MARKER, build_prompt, user_message
 from tarpo.io import MissingInputError, atomic_dir, env_flag, hf_home, read_jsonl, write_json
+
+log = logging.getLogger(__name__)
 
 PAD_TOKEN = "<|endoftext|>"
 IM_START = "<|im_start|>"
@@ -452,7 +455,7 @@ def build_backbone(cfg: Config, name: str, data_dir: Path | None, out_dir: Path)
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         write_json(tmp / WARM_START_FILE, summary)
-    print(
+    log.info(
         f"backbone {name}: {n_params:,} params, loss {summary['losses']['loss_first']:.3f} -> "
         f"{summary['losses']['loss_last']:.3f}, quick pass@1 test_id {summary['quick_pass_at_1']['test_id']:.2f} "
         f"test_ood {summary['quick_pass_at_1']['test_ood']:.2f}, {summary['wall_seconds']:.0f}s"

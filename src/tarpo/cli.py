@@ -9,11 +9,14 @@ config the job needs.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
 from tarpo.config import Config, ConfigError, load_config, load_config_json
 from tarpo.io import BadInputError, DiskFullError, MissingInputError
+
+log = logging.getLogger(__name__)
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -63,6 +66,11 @@ def cmd_prepare(args: argparse.Namespace) -> None:
         from tarpo.data.synthetic import prepare_dataset
 
         prepare_dataset(cfg.datasets[args.dataset], Path(args.out))
+        from tarpo.io import read_jsonl
+
+        counts = ", ".join(f"{split} {len(read_jsonl(Path(args.out) / f'{split}.jsonl'))}"
+                           for split in ("train", "test_id", "test_ood"))
+        log.info(f"{args.dataset}: wrote {Path(args.out)}/{{train,test_id,test_ood}}.jsonl ({counts} problems)")
     elif args.dataset in TRAIN_SETS:
         from tarpo.data.benchmarks import load_benchmark
         from tarpo.io import atomic_dir, write_jsonl
@@ -70,7 +78,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
         rows = load_benchmark(args.dataset, overrides=cfg.benchmarks)
         with atomic_dir(Path(args.out)) as tmp:
             write_jsonl(tmp / "train.jsonl", rows)
-        print(f"{args.dataset}: {len(rows)} training problems -> {Path(args.out) / 'train.jsonl'}")
+        log.info(f"{args.dataset}: wrote {Path(args.out) / 'train.jsonl'} ({len(rows)} training problems)")
     else:
         raise ConfigError(
             f"unknown dataset '{args.dataset}'; configured: {sorted(cfg.datasets)}, registry training sets: {list(TRAIN_SETS)}"
@@ -126,7 +134,7 @@ def cmd_summarise(args: argparse.Namespace) -> None:
         from tarpo.tables import results_page
 
         results_page(cfg, Path(args.results), Path(args.page))
-        print(f"summarise: results page -> {args.page}")
+        log.info(f"summarise: results page -> {args.page}")
     elif args.combined:
         from tarpo.plots import combined_table
 
@@ -135,12 +143,39 @@ def cmd_summarise(args: argparse.Namespace) -> None:
         summarise(cfg, Path(args.results), Path(args.out), backbones=args.backbone)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tarpo")
+    except PackageNotFoundError:  # run from a source tree that was not installed
+        from tarpo import __version__
+
+        return __version__
+
+
+def _subcommand(sub, name: str, help: str, description: str, example: str, parents=()) -> argparse.ArgumentParser:
+    """A subcommand with a description and an example (shown by `tarpo NAME --help`)."""
+    return sub.add_parser(name, parents=list(parents), help=help, description=description,
+                          epilog=f"example:\n  {example}", formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from tarpo.data.benchmarks import REGISTRY
+    from tarpo.modes import MODES
+
+    trained = [m for m in MODES if m != "cot"]
+    benchmarks = ", ".join(REGISTRY)
     parser = argparse.ArgumentParser(
         prog="tarpo",
-        description="TARPO reproduction pipeline. Normally driven by Snakemake (`snakemake --cores 2 all`); "
-        "every step can also be run by hand.",
+        description="TARPO reproduction pipeline. Normally driven by Snakemake (`snakemake --cores 2 all`), whose "
+        "rules each call one subcommand; every step can also be run by hand. `tarpo COMMAND --help` describes "
+        "one, with an example.",
+        epilog="example:\n  tarpo check --config config/smoke.yaml\n"
+               "  tarpo prepare --config config/smoke.yaml --dataset synthetic --out /tmp/data",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     conf = argparse.ArgumentParser(add_help=False)
@@ -148,28 +183,44 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--config", default="config/config.yaml", help="YAML config file (default: %(default)s)")
     group.add_argument("--config-json", help="the config as a JSON string (what the workflow passes)")
 
-    p = sub.add_parser("check", parents=[conf], help="check a config file (what `snakemake -n` checks first)")
+    p = _subcommand(sub, "check", "check a config file (what `snakemake -n` checks first)",
+                    "Check a config file: unknown keys (with 'did you mean'), types, ranges, backbone / method / "
+                    "benchmark names, and a YAML error's file and line.",
+                    "tarpo check --config config/paper.yaml", [conf])
     p.set_defaults(func=cmd_check)
 
-    p = sub.add_parser("schema", help="print the config's JSON schema (YAML)")
+    p = _subcommand(sub, "schema", "print the config's JSON schema (YAML)",
+                    "Print the JSON schema of the config, generated from src/tarpo/config.py (the workflow validates "
+                    "against workflow/schemas/config.schema.yaml, which a test keeps equal to this).",
+                    "tarpo schema --out workflow/schemas/config.schema.yaml")
     p.add_argument("--out", help="write to this file instead of stdout")
     p.set_defaults(func=cmd_schema)
 
-    p = sub.add_parser("prepare", parents=[conf],
-                       help="generate a synthetic dataset's splits, or export a registry training set, as JSONL")
+    p = _subcommand(sub, "prepare", "generate a synthetic dataset's splits, or export a registry training set, as JSONL",
+                    "Generate a configured synthetic dataset's train / test_id / test_ood splits, or export a "
+                    "registry training set (" + ", ".join(n for n, b in REGISTRY.items() if b.distribution == "train")
+                    + ") to train.jsonl. Writes the directory atomically and says what it wrote.",
+                    "tarpo prepare --config config/smoke.yaml --dataset synthetic --out results/data/synthetic", [conf])
     p.add_argument("--dataset", default="synthetic", help="dataset name in the config (default: %(default)s)")
     p.add_argument("--out", required=True,
                    help="output directory (train/test_id/test_ood .jsonl; train.jsonl only for a registry training set)")
     p.set_defaults(func=cmd_prepare)
 
-    p = sub.add_parser("backbone", parents=[conf], help="build + warm-start the embedded model, or snapshot a hub model")
+    p = _subcommand(sub, "backbone", "build + warm-start the embedded model, or snapshot a hub model",
+                    "Build the embedded Qwen2 and its tokenizer and warm-start it on the dataset's train split, or "
+                    "resolve a hub backbone's pinned snapshot (offline: from the Hugging Face cache).",
+                    "tarpo backbone --config config/smoke.yaml --backbone tiny --data results/data/synthetic "
+                    "--out results/backbones/tiny", [conf])
     p.add_argument("--backbone", required=True, help="backbone name in the config")
     p.add_argument("--data", help="prepared dataset directory (embedded backbones warm-start on its train split)")
     p.add_argument("--out", required=True, help="output directory (save_pretrained layout)")
     p.set_defaults(func=cmd_backbone)
 
-    p = sub.add_parser("atp-sft", parents=[conf],
-                       help="ATP-Latent's supervised stage: a conditional VAE over CoT steps, with its curriculum")
+    p = _subcommand(sub, "atp-sft", "ATP-Latent's supervised stage: a conditional VAE over CoT steps, with its curriculum",
+                    "ATP-Latent's supervised stage: train the conditional VAE (policy, latent and stop heads, and "
+                    "the decoder that reads latents back) from explicit to fully latent steps; RL starts from it.",
+                    "tarpo atp-sft --config config/smoke.yaml --backbone tiny --backbone-dir results/backbones/tiny "
+                    "--data results/data/synthetic --out results/tiny/atp_latent/sft", [conf])
     p.add_argument("--backbone", required=True, help="backbone name in the config")
     p.add_argument("--backbone-dir", required=True, help="directory written by `tarpo backbone`")
     p.add_argument("--data", required=True, help="prepared training dataset directory (test_id.jsonl beside it "
@@ -178,9 +229,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "mode.safetensors, sft.json")
     p.set_defaults(func=cmd_atp_sft)
 
-    p = sub.add_parser("train", parents=[conf], help="RL-train one method on one backbone")
-    p.add_argument("--backbone", required=True)
-    p.add_argument("--method", required=True, help="grpo | hrpo | lepo | tarpo | atp_latent")
+    p = _subcommand(sub, "train", "RL-train one method on one backbone",
+                    "RL-train one method on one backbone with the shared rollout engine and GRPO loss. Checkpoints "
+                    "periodically; a rerun with the same settings resumes, SIGTERM checkpoints and exits 143.",
+                    "tarpo train --config config/smoke.yaml --backbone tiny --method tarpo --backbone-dir "
+                    "results/backbones/tiny --data results/data/synthetic --out results/tiny/tarpo/seed0/checkpoint",
+                    [conf])
+    p.add_argument("--backbone", required=True, help="backbone name in the config")
+    p.add_argument("--method", required=True, choices=trained, help="one of: %(choices)s")
     p.add_argument("--backbone-dir", required=True,
                    help="directory written by `tarpo backbone` (for atp_latent: by `tarpo atp-sft`)")
     p.add_argument("--data", required=True, help="prepared training dataset directory")
@@ -188,18 +244,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="training seed (default: the first of the config's `seeds`)")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", parents=[conf], help="sample k completions per problem and score them")
-    p.add_argument("--backbone", required=True)
-    p.add_argument("--method", required=True, help="cot (the bare backbone) or a trained method")
+    p = _subcommand(sub, "evaluate", "sample k completions per problem and score them",
+                    "Sample k completions per problem of one benchmark and score them: pass@k with 95% CIs, tokens, "
+                    "lucky share; samples and an HTML view beside the JSON. Resumes a killed run per problem.",
+                    "tarpo evaluate --config config/smoke.yaml --backbone tiny --method cot --backbone-dir "
+                    "results/backbones/tiny --benchmark synthetic_test_id --out /tmp/eval/synthetic_test_id.json",
+                    [conf])
+    p.add_argument("--backbone", required=True, help="backbone name in the config")
+    p.add_argument("--method", required=True, choices=list(MODES),
+                   help="cot (the bare backbone) or a trained method: %(choices)s")
     p.add_argument("--backbone-dir", required=True)
     p.add_argument("--checkpoint", help="checkpoint directory of the trained method (omit for cot)")
-    p.add_argument("--benchmark", required=True)
+    p.add_argument("--benchmark", required=True,
+                   help=f"one of: {benchmarks}; or DATASET_test_id / DATASET_test_ood for a configured synthetic "
+                   "dataset")
     p.add_argument("--data-root", default="results/data", help="where prepared datasets live (default: %(default)s)")
     p.add_argument("--out", required=True, help="result JSON; samples go beside it")
     p.add_argument("--seed", type=int, help="sampling seed (default: the first of the config's `seeds`)")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("summarise", parents=[conf], help="tables and figures from every evaluation")
+    p = _subcommand(sub, "summarise", "tables and figures from every evaluation",
+                    "Tables (Markdown, LaTeX, HTML, CSV) with 95% CIs, paired comparisons and figures from every "
+                    "evaluation of a backbone; or the all-backbone tables (--combined); or the results page (--page).",
+                    "tarpo summarise --config config/smoke.yaml --results results --out results/figures", [conf])
     p.add_argument("--results", default="results", help="results root (default: %(default)s)")
     p.add_argument("--out", help="figures and tables go to OUT/{backbone}/ (OUT/tables/: all backbones)")
     p.add_argument("--backbone", action="append",
@@ -216,6 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from tarpo.console import setup_logging
+
+    setup_logging()
     try:
         args.func(args)
     except ConfigError as err:

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -63,6 +64,8 @@ from tarpo.metrics import mean_pass_at_k
 from tarpo.render import token_spans, trajectories_html
 from tarpo.rewards import chain_correct, extract_answer, reward
 from tarpo.stats import mean_ci, pass_at_k_values
+
+log = logging.getLogger(__name__)
 
 PASS_AT = (1, 2, 4, 8, 16, 32)
 HTML_SAMPLES = 20
@@ -147,7 +150,7 @@ def read_partial(path: Path, spec: dict[str, Any], k: int) -> dict[str, list[dic
             if isinstance(obj, dict) and "problem_id" in obj and "sample" in obj:
                 rows.append(obj)
     if header != spec:
-        print(f"{path}: written under other settings; starting this evaluation afresh")
+        log.info(f"{path}: written under other settings; starting this evaluation afresh")
         return {}
     by_problem: dict[str, dict[int, dict[str, Any]]] = {}
     for row in rows:
@@ -453,7 +456,7 @@ def evaluate(
 
         metrics["sandbox"] = isolation_report()
         if metrics["sandbox"].get("weak"):
-            print(f"WARNING {benchmark}: the code sandbox ran without some of its kernel layers on this host: "
+            log.warning(f"{benchmark}: the code sandbox ran without some of its kernel layers on this host: "
                   f"{metrics['sandbox']}")
     write_jsonl(paths["samples"], rows)
     if tokenizer is None:  # everything came from the partial file
@@ -470,6 +473,6 @@ def evaluate(
     metrics["wall_seconds"] = time.perf_counter() - started
     write_json(paths["json"], metrics)
     paths["partial"].unlink(missing_ok=True)
-    print(f"{backbone}/{method} on {benchmark}: pass@1 {metrics['pass@1']:.4f} over {len(records)} problems "
+    log.info(f"{backbone}/{method} on {benchmark}: pass@1 {metrics['pass@1']:.4f} over {len(records)} problems "
           f"x {e.k} samples, mean tokens {metrics['mean_tokens']:.1f} -> {paths['json']}")
     return metrics

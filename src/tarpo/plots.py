@@ -34,6 +34,7 @@ so in place of the plot), so the workflow can declare them all.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -58,6 +59,8 @@ from tarpo.summary import (AVERAGE, METHOD_LABEL, METHOD_ORDER, N_POSITION_BINS,
                            read_paired, read_summary, soft_by_position, soft_position_frame, summary_and_paired)
 from tarpo.tables import (MISSING, TABLE_FORMATS, main_table, main_title, precision_frame,  # noqa: E402,F401
                           precision_notes, write_main, write_paired)
+
+log = logging.getLogger(__name__)
 
 # Figure names: {out}/{backbone}/{name}.png. The workflow declares each with a
 # caption workflow/report/{name}.rst (a test checks they agree).
@@ -473,9 +476,9 @@ def summarise_backbone(cfg: Config, results: Path, out: Path, backbone: str) -> 
     atomic_write_text(directory / "soft_position.csv", positions.to_csv(index=False))
     fig_soft_position(res, cfg, positions, directory / "soft_position.png")
     for note in res.notes:
-        print(f"summarise: {note}")
+        log.info(f"summarise: {note}")
     n_evals = sum(len(runs) for runs in res.evals.values())
-    print(f"summarise: {backbone}: {n_evals} evaluations, {sum(len(r) for r in res.training.values())} training "
+    log.info(f"summarise: {backbone}: {n_evals} evaluations, {sum(len(r) for r in res.training.values())} training "
           f"runs, {len(res.seeds)} seeds -> {Path(results) / backbone}/summary.csv, paired.csv, {directory}/")
     return summary
 
@@ -499,7 +502,7 @@ def combined_table(cfg: Config, results: Path, out: Path) -> None:
     notes += precision_notes(precision_frame(summary, paired)) if not summary.empty else []
     write_main(main_table(summary, found), Path(out) / "tables", title, notes, summary)
     write_paired(paired, found, Path(out) / "tables")
-    print(f"summarise: {len(frames)} backbone summaries -> {Path(out) / 'tables'}/main.{{csv,md,tex,html}}, "
+    log.info(f"summarise: {len(frames)} backbone summaries -> {Path(out) / 'tables'}/main.{{csv,md,tex,html}}, "
           "paired.{md,tex,html}")
 
 

@@ -34,6 +34,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import logging
 import math
 import random
 import re
@@ -59,6 +60,8 @@ from tarpo.policy import add_lora, default_dtype, save_policy
 from tarpo.render import token_spans, trajectories_html
 from tarpo.rewards import extract_answer, reward
 from tarpo.rollout import AnswerMarker, Rollout, completion_inputs, eos_token_ids, generate, model_parts, score
+
+log = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.pt"
 RUN_FILE = "run.json"
@@ -370,7 +373,7 @@ class GrpoTrainer:
 
     def resume(self) -> bool:
         """Load the newest verified checkpoint of this very run; False (start over) if there is none."""
-        say = print if self.accelerator.is_main_process else (lambda *a, **k: None)
+        say = log.info if self.accelerator.is_main_process else (lambda *a, **k: None)
         name = f"{self.backbone}/{self.method}"
         self._report_other_runs(say, name)
         for ckpt in reversed(checkpoints(self.state_dir)):
@@ -378,7 +381,7 @@ class GrpoTrainer:
                 state = load_checkpoint(ckpt, self.params)
             except CorruptCheckpointError as err:
                 aside = ckpt.with_name(f"corrupt-{ckpt.name}")
-                say(f"WARNING {name}: checkpoint {ckpt} is unusable ({err}); set aside as {aside.name}, "
+                log.warning(f"{name}: checkpoint {ckpt} is unusable ({err}); set aside as {aside.name}, "
                     f"trying the next older one")
                 if self.accelerator.is_main_process:
                     with contextlib.suppress(OSError):
@@ -671,7 +674,8 @@ class GrpoTrainer:
                 if stop or (every and self.step % every == 0 and self.step < self.steps):
                     self.checkpoint()
                 if stop:
-                    print(f"SIGTERM: checkpointed {self.backbone}/{self.method} at step {self.step}; rerun to resume")
+                    bar.close()  # before the message: no half-drawn bar line after it
+                    log.warning(f"SIGTERM: checkpointed {self.backbone}/{self.method} at step {self.step}; rerun to resume")
                     raise SystemExit(EXIT_PREEMPTED)
             bar.close()
             if acc.is_main_process:
@@ -703,12 +707,12 @@ class GrpoTrainer:
             (tmp / "run_id.txt").write_text(f"{self.run_id or ''}\n")
             write_manifest(tmp)  # evaluation checks it: a damaged copy (e.g. a partial sync) is named, not loaded
         tracker.log_metrics({"nonfinite_skipped": float(self.nonfinite_total)}, step=self.step)
-        print(f"saved {self.backbone}/{self.method} policy to {self.out_dir}")
+        log.info(f"saved {self.backbone}/{self.method} policy to {self.out_dir}")
         # The final policy holds everything a resume would need; periodic checkpoints (of this and of
         # superseded configurations) only served killed runs, and cost most of the results' size.
         if self.state_root.exists():
             shutil.rmtree(self.state_root, ignore_errors=True)
-            print(f"removed {self.state_root} (periodic checkpoints of a finished run)")
+            log.info(f"removed {self.state_root} (periodic checkpoints of a finished run)")
 
 
 def train(cfg: Config, backbone: str, method: str, backbone_dir: Path, data_dir: Path, out_dir: Path) -> dict[str, float]:
