@@ -225,3 +225,10 @@ def test_a_step_that_breaks_the_graph_compiles_in_pieces(setup):
     assert_same_rollout("grpo", compiled, eager)
     (decoder,) = [d for d in decode._DECODERS.values() if d.mode is mode]
     assert decoder.compiled and not decoder.fullgraph
+
+
+def test_compiled_needs_the_static_cache(setup):
+    model, tok, ids, mask, marker = setup("grpo")
+    with pytest.raises(ValueError, match="static cache"):
+        generate(model, Mode(MODE_CFG, model.config.hidden_size), ids, mask, max_new_tokens=2, temperature=1.0,
+                 eos_ids=[tok.eos_token_id], pad_id=tok.pad_token_id, marker=marker, compiled=True, static_cache=False)
