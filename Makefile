@@ -6,6 +6,10 @@
 # `make setup` alone builds the environment. Setup is skipped when .venv holds a
 # stamp for the current pyproject.toml + constraints.txt, so both commands are
 # quick once set up; edit either file and the next command reinstalls.
+# Python 3.11, 3.12 or 3.13: `make test PYTHON=python3.12` picks one (the venv is
+# rebuilt when its Python differs); otherwise an existing .venv in that range is
+# kept, and a new one takes the first of python3.11, python3.12, python3.13,
+# python3 that runs and is in range.
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -14,22 +18,55 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 # torch is installed on its own first and pinned here: a plain `torch`
 # requirement could pull a multi-GB CUDA build; with the CPU wheel already in
-# place, the project install keeps it.
+# place, the project install keeps it. (Where no local CPU wheel matches the
+# Python, pip takes torch 2.13.0 from PyPI: on Linux x86_64 a CUDA build, which
+# also runs on the CPU.)
 TORCH   := torch==2.13.0
 HASH    := $(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
 STAMP   := $(VENV)/.tarpo-setup-$(HASH)
 CORES   ?= 2
 
-.PHONY: setup run test share restore clean-venv
+# Supported Pythons (keep in step with requires-python in pyproject.toml).
+PYTHONS    := 3.11 3.12 3.13
+PYVER      := import sys; print("%d.%d" % sys.version_info[:2])
+# The venv's Python version (empty if there is no working venv); setup runs
+# again, stamp or not, when it is out of range or differs from PYTHON's.
+VENV_PYVER := $(shell test -x $(BIN)/python && $(BIN)/python -c '$(PYVER)' 2>/dev/null)
+ifeq ($(filter $(PYTHONS),$(VENV_PYVER)),)
+$(STAMP): FORCE
+else ifneq ($(PYTHON),)
+ifneq ($(shell "$(PYTHON)" -c '$(PYVER)' 2>/dev/null),$(VENV_PYVER))
+$(STAMP): FORCE
+endif
+endif
+
+.PHONY: setup run test share restore clean-venv FORCE
 
 setup: $(STAMP)
 
 $(STAMP):
-	@py=$$(command -v python3.11 || command -v python3 || true); \
-	if [ -z "$$py" ] || ! "$$py" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then \
-	  echo "error: Python 3.11 is required (python3.11 or python3 on PATH)" >&2; exit 1; fi; \
-	if [ ! -x $(BIN)/python ] || ! $(BIN)/python -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then \
-	  echo "creating $(VENV) with $$py"; rm -rf $(VENV); "$$py" -m venv $(VENV); fi
+	@ok=' $(PYTHONS) '; \
+	version() { "$$1" -c '$(PYVER)' 2>/dev/null || true; }; \
+	if [ -n "$(PYTHON)" ]; then \
+	  py=$$(command -v "$(PYTHON)" || true); \
+	  if [ -z "$$py" ]; then echo "error: PYTHON=$(PYTHON) not found" >&2; exit 1; fi; \
+	  v=$$(version "$$py"); \
+	  if [ -z "$$v" ]; then \
+	    echo "error: PYTHON=$(PYTHON) ($$py) does not run:" >&2; "$$py" -V >&2 || true; exit 1; fi; \
+	  if [[ "$$ok" != *" $$v "* ]]; then \
+	    echo "error: PYTHON=$(PYTHON) is Python $$v; 3.11, 3.12 or 3.13 is required" >&2; exit 1; fi; \
+	else \
+	  py=; v=$$(version $(BIN)/python); \
+	  if [[ "$$ok" == *" $$v "* ]]; then py=$(BIN)/python; fi; \
+	  for c in python3.11 python3.12 python3.13 python3; do \
+	    [ -z "$$py" ] || break; c=$$(command -v $$c || true); [ -n "$$c" ] || continue; \
+	    v=$$(version "$$c"); if [[ "$$ok" == *" $$v "* ]]; then py=$$c; fi; done; \
+	  if [ -z "$$py" ]; then \
+	    echo "error: Python 3.11, 3.12 or 3.13 is required (python3.11, python3.12, python3.13 or python3 on PATH, or set PYTHON=/path/to/python)" >&2; exit 1; fi; \
+	fi; \
+	if [ "$$(version $(BIN)/python)" != "$$v" ]; then \
+	  py=$$("$$py" -c 'import sys; print(sys.executable)'); \
+	  echo "creating $(VENV) with $$py (Python $$v)"; rm -rf $(VENV); "$$py" -m venv $(VENV); fi
 	$(BIN)/python -m pip install --quiet $(TORCH)
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
 	@rm -f $(VENV)/.tarpo-setup-*
@@ -54,3 +91,5 @@ restore: setup
 
 clean-venv:
 	rm -rf $(VENV)
+
+FORCE:

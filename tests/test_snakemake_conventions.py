@@ -145,7 +145,7 @@ def test_env_file_installs_the_project_with_pyprojects_pins():
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     deps = env["dependencies"]
     python = next(d for d in deps if isinstance(d, str) and d.startswith("python="))
-    assert pyproject["requires-python"] == f">={python.split('=')[1]},<3.12"
+    assert pyproject["requires-python"] == f">={python.split('=')[1]},<3.14"
     assert "pip" in deps
     pip = next(d["pip"] for d in deps if isinstance(d, dict))
     assert set(pyproject["dependencies"]) <= set(pip), set(pyproject["dependencies"]) - set(pip)
