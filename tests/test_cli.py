@@ -29,6 +29,11 @@ def test_version(capsys):
     assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"tarpo {__version__}"
 
 
+def test_the_subcommand_list_here_is_the_parser_s():  # a new subcommand gets the help checks below too
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    assert sorted(sub.choices) == sorted(SUBCOMMANDS)
+
+
 def test_top_level_help_lists_every_subcommand_with_an_example(capsys):
     out = _help(capsys)
     for name in SUBCOMMANDS:
@@ -60,10 +65,24 @@ def test_method_choices_are_listed_and_enforced(capsys):
     assert "invalid choice: 'grpoo'" in err and "'tarpo'" in err and "'atp_latent'" in err
 
 
-def test_benchmark_help_lists_the_registry(capsys):
+def test_benchmark_choices_are_listed_and_enforced(capsys):
+    from tarpo.data.benchmarks import EVAL_BENCHMARKS, TRAIN_SETS
+
     out = " ".join(_help(capsys, "evaluate").split())
-    for name in ("gsm8k", "math500", "humaneval", "synthetic_test_id"):
-        assert name in out
+    for name in (*EVAL_BENCHMARKS, "DATASET_test_id", "DATASET_test_ood"):
+        assert name in out, name
+    for name in TRAIN_SETS:  # training sets are not evaluated (the config check says so too)
+        assert name not in out.split("--benchmark", 1)[1].split("--data-root")[0], name
+    argv = ["evaluate", "--backbone", "b", "--method", "cot", "--backbone-dir", "x", "--out", "y", "--benchmark"]
+    assert build_parser().parse_args([*argv, "gsm8k"]).benchmark == "gsm8k"
+    assert build_parser().parse_args([*argv, "arith_test_ood"]).benchmark == "arith_test_ood"  # a config's dataset
+    for wrong in ("gsm8kk", "gsm8k_train"):
+        with pytest.raises(SystemExit) as exit_:
+            main([*argv, wrong])
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err
+        assert f"argument --benchmark: invalid choice: '{wrong}'" in err
+        assert "'math500'" in err and "'humaneval'" in err and "'DATASET_test_id'" in err
 
 
 def test_prepare_says_what_it_wrote_in_timestamped_log_lines(tmp_path, capsys):
@@ -72,10 +91,10 @@ def test_prepare_says_what_it_wrote_in_timestamped_log_lines(tmp_path, capsys):
     lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
     assert lines and all(LOG_LINE.match(line) for line in lines), lines
     said = lines[-1]
-    assert "INFO tarpo.cli" in said and str(out_dir) in said
+    assert "INFO tarpo.cli: synthetic: wrote " in said
     for split in ("train", "test_id", "test_ood"):
         n = len((out_dir / f"{split}.jsonl").read_text().splitlines())
-        assert f"{split} {n}" in said
+        assert n > 0 and f"{out_dir / split}.jsonl ({n} problems)" in said, split
 
 
 def test_a_config_error_is_one_line_with_exit_2(tmp_path, capsys):
@@ -84,3 +103,28 @@ def test_a_config_error_is_one_line_with_exit_2(tmp_path, capsys):
     assert main(["check", "--config", str(bad)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("tarpo: config error:") and "trian" in err and len(err.splitlines()) == 1
+
+
+def test_a_loaded_model_draws_no_weight_loading_bar(tiny_model, tmp_path, capfd):
+    """transformers draws a "Loading weights" bar per from_pretrained (some 22 per pipeline run); tarpo turns it off."""
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    tiny_model.save_pretrained(tmp_path / "model")
+    hf_logging.enable_progress_bar()  # as a fresh process starts
+    try:
+        AutoModelForCausalLM.from_pretrained(tmp_path / "model")
+        assert "Loading" in capfd.readouterr().err  # the bar this test is about (else the test proves nothing)
+        assert main(["check", "--config", str(REPO / "config" / "smoke.yaml")]) == 0
+        AutoModelForCausalLM.from_pretrained(tmp_path / "model")
+        captured = capfd.readouterr()
+        assert "Loading" not in captured.err and "Loading" not in captured.out
+    finally:
+        hf_logging.disable_progress_bar()
+
+
+def test_check_prints_its_one_line_summary_on_stdout(capsys):
+    # the one stdout line that is not a log record: `tarpo check`'s answer (as `snakemake -n` users read it)
+    assert main(["check", "--config", str(REPO / "config" / "smoke.yaml")]) == 0
+    out = capsys.readouterr().out.strip()
+    assert out.startswith(f"{REPO / 'config' / 'smoke.yaml'}: ok (") and len(out.splitlines()) == 1

@@ -207,8 +207,12 @@ def test_non_finite_losses_are_skipped_then_abort(prepared, tmp_path, monkeypatc
 
     monkeypatch.setattr(trainer_module, "grpo_loss", sometimes_nan)
     trainer = make(prepared, tmp_path, steps=8, max_nonfinite_steps=3)
-    with pytest.raises(NonFiniteLossError, match="3 non-finite losses in a row"):
+    earlier = open_bars("train ")  # (another test's run may have left one open)
+    with pytest.raises(NonFiniteLossError, match="3 non-finite losses in a row") as caught:
         trainer.run()
+    # the bar is closed though the traceback (held here, as by the CLI printing the error) keeps run()'s frame
+    assert not open_bars("train ", besides=earlier), "the CLI's error message would go on the progress bar's line"
+    del caught
     assert trainer.nonfinite_total == 3
     assert [round(h["nonfinite_skipped"]) for h in trainer.history] == [0, 1, 2]
     for p in trainer.params.values():
@@ -257,6 +261,33 @@ def interrupt_at(prepared, tmp_path, monkeypatch, step, **train):
         trainer.run()
     monkeypatch.setattr(GrpoTrainer, "train_step", original)
     return trainer
+
+
+def open_bars(prefix: str, besides: list | None = None) -> list:
+    """The progress bars still drawn (not closed) whose description starts with `prefix`, other than `besides`."""
+    from tqdm import tqdm
+
+    return [bar for bar in list(getattr(tqdm, "_instances", ()))
+            if str(bar.desc).startswith(prefix) and not any(bar is other for other in besides or ())]
+
+
+def test_a_preempted_run_closes_its_bar_before_its_message(prepared, tmp_path, monkeypatch, capsys):
+    import tarpo.trainer as trainer_module
+
+    bars_at_message = []
+    warning = trainer_module.log.warning
+    earlier = open_bars("train ")  # (another test's run may have left one open)
+
+    def recording_warning(msg, *args, **kwargs):
+        if msg.startswith("SIGTERM"):
+            bars_at_message.append(open_bars("train ", besides=earlier))
+        warning(msg, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_module.log, "warning", recording_warning)
+    interrupt_at(prepared, tmp_path, monkeypatch, 2)
+    assert bars_at_message == [[]]  # one message, with no bar left to redraw after it
+    out = capsys.readouterr().out
+    assert "WARNING tarpo.trainer: SIGTERM: checkpointed tiny/tarpo at step 2; rerun to resume" in out
 
 
 def test_a_config_change_starts_over_and_says_which_key(prepared, tmp_path, monkeypatch, capsys):

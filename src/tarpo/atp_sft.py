@@ -210,22 +210,24 @@ def train_vae(model: nn.Module, decoder: nn.Module, mode: AtpLatentMode, example
     sample_gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed + 1)
     model.train(), decoder.train(), mode.train()
     history = []
-    for step in tqdm(range(total), desc=desc, dynamic_ncols=True):
-        stage = curriculum(step, steps_per_stage, K)
-        rows = torch.randint(len(examples), (batch_size,), generator=gen).tolist()
-        batch = [examples[r] for r in rows]
-        k = [min(len(e.steps), K) if stage is None else min(stage, len(e.steps), K) for e in batch]
-        losses = vae_loss(model, decoder, mode, batch, k, kl_weight, sample_gen)
-        optimizer.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        schedule.step()
-        row = {name: float(v.detach()) for name, v in losses.items()} | {"stage": float(stage or K + 1)}
-        history.append(row)
-        if log_metric:
-            for name, value in row.items():
-                log_metric(f"sft_{name}", value, step)
+    # closed however the loop ends (an error's message, printed by the CLI, starts on a line of its own)
+    with tqdm(range(total), desc=desc, unit="step", dynamic_ncols=True) as bar:
+        for step in bar:
+            stage = curriculum(step, steps_per_stage, K)
+            rows = torch.randint(len(examples), (batch_size,), generator=gen).tolist()
+            batch = [examples[r] for r in rows]
+            k = [min(len(e.steps), K) if stage is None else min(stage, len(e.steps), K) for e in batch]
+            losses = vae_loss(model, decoder, mode, batch, k, kl_weight, sample_gen)
+            optimizer.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            schedule.step()
+            row = {name: float(v.detach()) for name, v in losses.items()} | {"stage": float(stage or K + 1)}
+            history.append(row)
+            if log_metric:
+                for name, value in row.items():
+                    log_metric(f"sft_{name}", value, step)
     model.eval(), decoder.eval(), mode.eval()
     return history
 

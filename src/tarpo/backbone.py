@@ -223,29 +223,29 @@ def warm_start(
     model.train()
     order: list[int] = []
     losses: list[float] = []
-    bar = tqdm(range(cfg.steps), desc="warm start", unit="step", mininterval=2.0)
-    for step in bar:
-        batch_idx = []
-        while len(batch_idx) < cfg.batch_size:
-            if not order:
-                order = list(range(len(data)))
-                rng.shuffle(order)
-            batch_idx.append(order.pop())
-        batch = _collate([data[i] for i in batch_idx], tokenizer.pad_token_id)
-        loss = model(**batch).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        value = float(loss.detach())
-        losses.append(value)
-        if step % 10 == 0 or step == cfg.steps - 1:
-            bar.set_postfix(loss=f"{value:.3f}")
-            if log_metric is not None:
-                log_metric("warm_start/loss", value, step)
-                log_metric("warm_start/lr", scheduler.get_last_lr()[0], step)
-    bar.close()
+    # closed however the loop ends (an error's message, printed by the CLI, starts on a line of its own)
+    with tqdm(range(cfg.steps), desc="warm start", unit="step", mininterval=2.0) as bar:
+        for step in bar:
+            batch_idx = []
+            while len(batch_idx) < cfg.batch_size:
+                if not order:
+                    order = list(range(len(data)))
+                    rng.shuffle(order)
+                batch_idx.append(order.pop())
+            batch = _collate([data[i] for i in batch_idx], tokenizer.pad_token_id)
+            loss = model(**batch).loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            value = float(loss.detach())
+            losses.append(value)
+            if step % 10 == 0 or step == cfg.steps - 1:
+                bar.set_postfix(loss=f"{value:.3f}")
+                if log_metric is not None:
+                    log_metric("warm_start/loss", value, step)
+                    log_metric("warm_start/lr", scheduler.get_last_lr()[0], step)
     model.eval()
     window = max(1, min(50, len(losses) // 10 or 1))
     return {

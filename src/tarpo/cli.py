@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -63,14 +64,12 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
     cfg = _config(args)
     if args.dataset in cfg.datasets:
-        from tarpo.data.synthetic import prepare_dataset
-
-        prepare_dataset(cfg.datasets[args.dataset], Path(args.out))
+        from tarpo.data.synthetic import SPLITS, prepare_dataset
         from tarpo.io import read_jsonl
 
-        counts = ", ".join(f"{split} {len(read_jsonl(Path(args.out) / f'{split}.jsonl'))}"
-                           for split in ("train", "test_id", "test_ood"))
-        log.info(f"{args.dataset}: wrote {Path(args.out)}/{{train,test_id,test_ood}}.jsonl ({counts} problems)")
+        prepare_dataset(cfg.datasets[args.dataset], Path(args.out))
+        files = [Path(args.out) / f"{split}.jsonl" for split in SPLITS]
+        log.info(f"{args.dataset}: wrote " + ", ".join(f"{path} ({len(read_jsonl(path))} problems)" for path in files))
     elif args.dataset in TRAIN_SETS:
         from tarpo.data.benchmarks import load_benchmark
         from tarpo.io import atomic_dir, write_jsonl
@@ -160,12 +159,28 @@ def _subcommand(sub, name: str, help: str, description: str, example: str, paren
                           epilog=f"example:\n  {example}", formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
+class BenchmarkChoices:
+    """`--benchmark`'s choices: the registry's evaluation benchmarks, and DATASET_test_id / DATASET_test_ood for
+    a synthetic dataset (which ones depends on the config, so a name of that form passes here and
+    `get_benchmark` checks it against the config). argparse lists them in the help and in its error."""
+
+    SYNTHETIC = re.compile(r".+_(test_id|test_ood)")
+
+    def __init__(self, names: list[str] | tuple[str, ...]) -> None:
+        self.names = tuple(names)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and (name in self.names or bool(self.SYNTHETIC.fullmatch(name)))
+
+    def __iter__(self):
+        return iter((*self.names, "DATASET_test_id", "DATASET_test_ood"))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from tarpo.data.benchmarks import REGISTRY
+    from tarpo.data.benchmarks import EVAL_BENCHMARKS, REGISTRY
     from tarpo.modes import MODES
 
     trained = [m for m in MODES if m != "cot"]
-    benchmarks = ", ".join(REGISTRY)
     parser = argparse.ArgumentParser(
         prog="tarpo",
         description="TARPO reproduction pipeline. Normally driven by Snakemake (`snakemake --cores 2 all`), whose "
@@ -253,11 +268,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", required=True, help="backbone name in the config")
     p.add_argument("--method", required=True, choices=list(MODES),
                    help="cot (the bare backbone) or a trained method: %(choices)s")
-    p.add_argument("--backbone-dir", required=True)
+    p.add_argument("--backbone-dir", required=True,
+                   help="directory written by `tarpo backbone` (for atp_latent: by `tarpo atp-sft`)")
     p.add_argument("--checkpoint", help="checkpoint directory of the trained method (omit for cot)")
-    p.add_argument("--benchmark", required=True,
-                   help=f"one of: {benchmarks}; or DATASET_test_id / DATASET_test_ood for a configured synthetic "
-                   "dataset")
+    p.add_argument("--benchmark", required=True, choices=BenchmarkChoices(EVAL_BENCHMARKS), metavar="BENCHMARK",
+                   help="one of: %(choices)s (DATASET: a synthetic dataset of the config)")
     p.add_argument("--data-root", default="results/data", help="where prepared datasets live (default: %(default)s)")
     p.add_argument("--out", required=True, help="result JSON; samples go beside it")
     p.add_argument("--seed", type=int, help="sampling seed (default: the first of the config's `seeds`)")

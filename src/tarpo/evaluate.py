@@ -413,27 +413,27 @@ def evaluate(
             decoder = load_decoder(Path(backbone_dir), device)
         marker = AnswerMarker(tokenizer, model.config.vocab_size).to(device)
         eos_ids = eos_token_ids(tokenizer, model)
-        bar = tqdm(total=len(records), initial=len(done), desc=f"eval {backbone}/{method}/{benchmark}",
-                   unit="problem", dynamic_ncols=True)
-        for b in todo:
-            chunk = records[b * e.batch_size:(b + 1) * e.batch_size]
-            samples = sample_batch(model, tokenizer, mode, chunk, k=e.k, temperature=e.temperature,
-                                   max_new_tokens=e.max_new_tokens, max_prompt_tokens=tcfg.max_prompt_tokens,
-                                   seed=batch_seed(cfg.seed, benchmark, b), eos_ids=eos_ids, marker=marker,
-                                   device=device, decoder=decoder)
-            new_rows = []
-            for index, (record, rows) in enumerate(zip(chunk, samples)):
-                if record["id"] in done:  # kept from the partial file (identical: same batch, same seed)
-                    continue
-                full = [{"problem_id": record["id"], "problem_index": b * e.batch_size + index,
-                         "gold": str(record["answer"]), **row} for row in rows]
-                done[record["id"]] = full
-                new_rows += full
-            _append(paths["partial"], new_rows)
-            bar.update(len(chunk))
-            correct = [r["correct"] for rows in done.values() for r in rows]
-            bar.set_postfix(pass1=f"{sum(correct) / len(correct):.3f}")
-        bar.close()
+        # closed however the loop ends (an error's message, printed by the CLI, starts on a line of its own)
+        with tqdm(total=len(records), initial=len(done), desc=f"eval {backbone}/{method}/{benchmark}",
+                  unit="problem", dynamic_ncols=True) as bar:
+            for b in todo:
+                chunk = records[b * e.batch_size:(b + 1) * e.batch_size]
+                samples = sample_batch(model, tokenizer, mode, chunk, k=e.k, temperature=e.temperature,
+                                       max_new_tokens=e.max_new_tokens, max_prompt_tokens=tcfg.max_prompt_tokens,
+                                       seed=batch_seed(cfg.seed, benchmark, b), eos_ids=eos_ids, marker=marker,
+                                       device=device, decoder=decoder)
+                new_rows = []
+                for index, (record, rows) in enumerate(zip(chunk, samples)):
+                    if record["id"] in done:  # kept from the partial file (identical: same batch, same seed)
+                        continue
+                    full = [{"problem_id": record["id"], "problem_index": b * e.batch_size + index,
+                             "gold": str(record["answer"]), **row} for row in rows]
+                    done[record["id"]] = full
+                    new_rows += full
+                _append(paths["partial"], new_rows)
+                bar.update(len(chunk))
+                correct = [r["correct"] for rows in done.values() for r in rows]
+                bar.set_postfix(pass1=f"{sum(correct) / len(correct):.3f}")
 
     rows_by_problem = [done[r["id"]] for r in records]
     for record, problem_rows in zip(records, rows_by_problem):  # after sampling, so resumed rows get it too

@@ -660,24 +660,25 @@ class GrpoTrainer:
         last: StepResult | None = None
         with tracking as tracker, Preemption() as preemption:
             self.run_id = tracker.run_id
-            bar = tqdm(total=self.steps, initial=self.step, desc=f"train {self.backbone}/{self.method}",
-                       disable=not acc.is_main_process, dynamic_ncols=True)
-            while self.step < self.steps:
-                last = self.train_step()
-                self.history.append({"step": self.step, **last.metrics})
-                tracker.log_metrics(last.metrics, step=self.step)
-                bar.update(1)
-                bar.set_postfix(reward=f"{last.metrics['reward_mean']:.2f}",
-                                **({"soft": f"{last.metrics['soft_ratio']:.2f}"} if "soft_ratio" in last.metrics else {}))
-                stop = self._agree(preemption.requested)
-                every = self.tcfg.checkpoint_every
-                if stop or (every and self.step % every == 0 and self.step < self.steps):
-                    self.checkpoint()
-                if stop:
-                    bar.close()  # before the message: no half-drawn bar line after it
-                    log.warning(f"SIGTERM: checkpointed {self.backbone}/{self.method} at step {self.step}; rerun to resume")
-                    raise SystemExit(EXIT_PREEMPTED)
-            bar.close()
+            # closed however the loop ends (an error's message, printed by the CLI, starts on a line of its own)
+            with tqdm(total=self.steps, initial=self.step, desc=f"train {self.backbone}/{self.method}", unit="step",
+                      disable=not acc.is_main_process, dynamic_ncols=True) as bar:
+                while self.step < self.steps:
+                    last = self.train_step()
+                    self.history.append({"step": self.step, **last.metrics})
+                    tracker.log_metrics(last.metrics, step=self.step)
+                    bar.update(1)
+                    soft = {"soft": f"{last.metrics['soft_ratio']:.2f}"} if "soft_ratio" in last.metrics else {}
+                    bar.set_postfix(reward=f"{last.metrics['reward_mean']:.2f}", **soft)
+                    stop = self._agree(preemption.requested)
+                    every = self.tcfg.checkpoint_every
+                    if stop or (every and self.step % every == 0 and self.step < self.steps):
+                        self.checkpoint()
+                    if stop:
+                        bar.close()  # before the message: no half-drawn bar line after it
+                        log.warning(f"SIGTERM: checkpointed {self.backbone}/{self.method} at step {self.step}; "
+                                    "rerun to resume")
+                        raise SystemExit(EXIT_PREEMPTED)
             if acc.is_main_process:
                 self.save_final(last, tracker)
             acc.wait_for_everyone()
