@@ -24,6 +24,7 @@ class TqdmStdoutHandler(logging.Handler):
             from tqdm import tqdm
 
             tqdm.write(self.format(record), file=sys.stdout)
+            sys.stdout.flush()  # in order with the bars (stderr) even when stdout is a file
         except Exception:  # noqa: BLE001 - logging must never raise
             self.handleError(record)
 
