@@ -291,3 +291,20 @@ def test_code_evaluation_records_the_sandbox_layers(prepared, tmp_path):
     assert written["n_problems"] == 2
     synthetic, _ = run(prepared, tmp_path, benchmark="synthetic_test_id", cfg=config(max_problems=2, k=1))
     assert "sandbox" not in synthetic  # only code is run in the sandbox
+
+
+def test_compiled_decoding_samples_what_eager_decoding_samples(prepared, tmp_path):
+    """`evaluate.compile_decode` reaches the rollout: same samples as the eager reference (fp32, fixed seed)."""
+    from tarpo import decode
+
+    decode.clear_cache()
+    eager, eager_out = run(prepared, tmp_path / "eager", cfg=config(batch_size=4))
+    assert not decode._DECODERS  # the eager path builds no static decoder
+    compiled, compiled_out = run(prepared, tmp_path / "compiled", cfg=config(batch_size=4, compile_decode=True))
+    assert any(d.compiled for d in decode._DECODERS.values())
+    decode.clear_cache()
+    assert compiled["compile_decode"] is True and eager["compile_decode"] is False
+    keys = ("problem_id", "sample", "token_ids", "completion", "correct")
+    assert ([{k: r[k] for k in keys} for r in read_samples(compiled_out)]
+            == [{k: r[k] for k in keys} for r in read_samples(eager_out)])
+    assert compiled["pass@1"] == eager["pass@1"]

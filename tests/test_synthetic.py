@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
@@ -129,7 +130,41 @@ def test_id_ranges(splits):
     assert {r["steps"] for r in splits["train"]} == set(range(CFG.min_steps, CFG.max_steps + 1))
 
 
-def test_ood_chains_are_longer_than_train(splits):
+def _operations(question: str) -> list[str]:
+    """The question's operation sentences as '+', '-' or '*', read from its text."""
+    kinds = {"buys": "+", "finds": "+", "gets": "+", "gives": "-", "loses": "-", "sells": "-",
+             "doubles": "*", "triples": "*"}
+    sentences = re.findall(r"[^.?]+[.?]", question)[1:-1]
+    return [next(kinds[w] for w in re.findall(r"[a-z]+", s) if w in kinds) for s in sentences]
+
+
+def test_order_shift_holds_a_multiplication_then_subtraction_out_of_train(splits):
+    """Default shift: test_ood problems all contain '* then -'; train and test_id never do; lengths and starts
+    stay in the train ranges."""
+    assert CFG.ood_shift == "order"
+    pair = lambda ops: any(a == "*" and b == "-" for a, b in zip(ops, ops[1:]))  # noqa: E731
+    for split in ("train", "test_id"):
+        assert not any(pair(_operations(r["question"])) for r in splits[split])
+    for r in splits["test_ood"]:
+        ops = _operations(r["question"])
+        assert pair(ops) and len(ops) == r["steps"] and CFG.min_steps <= r["steps"] <= CFG.max_steps
+        assert 1 <= _start(r["question"]) <= CFG.max_operand
+        assert recompute_answer(r["question"]) == int(r["answer"])
+    # every other pair of consecutive operations does occur in train
+    seen = {(a, b) for r in splits["train"] for ops in [_operations(r["question"])] for a, b in zip(ops, ops[1:])}
+    assert seen == {(a, b) for a in "+-*" for b in "+-*"} - {("*", "-")}
+
+
+def test_order_shift_needs_two_steps():
+    from tarpo.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="ood_shift 'order' needs max_steps >= 2"):
+        load_config({"datasets": {"synthetic": {"min_steps": 1, "max_steps": 1}}}, partial=True)
+
+
+def test_ood_chains_are_longer_than_train():
+    length = dataclasses.replace(CFG, ood_shift="length")
+    splits = {split: generate_split(length, split) for split in SPLITS}
     train_max_steps = max(r["steps"] for r in splits["train"])
     train_max_start = max(_start(r["question"]) for r in splits["train"])
     assert train_max_steps == CFG.max_steps and train_max_start <= CFG.max_operand

@@ -423,3 +423,18 @@ def test_atp_latent_runs_from_its_sft_stage(prepared, tmp_path):
         assert key in last and 0.0 <= last[key] <= 8.0, key
     model, tok, mode = load_policy(sft, "atp_latent", trainer.tcfg, tmp_path / "atp" / "checkpoint")
     assert mode.special_ids and len(tok) == model.get_input_embeddings().weight.shape[0]
+
+
+def test_compiled_decoding_reaches_the_training_rollout(prepared, tmp_path):
+    """`train.compile_decode` samples on the compiled static-cache path: same completions as eager (fp32)."""
+    from tarpo import decode
+
+    decode.clear_cache()
+    rollouts = {}
+    for compiled in (False, True):
+        trainer = make(prepared, tmp_path / str(compiled), "grpo", steps=1, checkpoint_every=0, compile_decode=compiled)
+        rollouts[compiled], *_ = trainer.sample(0)
+        assert bool(decode._DECODERS) == compiled
+    torch.testing.assert_close(rollouts[True].tokens, rollouts[False].tokens, rtol=0, atol=0)
+    torch.testing.assert_close(rollouts[True].valid, rollouts[False].valid, rtol=0, atol=0)
+    decode.clear_cache()

@@ -56,9 +56,17 @@ class SyntheticDataConfig:
     max_steps: int = _doc("Most arithmetic steps in a train / test_id problem.", ge=1, default=4)
     max_operand: int = _doc("Largest add / subtract operand and starting amount in a train / test_id problem.", ge=2, default=9)
     max_value: int = _doc("Every intermediate value and answer stays in [1, max_value] (all splits).", ge=4, default=99)
-    ood_min_steps: int = _doc("Fewest steps in a test_ood problem (must exceed max_steps).", ge=1, default=5)
-    ood_max_steps: int = _doc("Most steps in a test_ood problem.", ge=1, default=6)
-    ood_max_operand: int = _doc("Largest starting amount in a test_ood problem (at least max_operand).", ge=2, default=9)
+    ood_shift: Literal["order", "length"] = _doc(
+        "What makes test_ood out of distribution. 'order': an operation order train never shows (a multiplication "
+        "directly followed by a subtraction; train and test_id never contain it), same lengths and operands. "
+        "'length': longer chains (ood_min_steps..ood_max_steps) and starts up to ood_max_operand.",
+        default="order",
+    )
+    ood_min_steps: int = _doc("'length' shift: fewest steps in a test_ood problem (must exceed max_steps).", ge=1,
+                              default=5)
+    ood_max_steps: int = _doc("'length' shift: most steps in a test_ood problem.", ge=1, default=6)
+    ood_max_operand: int = _doc("'length' shift: largest starting amount in a test_ood problem (at least max_operand).",
+                                ge=2, default=9)
     demo_error_rate: float = _doc(
         "Chance that a step of a train demonstration (what the warm start imitates) is off by one; "
         "the chain goes on from the slip. RL with the exact answer reward has this to unlearn. 0: clean.",
@@ -138,6 +146,11 @@ class TrainConfig:
     max_prompt_tokens: int = _doc("Prompts are left-truncated to this many tokens.", ge=1, default=1024)
     max_new_tokens: int = _doc("Completion length limit.", ge=1, default=1024)
     learning_rate: float = _doc("Policy (LoRA or full) learning rate.", ge=0, default=5e-6)
+    compile_decode: bool = _doc(
+        "Sample rollouts on a static KV cache with a torch.compile'd decode step (tarpo.decode; CUDA graphs on a "
+        "GPU); false: the eager reference. Same samples for a fixed seed where the arithmetic allows.",
+        default=False,
+    )
     head_learning_rate: float = _doc("Learning rate of the action head / HRPO gate.", ge=0, default=1e-4)
     beta: float = _doc("KL coefficient against the reference policy.", ge=0, default=0.005)
     weight_decay: float = _doc("AdamW weight decay.", ge=0, default=0.1)
@@ -236,6 +249,10 @@ class EvaluateConfig:
     max_new_tokens: int = _doc("Completion length limit.", ge=1, default=1024)
     batch_size: int = _doc("Problems per rollout batch.", ge=1, default=32)
     max_problems: int = _doc("Evaluate at most this many problems per benchmark (0: all).", ge=0, default=0)
+    compile_decode: bool = _doc(
+        "Decode on a static KV cache with a torch.compile'd step (tarpo.decode); false: the eager reference.",
+        default=False,
+    )
 
 
 @dataclass
@@ -456,6 +473,9 @@ def validate(cfg: Config, partial: bool = False) -> Config:
         if ds.ood_min_steps <= ds.max_steps or ds.ood_max_operand < ds.max_operand:
             raise ConfigError(f"'datasets.{dname}': test_ood must have more steps than train "
                               "(ood_min_steps > max_steps) and ood_max_operand >= max_operand")
+        if ds.ood_shift == "order" and ds.max_steps < 2:
+            raise ConfigError(f"'datasets.{dname}': ood_shift 'order' needs max_steps >= 2 (a held-out pair of "
+                              f"operations), got {ds.max_steps}")
         # What the generator needs (tarpo.data.synthetic): non-empty ranges, room for every start and step.
         if ds.min_steps > ds.max_steps or ds.ood_min_steps > ds.ood_max_steps:
             raise ConfigError(f"'datasets.{dname}': min_steps must not exceed max_steps, nor ood_min_steps ood_max_steps")

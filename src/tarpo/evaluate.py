@@ -120,7 +120,7 @@ def _spec(cfg: Config, *, backbone: str, method: str, benchmark: str, records: l
     return {
         "backbone": backbone, "method": method, "benchmark": benchmark, "seed": cfg.seed,
         "k": e.k, "temperature": e.temperature, "max_new_tokens": e.max_new_tokens, "batch_size": e.batch_size,
-        "max_prompt_tokens": max_prompt_tokens,
+        "max_prompt_tokens": max_prompt_tokens, "compile_decode": e.compile_decode,
         "problems": hashlib.sha256(json.dumps([r["id"] for r in records]).encode()).hexdigest(),
         "backbone_files": _files_fingerprint(backbone_dir), "checkpoint_files": _files_fingerprint(checkpoint),
     }
@@ -184,7 +184,7 @@ def _reward_kwargs(record: dict[str, Any]) -> dict[str, Any]:
 @torch.no_grad()
 def sample_batch(model: Any, tokenizer: Any, mode: Any, records: list[dict[str, Any]], *, k: int, temperature: float,
                  max_new_tokens: int, max_prompt_tokens: int, seed: int, eos_ids: list[int], marker: Any,
-                 device: torch.device, decoder: Any = None) -> list[list[dict[str, Any]]]:
+                 device: torch.device, decoder: Any = None, compiled: bool = False) -> list[list[dict[str, Any]]]:
     """k scored samples for each record (rows without problem bookkeeping), sampled as one batch.
 
     ATP-Latent: tokens are counted its way (active latents + answer tokens, not the forced `<eol>`), thinking
@@ -200,7 +200,8 @@ def sample_batch(model: Any, tokenizer: Any, mode: Any, records: list[dict[str, 
     greedy = temperature <= 0
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
     rollout = generate(model, mode, ids, mask, max_new_tokens=max_new_tokens, temperature=1.0 if greedy else temperature,
-                       eos_ids=eos_ids, pad_id=pad_id, marker=marker, greedy=greedy, generator=generator)
+                       eos_ids=eos_ids, pad_id=pad_id, marker=marker, greedy=greedy, generator=generator,
+                       compiled=compiled)
     _, _, embed = model_parts(model)
     latent_texts = None
     if decoder is not None:
@@ -421,7 +422,7 @@ def evaluate(
                 samples = sample_batch(model, tokenizer, mode, chunk, k=e.k, temperature=e.temperature,
                                        max_new_tokens=e.max_new_tokens, max_prompt_tokens=tcfg.max_prompt_tokens,
                                        seed=batch_seed(cfg.seed, benchmark, b), eos_ids=eos_ids, marker=marker,
-                                       device=device, decoder=decoder)
+                                       device=device, decoder=decoder, compiled=e.compile_decode)
                 new_rows = []
                 for index, (record, rows) in enumerate(zip(chunk, samples)):
                     if record["id"] in done:  # kept from the partial file (identical: same batch, same seed)
@@ -445,7 +446,7 @@ def evaluate(
         "backbone": backbone, "method": method, "checkpoint": str(checkpoint) if checkpoint else None,
         **summarise(rows_by_problem, e.k), **mode_metrics(method, rows),
         "temperature": e.temperature, "max_new_tokens": e.max_new_tokens, "batch_size": e.batch_size,
-        "seed": cfg.seed, "max_problems": e.max_problems,
+        "seed": cfg.seed, "max_problems": e.max_problems, "compile_decode": e.compile_decode,
         "revision": (cfg.benchmarks.get(benchmark, {}).get("revision", bench.revision)
                      if not cfg.benchmarks.get(benchmark, {}).get("path") else "local file"),
         "resumed_problems": resumed, "machine": machine_info(device),

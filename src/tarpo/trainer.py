@@ -451,7 +451,7 @@ class GrpoTrainer:
         with acc.autocast():
             rollout = generate(self.model, self.mode, ids, mask, max_new_tokens=t.max_new_tokens,
                                temperature=t.temperature, eos_ids=self.eos_ids, pad_id=self.tokenizer.pad_token_id,
-                               marker=self.marker, generator=self._generator(micro))
+                               marker=self.marker, generator=self._generator(micro), compiled=t.compile_decode)
         texts = [self.tokenizer.decode(tok[v], skip_special_tokens=True)
                  for tok, v in zip(rollout.tokens.cpu(), rollout.valid.cpu())]
         rewards, parts = self.rewards(rollout, texts, records)

@@ -20,9 +20,17 @@ Splits (each generated from its own `random.Random` stream seeded by
 - `train` and `test_id`: the same distribution (`min_steps..max_steps`
   operations, starting amount `<= max_operand`); `test_id` never repeats a
   train question (deduplicated by question text).
-- `test_ood`: longer chains (`ood_min_steps..ood_max_steps` operations) and a
-  starting amount up to `ood_max_operand`, over the same value range: the
-  shift is in length (and start), not in vocabulary.
+- `test_ood`, by `ood_shift`:
+  - `order` (default): the lengths, starts and operands of train, but every
+    problem contains an operation order train and test_id never show: a
+    multiplication directly followed by a subtraction (`HELD_OUT_ORDER`).
+    Each step is familiar; their composition is not (a systematic split, as
+    in SCAN or CFQ), and subtracting from a doubled or tripled value also
+    reaches larger numbers than train's subtractions usually do.
+  - `length`: longer chains (`ood_min_steps..ood_max_steps` operations) and a
+    starting amount up to `ood_max_operand`, over the same value range. A
+    1M-parameter model does not generalise in length (docs/experiments.md):
+    its accuracy there is a chance floor.
 
 Imperfect demonstrations (`demo_error_rate`): the warm start imitates the
 train split's `demonstration` field, the gold chain replayed by a teacher
@@ -64,6 +72,9 @@ ITEMS: tuple[str, ...] = ("apples", "pencils", "marbles", "stickers", "cards", "
 ADD_TEMPLATES = ("{p} buys {n} more.", "{p} finds {n} more.", "{p} gets {n} more.")
 SUB_TEMPLATES = ("{p} gives away {n}.", "{p} loses {n}.", "{p} sells {n}.")
 MUL_TEMPLATES = {2: "Then the number of {items} doubles.", 3: "Then the number of {items} triples."}
+
+#: ood_shift "order": the pair of consecutive operations held out of train and test_id
+HELD_OUT_ORDER = ("*", "-")
 
 
 _START_RE = re.compile(r"^(?P<name>[A-Z][a-z]+) has (?P<n>\d+) (?P<items>[a-z]+)$")
@@ -139,9 +150,21 @@ def chain(start: int, ops: list[tuple[str, int]], error_rate: float = 0.0, rng: 
 
 def split_ranges(cfg: SyntheticDataConfig, split: str) -> tuple[int, int, int, int, int]:
     """(min steps, max steps, smallest start, largest start, value cap) of a split."""
-    if split == "test_ood":
+    if split == "test_ood" and cfg.ood_shift == "length":
         return cfg.ood_min_steps, cfg.ood_max_steps, 1, cfg.ood_max_operand, cfg.max_value
     return cfg.min_steps, cfg.max_steps, 1, cfg.max_operand, cfg.max_value
+
+
+def has_held_out_order(ops: list[tuple[str, int]]) -> bool:
+    """Whether a multiplication is directly followed by a subtraction somewhere in `ops`."""
+    return any((a[0], b[0]) == HELD_OUT_ORDER for a, b in zip(ops, ops[1:]))
+
+
+def _admits(cfg: SyntheticDataConfig, split: str, ops: list[tuple[str, int]]) -> bool:
+    """The 'order' shift's rule: test_ood problems contain the held-out order, the others never do."""
+    if cfg.ood_shift != "order":
+        return True
+    return has_held_out_order(ops) == (split == "test_ood")
 
 
 def _generate(cfg: SyntheticDataConfig, split: str, n: int, exclude: set[str]) -> list[dict[str, Any]]:
@@ -160,7 +183,7 @@ def _generate(cfg: SyntheticDataConfig, split: str, n: int, exclude: set[str]) -
         if attempts > 50 * n + 1000:
             raise ValueError(f"synthetic split '{split}': cannot find {n} distinct problems; widen the ranges")
         rec, start, ops = _problem(rng, rng.randint(lo_steps, hi_steps), start_lo, start_hi, cfg.max_operand, cap)
-        if rec["question"] in seen:
+        if rec["question"] in seen or not _admits(cfg, split, ops):
             continue
         seen.add(rec["question"])
         if demo_error_rate > 0:
