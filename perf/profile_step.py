@@ -60,7 +60,13 @@ def main() -> None:
     parser.add_argument("--data", required=True, type=Path)
     parser.add_argument("--steps", type=int, default=5, help="timed steps (after --warmup)")
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc's malloc as it is (what tarpo did before tarpo.allocator)")
     args = parser.parse_args()
+    if not args.default_malloc:
+        from tarpo.allocator import keep_freed_memory
+
+        keep_freed_memory()  # as the tarpo command does
 
     cfg = load_config(args.config)
     with tempfile.TemporaryDirectory() as tmp:

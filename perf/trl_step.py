@@ -25,6 +25,7 @@ import torch
 import yaml
 
 from tarpo.config import load_config
+from tarpo.console import setup_logging
 from tarpo.io import read_jsonl
 from tarpo.rewards import reward
 
@@ -49,7 +50,7 @@ def tarpo_step_times(cfg, backbone: str, backbone_dir: Path, data: Path, warmup:
 def trl_step_times(cfg, backbone_dir: Path, data: Path, warmup: int, steps: int) -> tuple[list[float], float]:
     """Seconds per timed step of TRL's GRPOTrainer on the same backbone, prompts and settings."""
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
     from tarpo.data.template import build_prompt
@@ -91,10 +92,11 @@ def trl_step_times(cfg, backbone_dir: Path, data: Path, warmup: int, steps: int)
             num_generations=t.group_size, max_completion_length=t.max_new_tokens, temperature=t.temperature,
             learning_rate=t.learning_rate, beta=t.beta, max_steps=warmup + steps, logging_steps=1,
             report_to="none", save_strategy="no", use_cpu=True, bf16=False, shuffle_dataset=False,
-            disable_dropout=True, seed=0, dataloader_num_workers=0,
+            disable_dropout=True, seed=0, dataloader_num_workers=0, disable_tqdm=True,
         )
         trainer = GRPOTrainer(model=model, reward_funcs=accuracy, args=args, train_dataset=dataset,
                               processing_class=tokenizer, callbacks=[timer, Lengths()])
+        trainer.remove_callback(PrinterCallback)  # its per-step log dicts would bury the table
         trainer.train()
     return timer.times[warmup:], statistics.mean(lengths[warmup:]) if lengths[warmup:] else float("nan")
 
@@ -115,7 +117,14 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc's malloc as it is (what tarpo did before tarpo.allocator)")
     args = parser.parse_args()
+    if not args.default_malloc:
+        from tarpo.allocator import keep_freed_memory
+
+        keep_freed_memory()  # as the tarpo command does
+    setup_logging()  # also turns off transformers' weight-loading bars
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -131,14 +140,17 @@ def main() -> None:
     print(f"GRPO step, {t.prompts_per_step} prompts x {t.group_size} completions, <= {t.max_new_tokens} new tokens, "
           f"T {t.temperature}, beta {t.beta}, threads {torch.get_num_threads()}; median of {args.steps} steps "
           f"after {args.warmup} warm-up")
-    print(f"{'trainer':20s} {'s/step':>8s} {'min':>7s} {'max':>7s} {'mean completion':>16s}")
+    print(f"{'trainer':20s} {'s/step':>8s} {'min':>7s} {'max':>7s} {'mean completion':>16s} {'ms/token':>9s}")
+    n = t.prompts_per_step * t.group_size
     for name, (times, length) in rows.items():
-        print(f"{name:20s} {statistics.median(times):8.3f} {min(times):7.3f} {max(times):7.3f} {length:16.1f}")
+        print(f"{name:20s} {statistics.median(times):8.3f} {min(times):7.3f} {max(times):7.3f} {length:16.1f} "
+              f"{1000 * statistics.median(times) / (n * length):9.3f}")
     ratio = statistics.median(ours) / statistics.median(theirs)
-    print(f"ratio tarpo / trl: {ratio:.2f} (target <= 0.6)")
+    per_token = (statistics.median(ours) / our_len) / (statistics.median(theirs) / their_len)
+    print(f"ratio tarpo / trl: {ratio:.2f} per step, {per_token:.2f} per generated token (target <= 0.6)")
     if args.json:
         Path(args.json).write_text(json.dumps({"tarpo_s": ours, "trl_s": theirs, "tarpo_len": our_len,
-                                               "trl_len": their_len, "ratio": ratio,
+                                               "trl_len": their_len, "ratio": ratio, "ratio_per_token": per_token,
                                                "threads": torch.get_num_threads()}, indent=1))
 
 

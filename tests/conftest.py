@@ -7,10 +7,13 @@ import os
 import pytest
 import torch
 
+from tarpo.allocator import keep_freed_memory
 from tarpo.console import setup_logging
 
-# As `tarpo` sets it up: the package logs INFO records to the current stdout (capsys sees them).
+# As `tarpo` sets it up: the package logs INFO records to the current stdout (capsys sees them), and
+# glibc keeps freed memory in the process.
 setup_logging()
+keep_freed_memory()
 
 os.environ.setdefault("TARPO_TRACKING", "off")  # tests that track set up their own store
 

@@ -298,9 +298,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from tarpo.allocator import keep_freed_memory
     from tarpo.console import setup_logging
 
     setup_logging()
+    keep_freed_memory()  # CPU steps stop re-faulting their activations in (tarpo.allocator)
     try:
         args.func(args)
     except ConfigError as err:
