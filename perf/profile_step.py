@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import resource
 import statistics
 import tempfile
 import time
@@ -88,6 +89,9 @@ def main() -> None:
         timers.wrap(cls, "_sync_gradients", "gradient sync")
         timers.wrap(trainer.optimizer, "step", "optimiser step")
 
+        rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB (Linux reports KiB)
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
         totals = []
         for _ in range(args.steps):
             t0 = time.perf_counter()
@@ -100,6 +104,10 @@ def main() -> None:
           f"{t.grad_accum} accumulation, beta {t.beta}, threads {torch.get_num_threads()}")
     print(f"step: {statistics.mean(totals):.3f} s mean over {args.steps} (min {min(totals):.3f}, "
           f"max {max(totals):.3f})")
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak memory: {rss:.0f} MiB resident (process peak; {rss_before:.0f} MiB before the timed steps)"
+          + (f", {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB CUDA allocated in the timed steps"
+             if torch.cuda.is_available() else ""))
     print(f"{'phase':34s} {'s/step':>8s} {'share':>7s}")
     accounted = 0.0
     for label, seconds in sorted(timers.seconds.items(), key=lambda kv: -kv[1]):
