@@ -16,7 +16,8 @@ from tarpo.rewards import extract_answer
 
 CONFIG = {
     "name": "test",
-    "datasets": {"synthetic": {"n_train": 40, "n_test_id": 8, "n_test_ood": 8}},
+    # "length": the problems the expectations below were written for (the "order" shift draws other ones)
+    "datasets": {"synthetic": {"n_train": 40, "n_test_id": 8, "n_test_ood": 8, "ood_shift": "length"}},
     "backbones": {"tiny": {"model": {"hidden_size": 32, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2,
                                      "intermediate_size": 64, "vocab_size": 300}}},
     "methods": {"grpo": {}, "hrpo": {}, "lepo": {}, "tarpo": {}},
