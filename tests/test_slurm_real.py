@@ -178,9 +178,10 @@ def test_smoke_config_runs_on_real_slurm(smoke):
 
 # ------------------------------------------------------------------ cancel, time limit, preemption
 
-# hrpo trains for over 1.5 minutes (at most ~20 steps/s here), past its 1-minute time limit, which
-# SLURM enforces within 30 s
-STEPS = {"grpo": 150, "tarpo": 150, "hrpo": 1800}
+# hrpo trains for about 2 minutes (~30 steps/s here), past its 1-minute time limit, which SLURM enforces
+# within 30 s: the limit must fall in the training itself (at 1800 steps the run once finished in 62 s and
+# the limit struck after the final save, leaving nothing to resume)
+STEPS = {"grpo": 150, "tarpo": 150, "hrpo": 3600}
 CHECKPOINT = "results/tiny/{}/seed0/checkpoint"
 
 
