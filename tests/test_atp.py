@@ -97,6 +97,56 @@ def test_vae_overfits_four_problems_until_the_decoder_reads_each_step(tiny_token
     assert all(stops), stops
 
 
+def test_cached_vae_loss_equals_recomputing_every_prefix(tiny_tokenizer, tiny_model, synthetic_records, monkeypatch):
+    """The VAE loss feeds latents one position at a time through a KV cache; recomputing the whole prefix at
+    each latent (no cache) must give the same losses and gradients, with rows of different latent lengths."""
+    from types import SimpleNamespace
+
+    import tarpo.atp_sft as atp_sft
+    from tarpo.atp_sft import Example, vae_loss
+
+    torch.manual_seed(0)
+    model, decoder, tok, mode = atp_parts(tiny_tokenizer, tiny_model, max_steps=4)
+    records = [r for r in synthetic_records if r["steps"] >= 2][:4]
+    examples = [Example(tok, r["question"], r["solution"]) for r in records]
+    latent_steps = [1, 2, 2, 0]  # rows leave the block at different positions; the last has none
+
+    def losses_and_grads():
+        model.zero_grad(), mode.zero_grad()
+        out = vae_loss(model, decoder, mode, examples, latent_steps, 1e-3, torch.Generator().manual_seed(3))
+        out["loss"].backward()
+        grads = [p.grad.clone() for p in (*model.parameters(), *mode.parameters()) if p.grad is not None]
+        return {k: float(v) for k, v in out.items()}, grads
+
+    cached, cached_grads = losses_and_grads()
+    real_parts = atp_sft.model_parts
+
+    def no_cache_parts(m):
+        dec, head, embed = real_parts(m)
+
+        def recompute(*, inputs_embeds, attention_mask, past_key_values=None, **kwargs):
+            if past_key_values is None:  # the decoder's own forward
+                return dec(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
+            seen = past_key_values.inputs = torch.cat([getattr(past_key_values, "inputs", inputs_embeds[:, :0]),
+                                                       inputs_embeds], 1)
+            end = seen.shape[1]
+            full = dec(inputs_embeds=seen, attention_mask=attention_mask,
+                       position_ids=(attention_mask.cumsum(-1) - 1).clamp_min(0)[:, :end]).last_hidden_state
+            return SimpleNamespace(last_hidden_state=full[:, end - inputs_embeds.shape[1]:])
+
+        return recompute, head, embed
+
+    monkeypatch.setattr(atp_sft, "model_parts", no_cache_parts)
+    monkeypatch.setattr(atp_sft, "DynamicCache", SimpleNamespace)
+    recomputed, recomputed_grads = losses_and_grads()
+    assert cached.keys() == recomputed.keys()
+    for key in cached:
+        assert cached[key] == pytest.approx(recomputed[key], rel=1e-5, abs=1e-6), key
+    assert len(cached_grads) == len(recomputed_grads) > 0
+    for a, b in zip(cached_grads, recomputed_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
 def _mean_latents(model, mode, example, n):
     from tarpo.rollout import model_parts
 

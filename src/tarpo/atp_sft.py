@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
+from transformers import DynamicCache
 
 from tarpo.data.template import ANSWER_MARKER, build_prompt
 from tarpo.modes.atp_latent import BEGIN_LATENT, CONTINUE, END_LATENT, SPECIAL_TOKENS, STOP, AtpLatentMode
@@ -106,14 +107,20 @@ def vae_loss(model: nn.Module, decoder: nn.Module, mode: AtpLatentMode, batch: S
     is_latent = torch.tensor([[j < n for j in range(T - P)] for n in n_lat], device=dev)
     token_embeds = embed(grid)
 
-    # Latents are sequential: z_j comes from the hidden state at position P + j - 1.
-    columns = [token_embeds[:, :P]]
+    # Latents are sequential: z_j comes from the hidden state at position P + j - 1. The KV cache keeps the
+    # graph, so each latent costs one position's forward instead of the whole prefix again.
+    cache = DynamicCache()
+
+    def forward(start: int, inputs: Tensor) -> Tensor:
+        end = start + inputs.shape[1]
+        return dec(inputs_embeds=inputs, attention_mask=mask[:, :end], position_ids=positions[:, start:end],
+                   past_key_values=cache, use_cache=True).last_hidden_state
+
+    hiddens = [forward(0, token_embeds[:, :P])]
     zs, kls, stop_logps, stop_targets = [], [], [], []
-    for j in range(max(n_lat) + 1):
-        prefix = torch.cat(columns, 1)
-        hidden = dec(inputs_embeds=prefix, attention_mask=mask[:, :P + j],
-                     position_ids=positions[:, :P + j]).last_hidden_state[:, -1]
-        mu, logvar = mode.gaussian(hidden)
+    last_latent = max(n_lat)
+    for j in range(last_latent + 1):
+        mu, logvar = mode.gaussian(hiddens[-1][:, -1])
         eps = torch.randn(mu.shape, generator=generator, device=dev)
         z = mu + torch.exp(0.5 * logvar) * eps
         here = torch.tensor([j < n for n in n_lat], device=dev)
@@ -126,11 +133,12 @@ def vae_loss(model: nn.Module, decoder: nn.Module, mode: AtpLatentMode, batch: S
                 stop_targets.append(torch.tensor([CONTINUE if j < n_lat[i] else STOP for i in range(B) if slot[i]],
                                                  device=dev))
         zs.append(z)
-        if j < T - P:
-            columns.append(torch.where(is_latent[:, j:j + 1, None], z[:, None].to(token_embeds.dtype),
-                                       token_embeds[:, P + j:P + j + 1]))
-    inputs = torch.cat(columns + [token_embeds[:, P + len(columns) - 1:]], 1)
-    hidden = dec(inputs_embeds=inputs, attention_mask=mask, position_ids=positions).last_hidden_state
+        if j < last_latent:  # column j: z_j inside a row's block, its text token after it
+            column = torch.where(is_latent[:, j:j + 1, None], z[:, None].to(token_embeds.dtype),
+                                 token_embeds[:, P + j:P + j + 1])
+            hiddens.append(forward(P + j, column))
+    hiddens.append(forward(P + last_latent, token_embeds[:, P + last_latent:]))  # text only from here on
+    hidden = torch.cat(hiddens, 1)
     logits = head(hidden).float()
     ce = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, :-1].reshape(-1), ignore_index=-100)
     stop = torch.cat(stop_logps)
