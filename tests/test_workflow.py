@@ -91,9 +91,7 @@ def test_schema_file_is_generated_from_the_config_classes():
 def test_config_files_load_and_validate(path):
     cfg = tconfig.load_config(REPO / path)
     assert "tiny" in cfg.backbones and "synthetic" in cfg.datasets
-    # every method runs in the smoke and paper configs; the default leaves ATP-Latent out for its time budget
-    expected = set(tconfig.METHODS) - ({"atp_latent"} if path == "config/config.yaml" else set())
-    assert set(cfg.methods) == expected
+    assert set(cfg.methods) == set(tconfig.METHODS)  # every method runs in the default and smoke configs
     from snakemake.utils import validate
 
     validate(yaml.safe_load((REPO / path).read_text()), str(SCHEMA))
