@@ -35,6 +35,8 @@ rule train:
 
 # ATP-Latent's supervised stage, once per backbone: the conditional VAE whose
 # policy, heads and decoder its RL (rule train, method atp_latent) starts from.
+# It heads the longest chain (SFT -> RL -> evaluations), so it starts before the
+# other trainings: last, it would leave one core idle for its whole length.
 
 
 rule atp_sft:
@@ -47,6 +49,7 @@ rule atp_sft:
         f"{LOGS}/atp_sft/{{backbone}}.log",
     benchmark:
         f"{BENCHMARKS_DIR}/atp_sft/{{backbone}}.tsv"
+    priority: 10
     conda:
         "../../envs/tarpo.yaml"
     threads: rule_threads("atp_sft")
