@@ -135,6 +135,22 @@ def test_lucky_share_counts_correct_samples_with_a_wrong_chain():
     assert chain_correct("5 + 3 = 9. 9 - 3 = 6. #### 6", gold) is False
 
 
+def test_atp_latent_chain_is_the_decoders_reading_of_its_latents():
+    """ATP-Latent's completion is the answer alone; its chain is judged on the decoded latent steps, so a right
+    answer after wrongly decoded steps counts as lucky and one after the gold steps does not."""
+    from tarpo.rewards import chain_correct
+
+    gold = "5 + 3 = 8. 8 - 2 = 6. #### 6"
+    good = {"completion": "#### 6", "latent_steps": ["5 + 3 = 8.", "8 - 2 = 6."]}
+    slipped = {"completion": "#### 6", "latent_steps": ["5 + 3 = 9.", "9 - 3 = 6."]}
+    assert ev.reasoning_text(good) == "5 + 3 = 8. 8 - 2 = 6. #### 6"
+    assert chain_correct(ev.reasoning_text(good), gold) is True
+    assert chain_correct(ev.reasoning_text(slipped), gold) is False
+    assert chain_correct(ev.reasoning_text({"completion": "#### 6", "latent_steps": []}), gold) is False
+    plain = {"completion": "5 + 3 = 8. 8 - 2 = 6. #### 6"}  # every other method: the completion as it is
+    assert ev.reasoning_text(plain) == plain["completion"] and chain_correct(ev.reasoning_text(plain), gold) is True
+
+
 def test_resumed_evaluation_equals_an_uninterrupted_one(prepared, tmp_path, monkeypatch):
     straight, straight_out = run(prepared, tmp_path / "straight")
 

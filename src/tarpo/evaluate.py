@@ -18,7 +18,9 @@ lucky_share: among the correct samples, the share whose reasoning chain is
 wrong (the numbers after each '=' differ from the gold solution's steps, see
 `rewards.chain_correct`): right answers reached by luck or compensating
 slips. Only for benchmarks whose records carry a gold chain (the synthetic
-task); elsewhere `chain_ok` is null and lucky_share is left out.
+task); elsewhere `chain_ok` is null and lucky_share is left out. ATP-Latent's
+answer text has no chain (it lives in the latents): its chain is what the
+frozen decoder reads from the latent pairs (`latent_steps`).
     {benchmark}.html            the first trajectories with soft steps highlighted
 
 Sampling goes through the shared rollout engine, `evaluate.batch_size`
@@ -282,6 +284,13 @@ def machine_info(device: torch.device) -> dict[str, Any]:
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")}
 
 
+def reasoning_text(row: dict[str, Any]) -> str:
+    """The text whose chain a sample is judged by: its completion, after the decoder's reading of its latent
+    steps where it has them (ATP-Latent, whose completion is the answer alone)."""
+    steps = row.get("latent_steps")
+    return " ".join([*steps, row["completion"]]) if steps is not None else row["completion"]
+
+
 def lucky_metrics(rows_by_problem: list[list[dict[str, Any]]]) -> dict[str, Any]:
     """lucky_share (correct samples with a wrong chain / correct samples), its counts, and the lucky samples
     per problem id; nothing where no sample's gold has a chain (`chain_ok` missing or null)."""
@@ -439,7 +448,7 @@ def evaluate(
     rows_by_problem = [done[r["id"]] for r in records]
     for record, problem_rows in zip(records, rows_by_problem):  # after sampling, so resumed rows get it too
         for row in problem_rows:
-            row["chain_ok"] = chain_correct(row["completion"], record.get("solution"))
+            row["chain_ok"] = chain_correct(reasoning_text(row), record.get("solution"))
     rows = [row for problem in rows_by_problem for row in problem]
     metrics = {
         "benchmark": benchmark, "kind": bench.kind, "distribution": bench.distribution, "ood": bench.ood,

@@ -595,7 +595,9 @@ def results_page(cfg: Config, results: Path, path: Path) -> str:
     lines += ["", "## Lucky share, tokens, soft ratio / gate", "",
               "Lucky share: among correct samples, the share whose reasoning chain (the number after each `=`) "
               "differs from the gold solution's: a right answer from wrong steps. Only where the gold has "
-              "such a chain (the synthetic task). Mean tokens: generated tokens per sample. [95% interval]", ""]
+              "such a chain (the synthetic task); ATP-Latent's chain is what its decoder reads from the latent "
+              "steps. Mean tokens: generated tokens per sample (ATP-Latent: active latents + answer tokens). "
+              "[95% interval]", ""]
     lines.append(behaviour_markdown(summary).rstrip() if not summary.empty else "No results.")
     lines += ["", "## Precision: what difference can this run detect?", "",
               "Half-width of the 95% intervals per benchmark (median over methods). A difference between two "
