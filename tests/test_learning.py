@@ -53,6 +53,14 @@ def one_thread():
             os.environ["OMP_NUM_THREADS"] = env
 
 
+def first_and_last(history: list[dict], key: str) -> tuple[float, float, str]:
+    """Mean of `key` over the first and the last WINDOW steps of a full run, and the whole curve as text."""
+    values = [h[key] for h in history]
+    assert len(values) == STEPS
+    curve = " ".join(f"{v:.2f}" for v in values)
+    return sum(values[:WINDOW]) / WINDOW, sum(values[-WINDOW:]) / WINDOW, curve
+
+
 @pytest.fixture(scope="module")
 def learning_setup(tmp_path_factory):
     """(backbone dir, data dir holding only the N_PROMPTS training prompts)."""
@@ -78,10 +86,7 @@ def test_training_raises_the_reward_on_fixed_prompts(learning_setup, tmp_path, m
     trainer = GrpoTrainer(cfg, "tiny", method, backbone_dir, data_dir, tmp_path / method / "checkpoint")
     with one_thread():
         trainer.run()
-    rewards = [h["reward_mean"] for h in trainer.history]
-    assert len(rewards) == STEPS
-    first, last = sum(rewards[:WINDOW]) / WINDOW, sum(rewards[-WINDOW:]) / WINDOW
-    curve = " ".join(f"{r:.2f}" for r in rewards)
+    first, last, curve = first_and_last(trainer.history, "reward_mean")
     print(f"{method}: first {WINDOW} steps {first:.3f}, last {WINDOW} {last:.3f}; rewards {curve}")
     assert 0.0 < first < 0.6, f"the warm start should solve some but not most prompts: {curve}"
     assert last - first > 0.2, f"{method} did not learn: {curve}"
@@ -109,10 +114,7 @@ def test_coherence_reward_raises_atp_latent_coherence(learning_setup, tmp_path):
         run_sft(cfg, "tiny", backbone_dir, sft_data, tmp_path / "sft")
         trainer = GrpoTrainer(cfg, "tiny", "atp_latent", tmp_path / "sft", data_dir, tmp_path / "atp" / "checkpoint")
         trainer.run()
-    coherence = [h["coherence"] for h in trainer.history]
-    assert len(coherence) == STEPS
-    first, last = sum(coherence[:WINDOW]) / WINDOW, sum(coherence[-WINDOW:]) / WINDOW
-    curve = " ".join(f"{c:.2f}" for c in coherence)
+    first, last, curve = first_and_last(trainer.history, "coherence")
     print(f"atp_latent: coherence first {WINDOW} steps {first:.3f}, last {WINDOW} {last:.3f}; {curve}")
     assert first < 0.6, f"a short SFT should leave the latents partly unreadable: {curve}"
     assert last - first > 0.2, f"the coherence reward did not raise coherence: {curve}"
