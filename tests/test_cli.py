@@ -92,7 +92,7 @@ def test_prepare_says_what_it_wrote_in_timestamped_log_lines(tmp_path, capsys):
     assert lines and all(LOG_LINE.match(line) for line in lines), lines
     said = lines[-1]
     assert "INFO tarpo.cli: synthetic: wrote " in said
-    for split in ("train", "test_id", "test_ood"):
+    for split in ("train", "val", "test_id", "test_ood"):
         n = len((out_dir / f"{split}.jsonl").read_text().splitlines())
         assert n > 0 and f"{out_dir / split}.jsonl ({n} problems)" in said, split
 

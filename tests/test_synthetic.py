@@ -12,7 +12,7 @@ from tarpo.config import SyntheticDataConfig
 from tarpo.data.synthetic import SPLITS, generate_split, prepare_dataset, recompute_answer
 from tarpo.io import read_jsonl
 
-CFG = SyntheticDataConfig(n_train=200, n_test_id=60, n_test_ood=60, ood_max_operand=12, demo_error_rate=0.3)
+CFG = SyntheticDataConfig(n_train=200, n_val=40, n_test_id=60, n_test_ood=60, ood_max_operand=12, demo_error_rate=0.3)
 STEP_RE = re.compile(r"^(\d+) ([-+*]) (\d+) = (\d+)\.$")
 
 
@@ -51,7 +51,7 @@ def test_same_seed_same_records_different_seed_different():
 
 def test_record_format(splits):
     for split, records in splits.items():
-        assert len(records) == {"train": 200, "test_id": 60, "test_ood": 60}[split]
+        assert len(records) == {"train": 200, "val": 40, "test_id": 60, "test_ood": 60}[split]
         for i, r in enumerate(records):
             extra = {"demonstration"} if split == "train" else set()  # only train is imitated
             assert set(r) == {"id", "question", "solution", "answer", "steps"} | extra
@@ -117,6 +117,8 @@ def test_demonstrations_slip_by_one_at_the_configured_rate(splits):
 def test_test_id_disjoint_from_train_and_questions_unique(splits):
     train_q = {r["question"] for r in splits["train"]}
     assert not train_q & {r["question"] for r in splits["test_id"]}
+    val_q = {r["question"] for r in splits["val"]}
+    assert not val_q & train_q and not val_q & {r["question"] for r in splits["test_id"]}
     for records in splits.values():
         assert len({r["question"] for r in records}) == len(records)
         assert len({r["id"] for r in records}) == len(records)
@@ -184,7 +186,7 @@ def test_unknown_split():
 def test_prepare_writes_parseable_identical_files(tmp_path):
     prepare_dataset(CFG, tmp_path / "a")
     prepare_dataset(CFG, tmp_path / "b")
-    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["test_id.jsonl", "test_ood.jsonl", "train.jsonl"]
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["test_id.jsonl", "test_ood.jsonl", "train.jsonl", "val.jsonl"]
     for split in SPLITS:
         text = (tmp_path / "a" / f"{split}.jsonl").read_text()
         assert text == (tmp_path / "b" / f"{split}.jsonl").read_text()  # byte-identical from the same seed
@@ -192,3 +194,13 @@ def test_prepare_writes_parseable_identical_files(tmp_path):
         assert rows == generate_split(CFG, split)
         assert all(json.loads(line)["id"].startswith(f"{split}-") for line in text.splitlines())
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary leftovers
+
+
+def test_adding_the_validation_split_left_the_other_splits_unchanged(splits):
+    # each split has its own stream: val takes problems of its own, the reported splits are the ones
+    # generated before it existed (their first records, pinned by question text)
+    assert splits["val"][0]["id"] == "val-00000"
+    for split in ("train", "test_id", "test_ood"):
+        again = generate_split(SyntheticDataConfig(n_train=200, n_val=7, n_test_id=60, n_test_ood=60,
+                                                   ood_max_operand=12, demo_error_rate=0.3), split)
+        assert again == splits[split]

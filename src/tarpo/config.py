@@ -50,6 +50,8 @@ class SyntheticDataConfig:
 
     seed: int = _doc("Seed of the generator; the same seed gives byte-identical files.", ge=0, default=1234)
     n_train: int = _doc("Training problems.", ge=1, default=4000)
+    n_val: int = _doc("Validation problems (in distribution, disjoint from train and test_id): hyperparameters are "
+                      "chosen on them, never on a test split.", ge=1, default=500)
     n_test_id: int = _doc("In-distribution test problems (disjoint from train).", ge=1, default=500)
     n_test_ood: int = _doc("Out-of-distribution test problems (longer chains).", ge=1, default=500)
     min_steps: int = _doc("Fewest arithmetic steps in a train / test_id problem.", ge=1, default=2)
@@ -503,7 +505,7 @@ def _check_benchmark_names(cfg: Config) -> None:
     """Every benchmark and training set the config names exists, so a typo fails before any training runs."""
     from tarpo.data.benchmarks import OVERRIDE_KEYS, REGISTRY, TRAIN_SETS, get_benchmark
 
-    known = list(REGISTRY) + [f"{d}_{split}" for d in cfg.datasets for split in ("test_id", "test_ood")]
+    known = list(REGISTRY) + [f"{d}_{split}" for d in cfg.datasets for split in ("val", "test_id", "test_ood")]
 
     def check(name: str, where: str) -> Any:
         try:

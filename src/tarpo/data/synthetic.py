@@ -17,9 +17,12 @@ spread over a wide range and a guessed number rarely scores.
 Splits (each generated from its own `random.Random` stream seeded by
 `(seed, split)`, so a split never depends on global random state):
 
-- `train` and `test_id`: the same distribution (`min_steps..max_steps`
+- `train`, `val` and `test_id`: the same distribution (`min_steps..max_steps`
   operations, starting amount `<= max_operand`); `test_id` never repeats a
-  train question (deduplicated by question text).
+  train question, and `val` (for choosing hyperparameters: the test splits
+  are for reporting only) never repeats a train or test_id question
+  (deduplicated by question text). Adding `val` left the other splits'
+  problems as they were: each split draws from its own stream.
 - `test_ood`, by `ood_shift`:
   - `order` (default): the lengths, starts and operands of train, but every
     problem contains an operation order train and test_id never show: a
@@ -55,7 +58,7 @@ from tarpo.config import SyntheticDataConfig
 from tarpo.data.template import ANSWER_MARKER
 from tarpo.io import atomic_dir, write_jsonl
 
-SPLITS = ("train", "test_id", "test_ood")
+SPLITS = ("train", "val", "test_id", "test_ood")
 
 # (name, subject pronoun)
 NAMES: tuple[tuple[str, str], ...] = (
@@ -193,16 +196,20 @@ def _generate(cfg: SyntheticDataConfig, split: str, n: int, exclude: set[str]) -
 
 
 def generate_split(cfg: SyntheticDataConfig, split: str) -> list[dict[str, Any]]:
-    """The records of one split ("train", "test_id" or "test_ood"), deterministic from `cfg.seed`.
+    """The records of one split ("train", "val", "test_id" or "test_ood"), deterministic from `cfg.seed`.
 
-    test_id excludes every train question (train is regenerated to know them);
-    questions are also unique within a split.
+    test_id excludes every train question, val every train and test_id question
+    (those splits are regenerated to know them); questions are also unique within a split.
     """
     if split == "train":
         return _generate(cfg, "train", cfg.n_train, set())
     if split == "test_id":
         train_questions = {r["question"] for r in _generate(cfg, "train", cfg.n_train, set())}
         return _generate(cfg, "test_id", cfg.n_test_id, train_questions)
+    if split == "val":
+        train_questions = {r["question"] for r in _generate(cfg, "train", cfg.n_train, set())}
+        test_questions = {r["question"] for r in _generate(cfg, "test_id", cfg.n_test_id, train_questions)}
+        return _generate(cfg, "val", cfg.n_val, train_questions | test_questions)
     if split == "test_ood":
         return _generate(cfg, "test_ood", cfg.n_test_ood, set())
     raise ValueError(f"unknown synthetic split '{split}'; expected one of {SPLITS}")
@@ -231,7 +238,7 @@ def recompute_answer(question: str) -> int:
 
 
 def prepare_dataset(cfg: SyntheticDataConfig, out_dir: Path) -> None:
-    """Write train.jsonl, test_id.jsonl and test_ood.jsonl into `out_dir` (all or nothing)."""
+    """Write train.jsonl, val.jsonl, test_id.jsonl and test_ood.jsonl into `out_dir` (all or nothing)."""
     splits = {split: generate_split(cfg, split) for split in SPLITS}
     with atomic_dir(out_dir) as tmp:
         for split, records in splits.items():
