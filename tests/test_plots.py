@@ -71,6 +71,9 @@ def pass_at_counts(correct: dict[str, int], j: int) -> float:
     return mean_pass_at_k([(K, c) for c in correct.values()], j)
 
 
+SEEDS = (0, 1, 2)
+
+
 def make_config(methods=METHODS, benchmarks=tuple(BENCHMARKS), seeds=(0,)):
     return load_config({
         "name": "fake",
@@ -182,14 +185,25 @@ def full(tmp_path_factory):
     return results, out
 
 
+@pytest.fixture(scope="module")
+def full3(tmp_path_factory):
+    """The same results from three seeds that agree: the training noise is measured (and is 0), so
+    differences can be established; every Pass@j is the one-seed value."""
+    root = tmp_path_factory.mktemp("full3")
+    results, out = make_results(root / "results", seeds=SEEDS), root / "results" / "figures"
+    plots.summarise(make_config(seeds=SEEDS), results, out)
+    return results, out
+
+
 def test_every_output_is_written_and_parses(full):
     results, out = full
     summary = pd.read_csv(results / BACKBONE / "summary.csv")
     assert list(summary.columns) == ["backbone", "method", "benchmark", "split", "metric", "value", "ci_low",
-                                     "ci_high", "n_seeds", "best"]
+                                     "ci_high", "n_seeds", "best", "seed_sd"]
+    assert summary.seed_sd.isna().all()  # one seed: no seed spread
     assert set(summary.method) == set(METHODS)
     paired = pd.read_csv(results / BACKBONE / "paired.csv")
-    assert set(paired.comparison) == {"vs_cot", "vs_grpo", "best_vs_runner_up"}
+    assert set(paired.comparison) == {"vs_cot", "vs_grpo", "best_vs_other"}
     for name in plots.FIGURES:
         png = out / BACKBONE / f"{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000, name
@@ -241,8 +255,8 @@ def test_summary_holds_the_inputs_intervals_and_split_averages(full):
     assert row[2].startswith(f"{100 * sum(c >= 3 for c in lucky.values()) / sum(lucky.values()):.1f} [")
 
 
-def test_best_is_bold_only_where_significantly_above_the_runner_up(full):
-    results, out = full
+def test_best_is_bold_only_where_it_beats_every_other_method(full3):
+    results, out = full3
     header, rows = md_table(out / BACKBONE / "tables" / "main.md")
     ids = [b for b, s in BENCHMARKS.items() if s == "id"]
     # an average column only for ID (two benchmarks); OOD has one, whose average would repeat it
@@ -257,16 +271,17 @@ def test_best_is_bold_only_where_significantly_above_the_runner_up(full):
         assert [number(cell) for cell in row[1:]] == pytest.approx(want, abs=0.05)
         assert all(half_width(cell) > 0 for cell in row[1:])  # every value carries its interval
     paired = pd.read_csv(results / BACKBONE / "paired.csv")
-    best = paired[paired.comparison == "best_vs_runner_up"]
+    best = paired[paired.comparison == "best_vs_other"]
     for col in range(1, len(header)):
         bold = [r[col].startswith("**") for r in rows]
         group, metric = header[col].rsplit(" ", 1)
         bench = {"ID avg": plots.AVERAGE, "OOD avg": plots.AVERAGE}.get(group, group)
         split = {"ID avg": "id", "OOD avg": "ood"}.get(group, BENCHMARKS.get(group))
         test = best[(best.benchmark == bench) & (best.split == split) & (best.metric == metric.lower())]
-        assert len(test) == 1, header[col]
+        assert len(test) == len(METHODS) - 1 and test.method.nunique() == 1, header[col]  # the top vs each other
         top = plots.METHOD_LABEL[test.method.iloc[0]]
-        assert bold == [bool(test.significant.iloc[0]) and r[0] == top for r in rows], header[col]
+        beats_all = bool(test.significant.all() and (test.delta > 0).all())
+        assert bold == [beats_all and r[0] == top for r in rows], header[col]
     # by hand: TARPO 45% vs HRPO 22% on synthetic_test_ood is a clear win; 55% vs 52% on synthetic_test_id is not
     assert rows[METHODS.index("tarpo")][header.index("synthetic_test_ood Pass@1")].startswith("**45.0 ± ")
     assert not any(r[header.index("synthetic_test_id Pass@1")].startswith("**") for r in rows)
@@ -274,17 +289,27 @@ def test_best_is_bold_only_where_significantly_above_the_runner_up(full):
     assert "\\textbf{45.0}" in tex
 
 
-def test_paired_comparisons_against_cot_and_grpo(full):
+def test_one_seed_establishes_no_difference(full):
     results, out = full
+    paired = pd.read_csv(results / BACKBONE / "paired.csv")
+    assert not paired.significant.any() and set(paired.n_seeds) == {1}
+    assert (paired.p_value[paired.comparison == "vs_cot"] < 0.001).any()  # small p-values, still not established
+    for table in ("main", "paired"):
+        text = (out / BACKBONE / "tables" / f"{table}.md").read_text()
+        assert not re.search(r"\| +\*\*", text), table  # no bold cell
+
+
+def test_paired_comparisons_against_cot_and_grpo(full3):
+    results, out = full3
     paired = pd.read_csv(results / BACKBONE / "paired.csv")
     vs_cot = paired[paired.comparison == "vs_cot"].set_index(["method", "benchmark", "split"])
     for m in ("grpo", "hrpo", "lepo", "tarpo"):
         for b, split in BENCHMARKS.items():
             row = vs_cot.loc[(m, b, split)]
             assert row.delta == pytest.approx(PASS1[m][b] - PASS1["cot"][b])
-            assert row.ci_low <= row.delta <= row.ci_high and 0 < row.p_value <= 1
-            assert row.significant == (row.ci_low > 0 or row.ci_high < 0)
-            assert row.n_problems == N_PROBLEMS and row.n_seeds == 1
+            assert row.ci_low <= row.delta <= row.ci_high and 0 <= row.p_value <= row.p_holm <= 1
+            assert row.significant == (row.p_holm < 0.05)  # Holm-adjusted over the page's family
+            assert row.n_problems == N_PROBLEMS and row.n_seeds == len(SEEDS) and row.seed_sd == pytest.approx(0, abs=1e-12)
         avg = vs_cot.loc[(m, plots.AVERAGE, "id")]
         assert avg.delta == pytest.approx(np.mean([PASS1[m][b] - PASS1["cot"][b] for b in ("synthetic_test_id", "gsm8k")]))
     assert vs_cot.loc[("tarpo", "synthetic_test_ood", "ood")].significant  # +35 points
@@ -397,8 +422,8 @@ def test_nothing_at_all_still_writes_every_output(tmp_path):
 
 
 def test_combined_table_groups_backbones(tmp_path):
-    results = make_results(tmp_path / "results")
-    cfg = make_config()
+    results = make_results(tmp_path / "results", seeds=SEEDS)
+    cfg = make_config(seeds=SEEDS)
     plots.summarise_backbone(cfg, results, tmp_path / "figures", BACKBONE)
     (results / "big").mkdir()
     for name in ("summary", "paired"):
@@ -430,6 +455,26 @@ def test_results_page(full, tmp_path):
     assert "seeds: 0" in text and "This page was generated on" in text
     tarpo = md_row(text, "TARPO", "synthetic_test_id")
     assert tarpo[-1] == "soft 0.300" and " [" in tarpo[2]  # lucky share with its interval
+    assert tables.ONE_SEED_NOTE in text and "### Per seed" not in text
+    assert "has one seed, so it cannot say by how much" in text
+
+
+def test_results_page_with_seeds_shows_their_spread_and_the_variance_components(tmp_path):
+    # seed i's Pass@1 is off by 2 (i - 1) points for every method: per-seed values 2 points apart
+    results = make_results(tmp_path / "results", seeds=SEEDS, spread=0.02)
+    cfg = make_config(seeds=SEEDS)
+    plots.summarise(cfg, results, results / "figures")
+    text = tables.results_page(cfg, results, tmp_path / "results.md")
+    assert tables.ONE_SEED_NOTE not in text
+    row = md_row(text, "TARPO", "synthetic_test_ood")
+    want = [100 * pass_at_counts(counts(PASS1["tarpo"]["synthetic_test_ood"] + 0.02 * (s - 1)), 1) for s in SEEDS]
+    assert [float(c) for c in row[2:5]] == pytest.approx(want, abs=0.05)
+    assert float(row[5]) == pytest.approx(np.std(want, ddof=1), abs=0.05)
+    comps = md_row(text, "synthetic_test_ood", "TARPO − GRPO")
+    assert comps[2] == f"3 x {N_PROBLEMS} x {K}"
+    # the same shift for every method: the paired difference has no seed component
+    assert float(comps[3]) == pytest.approx(0.0, abs=0.05)
+    assert "an sd of 2.0 points of Pass@1" in text
 
 
 def test_cli_summarises_one_backbone(tmp_path):

@@ -32,10 +32,11 @@ def make_summary(benchmarks: dict[str, str], backbone: str = "tiny", best: tuple
         for bench, split in [*benchmarks.items(), *[(AVERAGE, s) for s in dict.fromkeys(benchmarks.values())]]:
             for metric in ("pass@1", "pass@4"):
                 v, lo, hi = value(method, bench, metric)
-                rows.append((backbone, method, bench, split, metric, v, lo, hi, 1, best == (method, bench, metric)))
+                rows.append((backbone, method, bench, split, metric, v, lo, hi, 1, best == (method, bench, metric),
+                             float("nan")))
             if bench != AVERAGE:
                 rows.append((backbone, method, bench, split, "mean_tokens", 40.0 + METHODS.index(method), 39.0,
-                             41.5, 1, False))
+                             41.5, 1, False, float("nan")))
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
 
@@ -46,8 +47,10 @@ def make_paired(benchmarks: dict[str, str], backbone: str = "tiny"):
             if method in (baseline, "cot"):
                 continue
             for bench, split in [*benchmarks.items(), *[(AVERAGE, s) for s in dict.fromkeys(benchmarks.values())]]:
-                rows.append((backbone, f"vs_{baseline}", method, baseline, bench, split, "pass@1", 0.05, 0.01, 0.09,
-                             0.004, True, 100, 1))
+                rows.append({"backbone": backbone, "comparison": f"vs_{baseline}", "method": method,
+                             "baseline": baseline, "benchmark": bench, "split": split, "metric": "pass@1",
+                             "delta": 0.05, "ci_low": 0.01, "ci_high": 0.09, "p_value": 0.004, "p_holm": 0.02,
+                             "significant": True, "n_problems": 100, "n_seeds": 3})
     return pd.DataFrame(rows, columns=PAIRED_COLUMNS)
 
 
@@ -216,7 +219,7 @@ def test_latex_separates_backbones_with_a_rule():
 def test_paired_latex_cells_and_escaping():
     tex = tables.paired_latex(make_paired(ONE_EACH), ["tiny"])
     assert tex.count("\\begin{tabular}") == 2 and "tiny: method - CoT & synthetic\\_test\\_id" in tex
-    assert "\\textbf{$+5.0$ {\\scriptsize[$+1.0$, $+9.0$] $p=0.004$}}" in tex
+    assert "\\textbf{$+5.0$ {\\scriptsize[$+1.0$, $+9.0$] $p=0.004$, Holm $0.020$}}" in tex
 
 
 # ---------------------------------------------------------------- HTML (the report)

@@ -9,15 +9,19 @@ with a note, never an error):
 
 and computes (`tarpo.stats` holds the statistics and their choices):
 
-- `summary_frame`: long format, one row per (method, benchmark, metric): the
-  value aggregated over seeds and problems, its 95% bootstrap interval where
-  the per-problem data allow one (pass@j, mean tokens, lucky share), the
-  number of seeds, and `best`: the highest Pass@1 / Pass@k of its column that
-  is also significantly above the runner-up (paired). Benchmark "average" rows
-  hold the split's unweighted mean over benchmarks, as the paper averages.
-- `paired_frame`: each method minus CoT and minus GRPO (Pass@1, per benchmark
-  and split average: delta, 95% CI, p-value, significant), plus the best-vs-
-  runner-up comparisons behind `best`.
+- `summary_and_paired`: the long summary, one row per (method, benchmark,
+  metric): the value aggregated over seeds and problems, its 95% interval
+  where the per-problem data allow one (pass@j, mean tokens, lucky share; the
+  seed is the unit of replication, `tarpo.stats`), the number of seeds, the
+  seed-to-seed sd, and `best`: the top Pass@1 / Pass@k of its column where it
+  beats every other method of the column (paired tests, Holm-adjusted over
+  all pairs of the column, so picking the top is accounted for). Benchmark
+  "average" rows hold the split's unweighted mean over benchmarks, as the
+  paper averages. And the paired comparisons: each method minus CoT and minus
+  GRPO (Pass@1, per benchmark and split average: delta, 95% CI, p-value,
+  Holm-adjusted p over the page's vs-baseline family, significant = adjusted
+  p < 0.05 with two seeds or more, the seed sd of the difference and its
+  variance components), plus the top's comparisons behind `best`.
 - `soft_position_frame`: TARPO's (and LEPO's) soft ratio per relative position
   in the thinking phase, with a 95% interval over problems and seeds.
 """
@@ -47,9 +51,13 @@ PAIRED_BASELINES = ("cot", "grpo")  # every method is compared with these (where
 N_POSITION_BINS = 10
 
 SUMMARY_COLUMNS = ["backbone", "method", "benchmark", "split", "metric", "value", "ci_low", "ci_high", "n_seeds",
-                   "best"]
+                   "best", "seed_sd"]
 PAIRED_COLUMNS = ["backbone", "comparison", "method", "baseline", "benchmark", "split", "metric", "delta", "ci_low",
-                  "ci_high", "p_value", "significant", "n_problems", "n_seeds"]
+                  "ci_high", "p_value", "p_holm", "significant", "n_problems", "n_seeds", "se", "df", "seed_sd",
+                  "k", "var_seed", "var_problem", "var_interaction", "var_sample"]
+# The families Holm's adjustment runs over (one page, one backbone): the vs-baseline comparisons together;
+# for "best", each column's all-pairs comparisons on their own.
+VS_FAMILY = "vs_baselines"
 # Per-seed metrics carried into the summary (mean over seeds where no interval can be computed).
 MEAN_METRICS = ("mean_tokens", "mean_thinking_tokens", "soft_ratio", "mean_gate", "lucky_share")
 COUNT_METRICS = ("n_problems", "k")
@@ -226,15 +234,20 @@ def _mean_over_seeds(res: Results, method: str, bench: str, metric: str) -> floa
     return float(np.mean(values)) if values else math.nan
 
 
-def _cell(res: Results, method: str, benches: Sequence[str], metric: str) -> tuple[float, float, float, int]:
-    """(value, ci_low, ci_high, n_seeds) of `metric` over `benches` (one benchmark, or a split's: their
-    unweighted mean). The interval is NaN where the per-problem data are missing."""
+def _cell(res: Results, method: str, benches: Sequence[str], metric: str
+          ) -> tuple[float, float, float, int, float]:
+    """(value, ci_low, ci_high, n_seeds, seed_sd) of `metric` over `benches` (one benchmark, or a split's:
+    their unweighted mean); seed_sd: the sd over seeds of the per-seed value (NaN with one seed or without
+    per-problem data). The interval is NaN where the per-problem data are missing."""
     n_seeds = min(len(res.evals[(method, b)]) for b in benches)
     if metric.startswith("pass@") or metric == "mean_tokens":
         per = [res.per_problem(method, b, metric) for b in benches]
         if all(p is not None for p in per):
-            ci = stats.average_ci(_group_matrices(per))  # type: ignore[arg-type]
-            return ci.mean, ci.low, ci.high, ci.n_seeds
+            mats = _group_matrices(per)  # type: ignore[arg-type]
+            ci = stats.average_ci(mats)
+            per_seed = np.mean([m.mean(axis=1) for m in mats], axis=0)
+            seed_sd = float(per_seed.std(ddof=1)) if per_seed.size > 1 else math.nan
+            return ci.mean, ci.low, ci.high, ci.n_seeds, seed_sd
     elif metric == "lucky_share" and len(benches) == 1:
         lucky, correct = (res.per_problem(method, benches[0], key) for key in ("lucky", "correct"))
         seeds = sorted(set(lucky) & set(correct)) if lucky is not None and correct is not None else []
@@ -244,9 +257,9 @@ def _cell(res: Results, method: str, benches: Sequence[str], metric: str) -> tup
                 num, den = stats.matrix(lucky, seeds, problems), stats.matrix(correct, seeds, problems)
                 if den.sum() > 0:
                     ci = stats.ratio_ci(num, den)
-                    return ci.mean, ci.low, ci.high, ci.n_seeds
+                    return ci.mean, ci.low, ci.high, ci.n_seeds, math.nan
     values = [_mean_over_seeds(res, method, b, metric) for b in benches]
-    return float(np.mean(values)), math.nan, math.nan, n_seeds
+    return float(np.mean(values)), math.nan, math.nan, n_seeds, math.nan
 
 
 # ---------------------------------------------------------------- the long summary and the paired comparisons
@@ -272,28 +285,39 @@ def summary_and_paired(res: Results) -> tuple[pd.DataFrame, pd.DataFrame]:
                     value = next(iter(res.evals[(method, bench_name)].values())).get(metric)
                     if isinstance(value, (int, float)):
                         rows.append((res.backbone, method, bench_name, split, metric, float(value), math.nan,
-                                     math.nan, len(res.evals[(method, bench_name)]), False))
+                                     math.nan, len(res.evals[(method, bench_name)]), False, math.nan))
             for metric in pass_metrics(names) + [m for m in MEAN_METRICS if m in names]:
                 if metric.startswith("pass@") and not all(
                         metric in run for b in benches for run in res.evals[(method, b)].values()):
                     continue
-                value, low, high, n_seeds = _cell(res, method, benches, metric)
+                value, low, high, n_seeds, seed_sd = _cell(res, method, benches, metric)
                 if not math.isnan(value):
-                    rows.append((res.backbone, method, bench_name, split, metric, value, low, high, n_seeds, False))
+                    rows.append((res.backbone, method, bench_name, split, metric, value, low, high, n_seeds, False,
+                                 seed_sd))
     summary = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
-    paired: list[tuple[Any, ...]] = []
+    paired: list[dict[str, Any]] = []
 
     def compare(kind: str, method: str, baseline: str, bench_name: str, split: str, benches: list[str],
-                metric: str) -> stats.Comparison | None:
+                metric: str) -> dict[str, Any] | None:
         a = [res.per_problem(method, b, metric) for b in benches]
         b = [res.per_problem(baseline, bb, metric) for bb in benches]
         if any(p is None for p in [*a, *b]):
             return None
-        cmp = stats.paired_average(*_paired_groups(a, b))  # type: ignore[arg-type]
-        paired.append((res.backbone, kind, method, baseline, bench_name, split, metric, cmp.delta, cmp.low,
-                       cmp.high, cmp.p_value, cmp.significant, cmp.n_problems, cmp.n_seeds))
-        return cmp
+        a_mats, b_mats = _paired_groups(a, b)  # type: ignore[arg-type]
+        cmp = stats.paired_average(a_mats, b_mats)
+        row = {"backbone": res.backbone, "comparison": kind, "method": method, "baseline": baseline,
+               "benchmark": bench_name, "split": split, "metric": metric, "delta": cmp.delta, "ci_low": cmp.low,
+               "ci_high": cmp.high, "p_value": cmp.p_value, "n_problems": cmp.n_problems, "n_seeds": cmp.n_seeds,
+               "se": cmp.se, "df": cmp.df, "seed_sd": cmp.seed_sd}
+        k = _common_k(res, (method, baseline), benches)
+        if metric == "pass@1" and len(benches) == 1 and k:
+            # variance components of the difference; the counts behind pass@1 split the sampling noise off
+            comp = stats.components(a_mats[0] - b_mats[0], np.stack([a_mats[0], b_mats[0]]) * k, k)
+            row.update(k=k, var_seed=comp.seed, var_problem=comp.problem, var_interaction=comp.interaction,
+                       var_sample=comp.sample)
+        paired.append(row)
+        return row
 
     groups = _groups(res)
     for baseline in PAIRED_BASELINES:
@@ -303,7 +327,9 @@ def summary_and_paired(res: Results) -> tuple[pd.DataFrame, pd.DataFrame]:
             for bench_name, split, benches in groups:
                 if all((m, b) in res.evals for m in (method, baseline) for b in benches):
                     compare(f"vs_{baseline}", method, baseline, bench_name, split, benches, "pass@1")
-    # "best": the top value of a main-table column, significantly above the runner-up (paired)
+    _adjust([r for r in paired if r["comparison"].startswith("vs_")])
+    # "best": the top value of a main-table column that beats every other method of the column, by paired
+    # tests Holm-adjusted over all pairs of the column (so picking the top is accounted for)
     k = largest_k(summary)
     for bench_name, split, benches in groups:
         for metric in shown_metrics(k):
@@ -311,11 +337,42 @@ def summary_and_paired(res: Results) -> tuple[pd.DataFrame, pd.DataFrame]:
             if len(col) < 2:
                 continue
             ranked = col.sort_values("value", ascending=False, kind="stable")
-            top, runner_up = ranked.method.iloc[0], ranked.method.iloc[1]
-            cmp = compare("best_vs_runner_up", top, runner_up, bench_name, split, benches, metric)
-            if cmp is not None and cmp.significant and cmp.delta > 0:
+            names = list(ranked.method)
+            family = []
+            for i, first in enumerate(names):
+                for second in names[i + 1:]:
+                    row = compare("best_vs_other" if i == 0 else "best_family", first, second, bench_name, split,
+                                  benches, metric)
+                    if row is not None:
+                        family.append(row)
+            _adjust(family)
+            top = [r for r in family if r["comparison"] == "best_vs_other"]
+            if len(top) == len(names) - 1 and all(r["significant"] and r["delta"] > 0 for r in top):
                 summary.loc[ranked.index[0], "best"] = True
+    paired = [r for r in paired if r["comparison"] != "best_family"]  # kept: the top's comparisons
     return _ordered(summary, res), pd.DataFrame(paired, columns=PAIRED_COLUMNS)
+
+
+def _common_k(res: Results, methods: Sequence[str], benches: Sequence[str]) -> int:
+    """The samples per problem every evaluation of `methods` on `benches` used (0 if they differ)."""
+    ks = {int(run.get("k", 0)) for m in methods for b in benches for run in res.evals.get((m, b), {}).values()}
+    return ks.pop() if len(ks) == 1 else 0
+
+
+def _adjust(family: list[dict[str, Any]]) -> None:
+    """Holm-adjust the p-values of a family of comparison rows (identical tests, e.g. a split average of one
+    benchmark and that benchmark, count once) and mark each row significant where its adjusted p < 0.05 and
+    the training noise was measured (two seeds or more)."""
+    keys = {}
+    for r in family:
+        key = (r["method"], r["baseline"], r["metric"], round(r["delta"], 12), round(r["se"], 12))
+        keys.setdefault(key, []).append(r)
+    adjusted = stats.holm([group[0]["p_value"] for group in keys.values()])
+    for group, p in zip(keys.values(), adjusted, strict=True):
+        for r in group:
+            r["p_holm"] = float(p)
+            r["significant"] = bool(r["n_seeds"] >= 2 and p < stats.ALPHA)
+
 
 
 def _ordered(frame: pd.DataFrame, res: Results) -> pd.DataFrame:
@@ -330,7 +387,7 @@ def _ordered(frame: pd.DataFrame, res: Results) -> pd.DataFrame:
 def read_summary(path: Path) -> pd.DataFrame:
     frame = pd.read_csv(path, dtype={"backbone": str, "method": str, "benchmark": str, "split": str, "metric": str})
     for col in SUMMARY_COLUMNS:
-        if col not in frame:  # an older summary without intervals
+        if col not in frame:  # an older summary without intervals or seed spread
             frame[col] = False if col == "best" else math.nan
     frame["best"] = frame["best"].astype(str).str.lower().eq("true")
     return frame[SUMMARY_COLUMNS]
@@ -341,6 +398,9 @@ def read_paired(path: Path) -> pd.DataFrame:
         return pd.DataFrame(columns=PAIRED_COLUMNS)
     frame = pd.read_csv(path, dtype={"backbone": str, "method": str, "baseline": str, "benchmark": str})
     frame["significant"] = frame["significant"].astype(str).str.lower().eq("true")
+    for col in PAIRED_COLUMNS:
+        if col not in frame:  # an older paired.csv without the seed-level columns
+            frame[col] = math.nan
     return frame
 
 

@@ -2,18 +2,21 @@
 
 - Main table: rows (backbone, method), columns (benchmark or split average) x
   (Pass@1, Pass@k for the largest k), in %: the mean over seeds and problems
-  "± half the width of its 95% bootstrap interval" (the CSV holds the exact
-  bounds, and the HTML shows them on hover; a percentile interval need not be
-  symmetric). Bold marks the best value of a column only where it is
-  significantly above the runner-up (paired bootstrap over problems and
-  seeds); otherwise nothing is bold. A split's average ("ID avg", "OOD avg")
+  "± half the width of its 95% interval" (seed-level, `tarpo.stats`; the CSV
+  holds the exact bounds, and the HTML shows them on hover). Bold marks the
+  top of a column only where it beats every other method of the column
+  (paired tests, Holm-adjusted over all pairs of the column); otherwise
+  nothing is bold. A split's average ("ID avg", "OOD avg")
   is a column only where the split has more than one benchmark (the average
   of one benchmark would repeat its columns).
 - Paired table: each method minus CoT and minus GRPO, Pass@1 in points, per
-  benchmark and split average (same rule): delta [95% CI], p-value; bold
-  where the interval excludes 0.
+  benchmark and split average (same rule): delta [95% CI], p-value and Holm's
+  adjusted p over the page's family; bold where the adjusted p < 0.05 with two
+  seeds or more (with one seed nothing is bold: training noise unmeasured).
 - Precision: per benchmark, problems x samples x seeds and the CI half-width
-  obtained (median over methods), i.e. the size of difference the run can detect.
+  obtained (median over methods); the variance components (seed, problem,
+  seed x problem, sample) of each paired difference with GRPO and the smallest
+  difference the run detects (`components_frame`).
 - Results page (`results_page`): all of the above for every backbone, the
   lucky share, tokens and soft ratio / gate, and the machine it ran on.
 
@@ -37,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tarpo import stats
 from tarpo.config import Config
 from tarpo.io import atomic_write_text
 from tarpo.summary import (AVERAGE, PAIRED_BASELINES, SPLIT_LABEL, SPLITS, Results, largest_k, method_label,
@@ -45,9 +49,11 @@ from tarpo.summary import (AVERAGE, PAIRED_BASELINES, SPLIT_LABEL, SPLITS, Resul
 TABLE_FORMATS = ("csv", "md", "tex", "html")
 MISSING = "–"
 TEX_MISSING = "--"
-CI_NOTE = ("± = half the width of the 95% bootstrap interval over problems (and seeds); exact bounds in the CSV. "
-           "Bold: best in its column and significantly better than the runner-up (paired bootstrap, 95%); "
-           "no bold where the top two cannot be told apart.")
+CI_NOTE = ("± = half the width of the 95% interval: a t interval whose variance holds the seed-to-seed "
+           "(training) noise, the problems' and the samples' (Satterthwaite's degrees of freedom; the training "
+           "seed is the unit of replication, `tarpo.stats`); exact bounds in the CSV. Bold: the top of its column "
+           "where it beats every other method of the column by paired tests, Holm-adjusted over all pairs of the "
+           "column; no bold where that is not established.")
 BEHAVIOUR_TITLE = "Lucky share (correct answers from a wrong chain), mean tokens, soft ratio / gate [95% interval]"
 
 # The HTML pages' look (the report shows them in a frame of their own).
@@ -281,7 +287,7 @@ def main_title(summary: pd.DataFrame, what: str) -> str:
     averaged = averaged_splits(summary)
     avg = (f"; {' / '.join(SPLIT_LABEL[s] for s in averaged)} avg = unweighted mean over the split's benchmarks"
            if averaged else "")
-    return f"{what}: Pass@1{pk} (%) per benchmark, {over}, ± half-width of the 95% bootstrap interval{avg}"
+    return f"{what}: Pass@1{pk} (%) per benchmark, {over}, ± half-width of the 95% interval{avg}"
 
 
 def write_main(table: MainTable, directory: Path, title: str, notes: Sequence[str] = (),
@@ -314,12 +320,20 @@ def _p(p: float, tex: bool = False) -> str:
     return f"${text}$" if tex else text
 
 
+def _adjusted(p: float, tex: bool = False) -> str:
+    if _nan(p):
+        return ""
+    text = "<0.001" if p < 0.001 else f"{p:.3f}"
+    return f", Holm ${text}$" if tex else f", Holm {text}"
+
+
 def _delta(row: pd.Series, fmt: str = "md") -> str:
     d, lo, hi = 100 * row.delta, 100 * row.ci_low, 100 * row.ci_high
+    holm = _adjusted(getattr(row, "p_holm", math.nan), tex=fmt == "tex")
     if fmt == "tex":
-        text = f"${d:+.1f}$ {{\\scriptsize[${lo:+.1f}$, ${hi:+.1f}$] {_p(row.p_value, tex=True)}}}"
+        text = f"${d:+.1f}$ {{\\scriptsize[${lo:+.1f}$, ${hi:+.1f}$] {_p(row.p_value, tex=True)}{holm}}}"
         return f"\\textbf{{{text}}}" if row.significant else text
-    text = f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}] {_p(row.p_value)}"
+    text = f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}] {_p(row.p_value)}{holm}"
     return f"**{text}**" if row.significant and fmt == "md" else text
 
 
@@ -372,9 +386,13 @@ def paired_blocks(paired: pd.DataFrame, backbones: Sequence[str]) -> Iterator[Pa
             yield PairedBlock(backbone, baseline, block, cols)
 
 
-PAIRED_NOTE = ("Pass@1 difference in points (method minus baseline), mean over the paired problems and seeds; "
-               "[95% bootstrap interval] and two-sided bootstrap p-value, both from resampling problems (and "
-               "seeds, paired by seed); bold where the interval excludes 0.")
+PAIRED_NOTE = ("Pass@1 difference in points (method minus baseline), mean over the paired problems and seeds "
+               "(seed s of both methods paired); [95% interval: t with Satterthwaite's degrees of freedom, its "
+               "variance holding the seed-to-seed noise of the difference, the problems' and the samples'], the "
+               "two-sided p-value, and Holm's adjusted p over the family of every vs-CoT and vs-GRPO test on "
+               "this page (a split average of one benchmark is that benchmark's test, counted once). Bold: "
+               "established, i.e. adjusted p < 0.05 with two seeds or more; with one seed nothing is bold, "
+               "since the training noise is not measured.")
 NO_PAIRED = "No paired comparison: it needs CoT or GRPO and another method with per-problem results."
 
 
@@ -471,6 +489,80 @@ def precision_markdown(precision: pd.DataFrame) -> str:
     return to_markdown(pd.DataFrame(rows, columns=head), left=len(head) - 5)
 
 
+# ---------------------------------------------------------------- variance components: what the run can detect
+
+COMPONENT_COLUMNS = ["backbone", "benchmark", "split", "comparison", "seeds", "problems", "samples", "sd_seed",
+                     "sd_problem", "sd_interaction", "sd_sample", "seed_sd", "se", "df", "detectable",
+                     "detectable_2x_problems", "detectable_2x_seeds"]
+
+
+def components_frame(paired: pd.DataFrame) -> pd.DataFrame:
+    """Per backbone, benchmark and paired comparison with GRPO (or, without GRPO, with CoT): the variance
+    components of the Pass@1 difference as sds in points (seed: training run to run; problem: method x
+    problem; interaction: seed x problem; sample: one sample's 0/1 noise), the sd over seeds of the per-seed
+    difference, the standard error and df of this run's difference, and the smallest difference it detects
+    with 80% power at 95% (and with twice the problems or twice the seeds)."""
+    if paired.empty or "var_seed" not in paired:
+        return pd.DataFrame(columns=COMPONENT_COLUMNS)
+    rows = paired[paired.comparison.isin(["vs_grpo", "vs_cot"]) & (paired.benchmark != AVERAGE)
+                  & paired.var_seed.notna()]
+    if (rows.comparison == "vs_grpo").any():
+        rows = rows[rows.comparison == "vs_grpo"]
+    out = []
+    for row in rows.itertuples():
+        seeds, problems, k = int(row.n_seeds), int(row.n_problems), int(row.k)
+        comp = stats.Components(row.var_seed, row.var_problem, row.var_interaction, row.var_sample, seeds,
+                                problems, k)
+
+        def sd(v: float) -> float:
+            return 100 * math.sqrt(v) if not _nan(v) else math.nan
+
+        out.append((row.backbone, row.benchmark, row.split,
+                    f"{method_label(row.method)} − {method_label(row.baseline)}", seeds, problems, k,
+                    sd(row.var_seed), sd(row.var_problem), sd(row.var_interaction), sd(row.var_sample),
+                    100 * row.seed_sd, 100 * row.se, row.df,
+                    100 * stats.detectable_difference(row.se, row.df),
+                    100 * comp.detectable(seeds, 2 * problems, k), 100 * comp.detectable(2 * seeds, problems, k)))
+    return pd.DataFrame(out, columns=COMPONENT_COLUMNS)
+
+
+def components_markdown(frame: pd.DataFrame) -> str:
+    many = frame.backbone.nunique() > 1
+
+    def f(v: float, digits: int = 1) -> str:
+        return MISSING if _nan(v) else f"{v:.{digits}f}"
+
+    rows = [([r.backbone] if many else []) + [
+        r.benchmark, r.comparison, f"{r.seeds} x {r.problems} x {r.samples}", f(r.sd_seed), f(r.sd_problem),
+        f(r.sd_interaction), f(r.sd_sample), f(r.seed_sd), f(r.se, 2), f(r.df), f(r.detectable),
+        f(r.detectable_2x_problems), f(r.detectable_2x_seeds)] for r in frame.itertuples()]
+    head = (["Backbone"] if many else []) + [
+        "Benchmark", "Difference", "Seeds x problems x samples", "sd seed", "sd problem", "sd seed x problem",
+        "sd sample", "sd of per-seed Δ", "SE of Δ", "df", "Detectable Δ", "… 2x problems", "… 2x seeds"]
+    return to_markdown(pd.DataFrame(rows, columns=head), left=3 if many else 2)
+
+
+def seed_table(cfg: Config, results: Path, backbones: Sequence[str]) -> pd.DataFrame:
+    """Pass@1 (%) of every method on every benchmark, per seed (from the evaluation JSONs): the run-to-run
+    spread the intervals hold."""
+    out = []
+    for backbone in backbones:
+        res = Results(cfg, results, backbone)
+        for method in res.methods:
+            for bench in res.benchmarks:
+                runs = res.evals.get((method, bench), {})
+                values = [runs[s].get("pass@1") for s in res.seeds if s in runs]
+                if not values or any(not isinstance(v, (int, float)) for v in values):
+                    continue
+                spread = f"{100 * float(np.std(values, ddof=1)):.1f}" if len(values) > 1 else MISSING
+                out.append([backbone, method_label(method), bench]
+                           + [f"{100 * runs[s]['pass@1']:.1f}" if s in runs else MISSING for s in res.seeds]
+                           + [spread])
+    seeds = list(cfg.seeds)
+    return pd.DataFrame(out, columns=["Backbone", "Method", "Benchmark"] + [f"seed {s}" for s in seeds]
+                        + ["sd over seeds"])
+
+
 # ---------------------------------------------------------------- lucky share, tokens, soft ratio / gate
 
 
@@ -517,6 +609,29 @@ def behaviour_markdown(summary: pd.DataFrame) -> str:
 
 
 # ---------------------------------------------------------------- the results page
+
+
+ONE_SEED_NOTE = ("**One training seed: the training noise is not measured.** The intervals below hold the "
+                 "problems' and the samples' noise only, and no difference between methods is marked established "
+                 "(nothing is bold). Runs of the same config differ by more than these intervals: the default "
+                 "config's 3-seed run (docs/results.md, 'Per seed' and 'Variance components') measures the "
+                 "seed-to-seed sd. Set `seeds: [0, 1, 2]` or more for a verdict.")
+
+
+def travel_note(summary: pd.DataFrame) -> str:
+    """How far absolute numbers move from run to run (and so across CPUs): the seed sd of Pass@1 this run
+    measured (median and largest over methods and benchmarks)."""
+    part = summary[(summary.metric == "pass@1") & (summary.benchmark != AVERAGE)] if not summary.empty else summary
+    spread = (100 * part.seed_sd.dropna()) if "seed_sd" in part else pd.Series(dtype=float)
+    text = ("Absolute numbers are not portable: float reductions differ between CPU generations (and BLAS "
+            "builds), so the same config and seeds give other trajectories on another CPU, from the warm-started "
+            "backbone on. ")
+    if spread.empty:
+        return text + "This run has one seed, so it cannot say by how much; a verdict needs several seeds."
+    return text + (f"Expect them to move on the scale of the seed-to-seed spread this run measured: an sd of "
+                   f"{spread.median():.1f} points of Pass@1 (median over methods and benchmarks; largest "
+                   f"{spread.max():.1f}). A comparison marked established here holds across seeds, which is "
+                   f"what carries over to another machine.")
 
 
 def _machines(cfg: Config, results: Path) -> list[str]:
@@ -582,14 +697,25 @@ def results_page(cfg: Config, results: Path, path: Path) -> str:
         lines.append(f"- No summary yet for: {', '.join(missing)}.")
     lines += ["", "## Main results", ""]
     table = main_table(summary, found)
+    if len(cfg.seeds) < 2:
+        lines += [ONE_SEED_NOTE, ""]
     if table.empty:
         lines.append("No evaluation results found.")
     else:
         lines.append(table_markdown(table, main_title(summary, f"Config {cfg.name}"), [CI_NOTE]).rstrip())
+        seeds_frame = seed_table(cfg, results, found)
+        if len(cfg.seeds) > 1 and not seeds_frame.empty:
+            if len(found) == 1:
+                seeds_frame = seeds_frame.drop(columns="Backbone")
+            lines += ["", "### Per seed", "",
+                      "Pass@1 (%) of each training seed (same problems and sampling settings): the run-to-run "
+                      "spread the intervals above hold.", "",
+                      to_markdown(seeds_frame, left=2 if len(found) == 1 else 3).rstrip()]
+        lines += ["", travel_note(summary)]
     lines += ["", "## Paired comparisons", "",
               "Each trained method against CoT (the untrained backbone) and against GRPO (explicit RL), on the "
-              "same problems and, where both have them, the same seeds. A difference whose interval includes 0 "
-              "is not established by this run.", ""]
+              "same problems and, where both have them, the same seeds. A difference is established (bold) only "
+              "where its Holm-adjusted p < 0.05 over the page's family and the run has two seeds or more.", ""]
     lines.append(paired_markdown(paired, found, heading="### ").rstrip() if not paired.empty
                  else "No paired comparison (needs per-problem results of two methods).")
     lines += ["", "## Lucky share, tokens, soft ratio / gate", "",
@@ -605,6 +731,17 @@ def results_page(cfg: Config, results: Path, path: Path) -> str:
               "seeds).", ""]
     precision = precision_frame(summary, paired)
     lines.append(precision_markdown(precision).rstrip() if not precision.empty else "No results.")
+    comps = components_frame(paired)
+    if not comps.empty:
+        lines += ["", "### Variance components of the paired differences", "",
+                  "Pass@1 difference of each method minus GRPO, in points: the sd of its parts, per cell "
+                  "(seed: training run to run; problem: method x problem; seed x problem; sample: one sample's "
+                  "0/1 noise), the sd over seeds of the per-seed difference, the standard error and degrees of "
+                  "freedom of this run's difference, and the smallest true difference it detects with 80% "
+                  "power at 95% (two-sided, before Holm's adjustment), here and with twice the problems or "
+                  "twice the seeds. Seeds shrink the seed term, problems only the others. With one seed the "
+                  "seed term is not measured (–).", "",
+                  components_markdown(comps).rstrip()]
     text = "\n".join(lines).rstrip() + "\n"
     atomic_write_text(Path(path), text)
     return text
