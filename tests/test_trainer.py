@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -67,22 +68,25 @@ EXEMPT = sorted(["model.model.embed_tokens.weight", "model.model.norm.weight"] +
 DECAYED = sorted(f"model.model.layers.{i}.{name}.weight" for i in range(2)
                  for name in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
                               "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"))
+# Every parameter of a mode, by hand: none is weight-decayed (at the scaled head lr the decay alone moved them).
 HEADS = {
-    "grpo": {},
-    "lepo": {},
-    "tarpo": {"head": ["mode.action_head.weight"], "head_no_decay": ["mode.action_head.bias"]},
-    "hrpo": {"head": ["mode.gate_i.weight", "mode.gate_r.weight", "mode.log_lambda"],
-             "head_no_decay": ["mode.gate_i.bias", "mode.gate_r.bias"]},
+    "grpo": [],
+    "lepo": [],
+    "tarpo": ["mode.action_head.bias", "mode.action_head.weight"],
+    "hrpo": ["mode.gate_i.bias", "mode.gate_i.weight", "mode.gate_r.bias", "mode.gate_r.weight", "mode.log_lambda"],
+    "atp_latent": sorted(f"mode.{layer}.{kind}" for kind in ("weight", "bias") for layer in (
+        "latent_head.0", "latent_head.2", "latent_head.3", "mu", "logvar", "stop_head.0", "stop_head.2")),
 }
 
 
-@pytest.mark.parametrize("method", ["grpo", "lepo", "tarpo", "hrpo"])
-def test_weight_decay_spares_biases_norms_and_embeddings(tiny_model, method):
+@pytest.mark.parametrize("method", ["grpo", "lepo", "tarpo", "hrpo", "atp_latent"])
+def test_weight_decay_spares_biases_norms_embeddings_and_the_mode(tiny_model, method):
     cfg = TrainConfig(weight_decay=0.1, learning_rate=1e-3, head_learning_rate=1e-2)
     mode = build_mode(method, cfg, tiny_model.config.hidden_size)
     got = group_contents(optimizer_groups(tiny_model, mode, cfg), tiny_model, mode)
     expected = {"policy": (DECAYED, 1e-3, 0.1), "policy_no_decay": (EXEMPT, 1e-3, 0.0)}
-    expected.update({name: (params, 1e-2, 0.1 if name == "head" else 0.0) for name, params in HEADS[method].items()})
+    if HEADS[method]:
+        expected["head_no_decay"] = (HEADS[method], 1e-2, 0.0)
     assert got == expected
     n_trainable = sum(1 for _ in tiny_model.parameters()) + sum(1 for _ in mode.parameters())
     assert sum(len(params) for params, _, _ in got.values()) == n_trainable  # each parameter exactly once
@@ -99,7 +103,7 @@ def test_weight_decay_groups_with_lora(tiny_model):
     assert lora and all(".lora_A." in n or ".lora_B." in n for n in lora)
     # adapters are matrices without biases: all decayed, frozen base weights in no group
     assert got["policy"] == (sorted(f"model.{n}" for n in lora), 1e-3, 0.1)
-    assert set(got) == {"policy", "head", "head_no_decay"}
+    assert set(got) == {"policy", "head_no_decay"} and got["head_no_decay"][2] == 0.0
 
 
 def test_trainer_optimiser_uses_the_decay_groups(prepared, tmp_path):
@@ -107,15 +111,38 @@ def test_trainer_optimiser_uses_the_decay_groups(prepared, tmp_path):
     groups = [{**g, "lr": g["initial_lr"]} for g in trainer.optimizer.param_groups]  # lr itself is 0 in warmup
     assert group_contents(groups, trainer.model, trainer.mode) == {
         "policy": (DECAYED, 1e-3, 0.05), "policy_no_decay": (EXEMPT, 1e-3, 0.0),
-        "head": (HEADS["hrpo"]["head"], 1e-2, 0.05), "head_no_decay": (HEADS["hrpo"]["head_no_decay"], 1e-2, 0.0),
+        "head_no_decay": (HEADS["hrpo"], 1e-2, 0.0),
     }
+
+
+def unequal_rewards(trainer):
+    """Fixed, unequal rewards (0, 1, 2, 0, ...): non-zero advantages whatever the tiny model answers."""
+    trainer.rewards = lambda rollout, texts, records: (torch.arange(len(texts), dtype=torch.float32) % 3, {})
+
+
+def equal_rewards(trainer):
+    """Every completion rewarded alike: every advantage is exactly 0."""
+    trainer.rewards = lambda rollout, texts, records: (torch.ones(len(texts)), {})
+
+
+def assert_reference_is_the_initial_policy(trainer, before):
+    """The frozen reference model (if any) and reference router are bit-identical to the policy before training."""
+    frozen = [("mode", trainer.ref_mode)] + ([("model", trainer.ref_model)] if trainer.ref_model is not None else [])
+    for prefix, module in frozen:
+        named = dict(module.named_parameters())
+        assert {f"{prefix}.{n}" for n in named} == {k for k in before if k.startswith(prefix + ".")}
+        for name, p in named.items():
+            assert torch.equal(p, before[f"{prefix}.{name}"]), f"reference {prefix}.{name} moved"
 
 
 @pytest.mark.parametrize("method", ["grpo", "hrpo", "lepo", "tarpo"])
 def test_training_runs_and_writes_a_loadable_policy(prepared, tmp_path, method):
     from tarpo.policy import load_policy
 
-    trainer = make(prepared, tmp_path, method, steps=2, checkpoint_every=0)
+    trainer = make(prepared, tmp_path, method, steps=2, checkpoint_every=0)  # beta 0.01: a reference model
+    unequal_rewards(trainer)
+    results, train_step = [], trainer.train_step
+    trainer.train_step = lambda: results.append(train_step()) or results[-1]  # run() keeps the last rollout
     before = weights(trainer)
     last = trainer.run()
     out = tmp_path / method / "checkpoint"
@@ -124,18 +151,78 @@ def test_training_runs_and_writes_a_loadable_policy(prepared, tmp_path, method):
     assert [h["step"] for h in history] == [1, 2]
     for key in ("reward_mean", "loss", "kl", "token_entropy", "completion_length", "lr", "tokens_per_s"):
         assert key in last and last[key] == last[key]  # present and not NaN
+    assert last["grad_norm"] > 0
     if method == "tarpo":
         assert {"soft_ratio", "action_entropy", "head_lr"} <= set(last)
         assert 0.0 <= last["soft_ratio"] <= 1.0
-    if method == "hrpo":
-        assert 0.9 < last["mean_gate"] < 1.0
-    changed = [k for k, v in weights(trainer).items() if not torch.equal(v, before[k])]
-    assert any(k.startswith("model.") for k in changed)
+    # every trainable tensor moved: the policy's and the mode's (TARPO's action head, HRPO's gate and Lambda)
+    assert sorted(k for k in before if k.startswith("mode.")) == HEADS[method]
+    unchanged = [k for k, v in weights(trainer).items() if torch.equal(v, before[k])]
+    assert unchanged == []
+    assert trainer.ref_model is not None
+    assert_reference_is_the_initial_policy(trainer, before)
+    if method == "hrpo":  # the logged gate is a = exp(-c softplus(-Lambda) r), by hand on the last rollout
+        rollout, mode, c = results[-1].rollout, trainer.mode, trainer.tcfg.hrpo_c
+        assert bool(rollout.thinking.any())
+        with torch.no_grad():
+            e = trainer.model.get_input_embeddings().weight[rollout.tokens[rollout.thinking]]
+            r = torch.sigmoid(e @ mode.gate_r.weight.T + mode.gate_r.bias)
+            floor = torch.exp(-c * torch.log1p(torch.exp(-mode.log_lambda)))  # a at r = 1
+            initial = torch.exp(-c * torch.log1p(torch.exp(-trainer.ref_mode.log_lambda)))
+        a = floor ** r
+        assert last["mean_gate"] == pytest.approx(float(a.mean()), rel=1e-5)
+        assert bool((a > floor).all() and (a < 1).all())  # 0 < r < 1 bounds a between a(r = 1) and 1
+        assert bool((initial >= 0.98).all() and (initial <= 0.999).all())  # init: a(r = 1) in [r_min, r_max]
+        assert not torch.equal(floor, initial)
     model, _, mode = load_policy(prepared / "backbone", method, trainer.tcfg, out)
     for name, p in mode.named_parameters():
         assert torch.equal(p, trainer.params[f"mode.{name}"].detach())
     for name, p in model.named_parameters():
         assert torch.equal(p, trainer.params[f"model.{name}"].detach())
+
+
+@pytest.mark.parametrize("head_decay", [None, 0.1], ids=["as_built", "head_decay_forced"])
+@pytest.mark.parametrize("method", ["tarpo", "hrpo"])
+def test_zero_advantage_moves_only_what_weight_decay_moves(prepared, tmp_path, method, head_decay):
+    """Control: every completion rewarded alike (all advantages 0) and beta = 0 give zero gradients, so Adam's
+    step is 0 and a parameter moves only by its group's decay, w <- w (1 - lr_t wd) each step. As built, no
+    mode parameter (TARPO's action head, HRPO's gate and Lambda) moves, nor the frozen reference router; with
+    decay forced on the mode's group (as Lambda and the heads' weights were before) they shrink by exactly that
+    factor, Lambda by ~0.05: the control sees decay."""
+    trainer = make(prepared, tmp_path, method, steps=4, checkpoint_every=0, beta=0.0, weight_decay=0.1,
+                   learning_rate=1e-3, head_learning_rate=3e-2)
+    assert trainer.ref_model is None  # beta 0: no reference forward; the initial router is still kept
+    if head_decay:
+        for g in trainer.optimizer.param_groups:
+            if g["name"].startswith("head"):
+                g["weight_decay"] = head_decay
+    equal_rewards(trainer)
+    before = weights(trainer)
+    # cosine schedule, 1 warm-up step of 4: lr_t / peak = 0, 1, (1 + cos(pi / 3)) / 2, (1 + cos(2 pi / 3)) / 2
+    factors = [0.0, 1.0, 0.75, 0.25]
+    for factor in factors:
+        lrs = {g["name"]: g["lr"] for g in trainer.optimizer.param_groups}  # what this step's update uses
+        assert lrs["policy"] == pytest.approx(1e-3 * factor) and lrs["head_no_decay"] == pytest.approx(3e-2 * factor)
+        metrics = trainer.train_step().metrics
+        assert metrics["reward_std"] == 0.0 and metrics["grad_norm"] == 0.0
+    shrink_policy = math.prod(1 - 1e-3 * f * 0.1 for f in factors)
+    shrink_head = math.prod(1 - 3e-2 * f * (head_decay or 0.0) for f in factors)
+    after = weights(trainer)
+    assert sorted(k for k in before if k.startswith("mode.")) == HEADS[method]
+    for name, value in before.items():
+        if name in DECAYED:
+            expected = value * shrink_policy
+        elif name.startswith("mode.") and head_decay:
+            expected = value * shrink_head
+        else:
+            moved = float((after[name] - value).abs().max())
+            assert moved == 0, f"{name} moved by up to {moved:.3g} with zero advantage and no decay"
+            continue
+        torch.testing.assert_close(after[name], expected, rtol=1e-6, atol=1e-12, msg=name)
+        assert value.abs().max() == 0 or not torch.equal(after[name], value), name
+    assert_reference_is_the_initial_policy(trainer, before)
+    if method == "hrpo" and head_decay:  # Lambda in [6, 9] shrinks by (1 - 3e-3)(1 - 2.25e-3)(1 - 7.5e-4) ~ 0.994
+        assert float((after["mode.log_lambda"] - before["mode.log_lambda"]).abs().max()) > 0.02
 
 
 @pytest.mark.parametrize("method,updates", [("grpo", 1), ("tarpo", 2)])
@@ -148,8 +235,7 @@ def test_scoring_in_pieces_gives_the_same_update(prepared, tmp_path, method, upd
     for forward_batch in (0, 1, 3):  # 4 completions a step: whole, singles, uneven pieces
         trainer = make(prepared, tmp_path / str(forward_batch), method, steps=1, checkpoint_every=0,
                        updates_per_batch=updates, clip_eps=0.2, forward_batch=forward_batch)
-        # fixed, unequal rewards: non-zero advantages whatever the tiny model answers
-        trainer.rewards = lambda rollout, texts, records: (torch.arange(len(texts), dtype=torch.float32) % 3, {})
+        unequal_rewards(trainer)
         metrics = trainer.train_step().metrics
         assert metrics["grad_norm"] > 0
         results.append((weights(trainer), metrics))

@@ -162,7 +162,7 @@ def optimizer_groups(model: nn.Module, mode: Mode, cfg: TrainConfig) -> list[dic
         named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
         # The mode's heads are never decayed: the authors train them at lr <= 1e-4, where decay is
         # negligible; at this project's scaled head lr (3e-3 .. 3e-2) the decay step lr * wd * w is of the
-        # size of Adam's own step and moved HRPO's gate with zero advantage (docs/experiments.md).
+        # size of Adam's own step and moved HRPO's gate with zero advantage (perf/head_decay_control.py).
         exempt = {n for n, _ in named} if module is mode else no_decay_names(module)
         for suffix, params, decay in (("", [p for n, p in named if n not in exempt], cfg.weight_decay),
                                       ("_no_decay", [p for n, p in named if n in exempt], 0.0)):
