@@ -1,5 +1,6 @@
 # Two commands (see README.md):
-#   make run    set up .venv if needed, then run the pipeline on the default config
+#   make run    set up .venv if needed, then run the pipeline on the default config (CPU numerics
+#               pinned on x86-64, see NUMERICS below)
 #   make test   set up .venv if needed, then run the test suite
 #   make share CONFIG=config/paper.yaml     record a run's results with DVC, push, commit
 #   make restore CONFIG=config/paper.yaml   fetch them on another clone, up to date for Snakemake
@@ -73,9 +74,18 @@ $(STAMP):
 	@echo "pyproject.toml + constraints.txt sha256: $(HASH)" > $(STAMP)
 	@echo "environment ready: $(VENV)"
 
+# Pinned CPU numerics for `make run` on x86-64 (NUMERICS=native turns it off): ATen's vectorised kernels,
+# MKL (conditional numerical reproducibility) and oneDNN all at AVX2, so float reductions take the same
+# code path on any x86 CPU with AVX2 instead of each CPU's widest one; an emulated older CPU then gives
+# the same weights bit for bit (perf/cpu_numerics.py, docs/experiments.md). The tests run natively.
+NUMERICS ?= pinned
+ifeq ($(NUMERICS)-$(shell uname -m),pinned-x86_64)
+PIN_ENV := ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=AVX2,STRICT ONEDNN_MAX_CPU_ISA=AVX2
+endif
+
 # The rules call the `tarpo` console script, so the venv's bin goes on PATH.
 run: setup
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores $(CORES) all
+	$(PIN_ENV) PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores $(CORES) all
 
 test: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q

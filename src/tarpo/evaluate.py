@@ -269,6 +269,10 @@ def summarise(rows_by_problem: list[list[dict[str, Any]]], k: int) -> dict[str, 
     return metrics
 
 
+# The variables `make run` sets to pin the CPU numerics (Makefile, NUMERICS): recorded where they are set.
+PINNED_NUMERICS = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA")
+
+
 def machine_info(device: torch.device) -> dict[str, Any]:
     """Where an evaluation ran, for the results page."""
     import datetime
@@ -281,6 +285,9 @@ def machine_info(device: torch.device) -> dict[str, Any]:
     return {"platform": platform.platform(), "cpus": cpus, "torch": torch.__version__,
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "python": platform.python_version(),
+            "cpu": platform.processor() or platform.machine(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "numerics": {k: os.environ[k] for k in PINNED_NUMERICS if k in os.environ},
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")}
 
 

@@ -643,13 +643,17 @@ def _machines(cfg: Config, results: Path) -> list[str]:
             for metrics in runs.values():
                 m = metrics.get("machine")
                 if isinstance(m, dict):
-                    key = (m.get("platform"), m.get("cpus"), m.get("torch"), m.get("device"))
+                    pins = m.get("numerics")
+                    numerics = (("pinned: " + ", ".join(f"{k}={v}" for k, v in pins.items())) if pins
+                                else f"native ({m['cpu_capability']})" if m.get("cpu_capability") else None)
+                    key = (m.get("platform"), m.get("cpus"), m.get("torch"), m.get("device"), numerics)
                     seen.setdefault(key, []).append(str(m.get("date", "")))
     lines = []
-    for (plat, cpus, torch_version, device), dates in seen.items():
+    for (plat, cpus, torch_version, device, numerics), dates in seen.items():
         dates = sorted(d for d in dates if d)
         when = (dates[0] if dates[0] == dates[-1] else f"{dates[0]} to {dates[-1]}") if dates else "date unknown"
-        lines.append(f"{plat}, {cpus} CPUs, torch {torch_version}, device {device} ({len(dates) or '?'} "
+        how = f", CPU numerics {numerics}" if numerics and device == "cpu" else ""
+        lines.append(f"{plat}, {cpus} CPUs, torch {torch_version}, device {device}{how} ({len(dates) or '?'} "
                      f"evaluations, {when})")
     return lines
 
