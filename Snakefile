@@ -5,6 +5,7 @@
 #   snakemake --cores 2 all --configfile config/smoke.yaml   another config file (replaces the default)
 #   snakemake --cores 2 all_tiny                         one backbone's chain only
 #   snakemake --cores 2 -n all                           dry run: what would run, and why
+#   snakemake --cores 2 tune                             choose hyperparameters on validation (not in `all`)
 
 
 # The config (config/config.yaml, or the file given with --configfile), read and
@@ -49,3 +50,4 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/runtime.smk"
+include: "workflow/rules/tune.smk"

@@ -1,4 +1,4 @@
-"""One entry point: `tarpo prepare | backbone | atp-sft | train | evaluate | summarise | check | schema`.
+"""One entry point: `tarpo prepare | backbone | atp-sft | train | evaluate | summarise | tune-report | check | schema`.
 
 Every workflow rule calls one of these subcommands; each can also be run by
 hand. The configuration comes from a YAML file (`--config`) or, as the
@@ -142,6 +142,15 @@ def cmd_summarise(args: argparse.Namespace) -> None:
         summarise(cfg, Path(args.results), Path(args.out), backbones=args.backbone)
 
 
+def cmd_tune_report(args: argparse.Namespace) -> None:
+    from tarpo.tuning import write_report
+
+    rows = write_report(_config(args), args.backbone, Path(args.results), Path(args.out_csv), Path(args.out_md))
+    for r in rows:
+        if r.chosen:
+            log.info(f"tune-report {args.backbone}/{r.method}: chose {r.trial} (validation pass@1 {r.score.mean:.3f})")
+
+
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -160,11 +169,11 @@ def _subcommand(sub, name: str, help: str, description: str, example: str, paren
 
 
 class BenchmarkChoices:
-    """`--benchmark`'s choices: the registry's evaluation benchmarks, and DATASET_test_id / DATASET_test_ood for
-    a synthetic dataset (which ones depends on the config, so a name of that form passes here and
-    `get_benchmark` checks it against the config). argparse lists them in the help and in its error."""
+    """`--benchmark`'s choices: the registry's evaluation benchmarks, and DATASET_val (tuning) / DATASET_test_id /
+    DATASET_test_ood for a synthetic dataset (which ones depends on the config, so a name of that form passes
+    here and `get_benchmark` checks it against the config). argparse lists them in the help and in its error."""
 
-    SYNTHETIC = re.compile(r".+_(test_id|test_ood)")
+    SYNTHETIC = re.compile(r".+_(val|test_id|test_ood)")
 
     def __init__(self, names: list[str] | tuple[str, ...]) -> None:
         self.names = tuple(names)
@@ -173,7 +182,7 @@ class BenchmarkChoices:
         return isinstance(name, str) and (name in self.names or bool(self.SYNTHETIC.fullmatch(name)))
 
     def __iter__(self):
-        return iter((*self.names, "DATASET_test_id", "DATASET_test_ood"))
+        return iter((*self.names, "DATASET_val", "DATASET_test_id", "DATASET_test_ood"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -293,6 +302,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--page", help="only the Markdown results page, written to PAGE (from each "
                    "results/{backbone}/summary.csv, paired.csv and the evaluations)")
     p.set_defaults(func=cmd_summarise)
+
+    p = _subcommand(sub, "tune-report", "table the tuning trials' validation pass@1 and choose each method's",
+                    "Read every tuned method x trial x seed evaluation on the config's validation benchmark "
+                    "(`tuning`, results/{backbone}/tune/...) and write the table: mean pass@1 over seeds with its "
+                    "95% interval, and each method's chosen trial (the highest mean; a tie goes to the earlier "
+                    "grid point). Test splits are never read.",
+                    "tarpo tune-report --config config/smoke.yaml --backbone tiny --results results "
+                    "--out-csv results/tiny/tuning.csv --out-md results/tiny/tuning.md", [conf])
+    p.add_argument("--backbone", required=True, help="backbone name in the config")
+    p.add_argument("--results", default="results", help="results root (default: %(default)s)")
+    p.add_argument("--out-csv", required=True, help="one row per method x trial (the grid values, pass1, low, "
+                   "high, n_seeds, n_problems, chosen)")
+    p.add_argument("--out-md", required=True, help="the same table in Markdown, with the procedure and budget")
+    p.set_defaults(func=cmd_tune_report)
     return parser
 
 

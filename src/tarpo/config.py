@@ -258,6 +258,29 @@ class EvaluateConfig:
 
 
 @dataclass
+class TuningConfig:
+    """Choosing hyperparameters on validation (`snakemake --cores 2 tune`, tarpo.tuning): every tuned method is
+    trained once per grid point ("trial") and seed, with the same grid, seeds and steps (the same budget), and
+    scored on a validation benchmark; the highest mean pass@1 wins. Test splits are never used for a choice."""
+
+    benchmark: str = _doc(
+        "Validation benchmark the trials are scored on: distribution 'val' (e.g. DATASET_val of a configured "
+        "dataset). A test split is an error: test splits are for reporting only.",
+        default="synthetic_val",
+    )
+    seeds: list[int] = _doc("Training (and sampling) seeds of every trial, the same for every method.", ge=0,
+                            min_items=1, unique=True, default_factory=lambda: [0])
+    grid: dict[str, list[Any]] = _doc(
+        "Keys of `train` -> the values tried (at least 2 each); every combination is one trial, named "
+        "`key=value` (keys in alphabetical order, joined by ','). In a trial the value replaces the method's "
+        "configured one, whichever layer set it (e.g. atp_latent's own learning_rate).",
+        schema="grid", default_factory=lambda: {"learning_rate": [3e-5, 1e-4, 3e-4]},
+    )
+    methods: list[str] = _doc("Trained methods to tune (names in `methods`); empty: every trained method.",
+                              unique=True, default_factory=list)
+
+
+@dataclass
 class Config:
     """The whole pipeline configuration (the workflow's config file)."""
 
@@ -291,6 +314,10 @@ class Config:
     evaluate: EvaluateConfig = _doc("Evaluation settings.", default_factory=EvaluateConfig)
     resources: ResourcesConfig = _doc("Scheduler resources per rule.", default_factory=ResourcesConfig)
     benchmarks: dict[str, dict[str, Any]] = _doc("Benchmark registry overrides (local files, revisions).", default_factory=dict)
+    tuning: TuningConfig | None = _doc(
+        "Choosing hyperparameters on validation (`snakemake tune`; not part of `all`). Absent: `tune` uses the "
+        "defaults.", default=None,
+    )
 
     def train_config(self, backbone: str, method: str) -> TrainConfig:
         """The effective training config: defaults <- train <- backbone.train <- methods[m] <- backbone.method_overrides[m]."""
@@ -338,6 +365,14 @@ def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _optional(tp: Any) -> Any:
+    """X for `X | None`, else None."""
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (Union, types.UnionType) and len(args) == 2 and type(None) in args:
+        return next(a for a in args if a is not type(None))
+    return None
+
+
 def _check_type(tp: Any, value: Any, path: str) -> Any:
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
@@ -348,6 +383,8 @@ def _check_type(tp: Any, value: Any, path: str) -> Any:
         if value not in typing.get_args(tp):
             raise ConfigError(f"'{path}' must be one of {list(typing.get_args(tp))}, got {value!r}")
         return value
+    if _optional(tp) is not None:  # X | None: absent or null is None, anything else must be an X
+        return None if value is None else _check_type(_optional(tp), value, path)
     if origin in (Union, types.UnionType):
         for arg in typing.get_args(tp):
             try:
@@ -484,6 +521,8 @@ def validate(cfg: Config, partial: bool = False) -> Config:
         if ds.max_value < 2 * ds.ood_max_operand:
             raise ConfigError(f"'datasets.{dname}.max_value' must be at least 2 x ood_max_operand "
                               f"({2 * ds.ood_max_operand}), got {ds.max_value}")
+    if cfg.tuning is not None:
+        cfg.tuning = _check_tuning(cfg, cfg.tuning, partial)
     if not partial:  # a job's slice holds only the backbones and methods it reads
         if not cfg.backbones:
             raise ConfigError("'backbones' must name at least one backbone")
@@ -491,6 +530,73 @@ def validate(cfg: Config, partial: bool = False) -> Config:
             raise ConfigError("nothing to evaluate: 'methods' and 'baselines' are both empty")
         _check_benchmark_names(cfg)
     return cfg
+
+
+def tunable_keys() -> list[str]:
+    """The keys of `train` a tuning grid may vary: its numbers, flags and choices, but not `steps` (the budget,
+    the same for every trial), the training set or the nested `lora`."""
+    hints = typing.get_type_hints(TrainConfig)
+    return [f.name for f in dataclasses.fields(TrainConfig) if f.name != "steps"
+            and (hints[f.name] in (int, float, bool) or typing.get_origin(hints[f.name]) is Literal)]
+
+
+def _check_tuning(cfg: Config, tuning: TuningConfig, partial: bool) -> TuningConfig:
+    """The tuning section checked (grid keys and values; with the whole config, the benchmark, the methods and
+    their equal steps), its grid values as their keys' types. `partial`: see `validate`."""
+    tuning = copy.deepcopy(tuning)
+    keys = tunable_keys()
+    if not tuning.grid:
+        raise ConfigError("'tuning.grid' must name at least one key of `train`")
+    for key, values in tuning.grid.items():
+        where = f"tuning.grid.{key}"
+        if key == "steps":
+            raise ConfigError(f"'{where}': the training budget is not tuned: every trial trains `train.steps`")
+        if key not in keys:
+            close = difflib.get_close_matches(key, keys, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"unknown key '{where}'{hint}: a grid varies keys of `train` (numbers, flags and "
+                              f"choices); tunable: {', '.join(keys)}")
+        if not isinstance(values, list) or len(values) < 2:
+            raise ConfigError(f"'{where}' must list at least 2 values, got {values!r}")
+        typed = [getattr(from_dict(TrainConfig, {key: v}, "tuning.grid"), key) for v in values]
+        if len(set(map(str, typed))) != len(typed):
+            raise ConfigError(f"'{where}' must not repeat a value, got {values}")
+        tuning.grid[key] = typed
+    if partial:
+        return tuning
+    for i, method in enumerate(tuning.methods):
+        if method not in cfg.methods:
+            raise ConfigError(f"'tuning.methods[{i}]': '{method}' is not a trained method of this config "
+                              f"(`methods`: {', '.join(cfg.methods) or 'none'})")
+    from tarpo.data.benchmarks import get_benchmark
+
+    try:
+        bench = get_benchmark(tuning.benchmark, cfg.datasets)
+    except ConfigError:
+        raise ConfigError(f"unknown benchmark '{tuning.benchmark}' in 'tuning.benchmark'; a validation benchmark "
+                          f"is DATASET_val of a configured dataset ({', '.join(cfg.datasets) or 'none'})") from None
+    if bench.distribution != "val":
+        raise ConfigError(f"'tuning.benchmark': '{tuning.benchmark}' is not a validation benchmark (its distribution "
+                          f"is '{bench.distribution}'): hyperparameters are chosen on DATASET_val, test splits are "
+                          "for reporting only")
+    dataset = tuning.benchmark[: -len("_" + bench.split)]
+    if bench.source == "synthetic" and dataset not in cfg.datasets:
+        raise ConfigError(f"'tuning.benchmark': '{tuning.benchmark}' is a split of the dataset '{dataset}', which "
+                          f"`datasets` does not configure ({', '.join(cfg.datasets) or 'none'})")
+    for bname in cfg.backbones:  # the same budget: every tuned method trains as many steps
+        steps = {m: cfg.train_config(bname, m).steps for m in tuning.methods or cfg.methods}
+        if len(set(steps.values())) > 1:
+            raise ConfigError(f"tuning {bname}: the tuned methods train different numbers of steps {steps}; "
+                              "the same budget for every method needs the same `steps`")
+    return tuning
+
+
+def resolved_tuning(cfg: Config) -> TuningConfig:
+    """What `snakemake tune` runs: the config's tuning section (its defaults when it has none), checked against
+    the whole config, with `methods` filled in (empty: every trained method, in the config's order)."""
+    tuning = _check_tuning(cfg, cfg.tuning if cfg.tuning is not None else TuningConfig(), partial=False)
+    tuning.methods = list(tuning.methods or cfg.methods)
+    return tuning
 
 
 def _check_model(m: TinyModelConfig, path: str) -> None:
@@ -608,13 +714,22 @@ def _field_type(cls: type, name: str) -> Any:
         return dict[str, TrainConfig]
     if kind == "resources":
         return ResourcesConfig
+    if kind == "grid":
+        return _TrainGrid
     return typing.get_type_hints(cls)[name]
+
+
+class _TrainGrid:
+    """The type of `tuning.grid` for `coerce_overrides`: keys of `train` -> lists of their values."""
 
 
 def coerce_overrides(value: Any, tp: Any = Config) -> Any:
     """Snakemake's `--config KEY=VALUE` hands nested values (`'evaluate={k: 8}'`) and lists over as strings;
     turn each string into the number or boolean its key expects. Anything else is left to `load_config`."""
+    tp = _optional(tp) or tp
     origin = typing.get_origin(tp)
+    if tp is _TrainGrid and isinstance(value, dict):
+        return {k: coerce_overrides(v, list[_field_type(TrainConfig, str(k)) or Any]) for k, v in value.items()}
     if dataclasses.is_dataclass(tp) and isinstance(value, dict):
         out = {}
         for key, item in value.items():
@@ -642,6 +757,9 @@ def coerce_overrides(value: Any, tp: Any = Config) -> Any:
 
 
 def _schema_for(tp: Any) -> dict[str, Any]:
+    if _optional(tp) is not None:
+        inner = _schema_for(_optional(tp))
+        return {**inner, "type": [inner["type"], "null"]}
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
         hints = typing.get_type_hints(tp)
@@ -679,6 +797,11 @@ def _override_schema(kind: str) -> dict[str, Any] | None:
     if kind == "resources":
         return {"type": "object", "properties": {f.name: _schema_for(Resources) for f in dataclasses.fields(ResourcesConfig)},
                 "additionalProperties": False}
+    if kind == "grid":  # a tunable key of `train` -> at least 2 distinct values of its type
+        train = _schema_for(TrainConfig)["properties"]
+        items = {k: {key: v for key, v in train[k].items() if key != "description"} for k in tunable_keys()}
+        return {"type": "object", "properties": {k: {"type": "array", "items": item, "minItems": 2, "uniqueItems": True}
+                                                 for k, item in items.items()}, "additionalProperties": False}
     return None
 
 

@@ -13,7 +13,18 @@ import re
 
 from snakemake.utils import update_config, validate
 
-from tarpo.config import Config, ConfigError, _merge, coerce_overrides, load_config, read_config_file, to_dict
+from tarpo.config import (
+    Config,
+    ConfigError,
+    TuningConfig,
+    _merge,
+    coerce_overrides,
+    load_config,
+    read_config_file,
+    resolved_tuning,
+    to_dict,
+)
+from tarpo.tuning import trials as grid_trials
 
 # ------------------------------------------------------------------ config
 
@@ -257,9 +268,10 @@ def train_config(wildcards):
 
 
 def synthetic_dataset_of(benchmark):
-    """The generated dataset behind `{dataset}_test_id` / `{dataset}_test_ood`; None for registry benchmarks."""
+    """The generated dataset behind `{dataset}_test_id` / `{dataset}_test_ood` (and `{dataset}_val`, the
+    validation split rule tune_evaluate scores on); None for registry benchmarks."""
     for d in CFG.datasets:
-        if benchmark in (f"{d}_test_id", f"{d}_test_ood"):
+        if benchmark in (f"{d}_test_id", f"{d}_test_ood", f"{d}_val"):
             return d
     return None
 
@@ -395,6 +407,84 @@ def backbone_inputs(wildcards):
 def backbone_data_arg(wildcards):
     ds = warm_start_dataset(wildcards.backbone)
     return f"--data {data_dir(ds)}" if ds else ""
+
+
+# ------------------------------------------------------------------ tuning (tune.smk)
+
+# A config without a `tuning` section tunes with its defaults; where they do not fit it (e.g. no synthetic
+# dataset for `synthetic_val`), only a `tune` target fails, naming the problem. A `tuning` section given in
+# the config was checked with the rest of it, before any target.
+try:
+    TUNING = resolved_tuning(CFG)
+    TUNING_ERROR = ""
+except ConfigError as err:
+    TUNING, TUNING_ERROR = TuningConfig(), f"{err} (the defaults of `tuning`: give the config a section that fits it)"
+TRIALS = grid_trials(TUNING.grid)  # trial name -> {train key: value}, in grid order
+TUNE = f"{RESULTS}/{{backbone}}/tune/{{method}}/{{trial}}/seed{{seed}}"
+
+
+def tune_eval_json(backbone, method, trial, seed):
+    return f"{RESULTS}/{backbone}/tune/{method}/{trial}/seed{seed}/eval/{TUNING.benchmark}.json"
+
+
+def tune_targets(backbones):
+    """The report of each backbone (an input function, so that only a `tune` target meets TUNING_ERROR)."""
+
+    def targets(wildcards):
+        if TUNING_ERROR:
+            raise WorkflowError(f"config error: {TUNING_ERROR}")
+        return [f"{RESULTS}/{b}/tuning.md" for b in backbones]
+
+    return targets
+
+
+def tune_train_config(wildcards):
+    """Rule train's slice with the trial's grid point as the method's last override."""
+    sliced = json.loads(train_config(wildcards))
+    overrides = sliced["backbones"][wildcards.backbone]["method_overrides"]
+    overrides[wildcards.method] = {**overrides.get(wildcards.method, {}), **TRIALS[wildcards.trial]}
+    sliced["name"] = f"{CFG.name}-tune"
+    return json.dumps(sliced, sort_keys=True)
+
+
+def tune_evaluate_config(wildcards):
+    sliced = json.loads(evaluate_config(wildcards))
+    sliced["name"] = f"{CFG.name}-tune"
+    return json.dumps(sliced, sort_keys=True)
+
+
+def tune_evaluate_inputs(wildcards):
+    b, m = wildcards.backbone, wildcards.method
+    inputs = {
+        "backbone": policy_backbone_dir(b, m),
+        "checkpoint": f"{RESULTS}/{b}/tune/{m}/{wildcards.trial}/seed{wildcards.seed}/checkpoint",
+    }
+    ds = synthetic_dataset_of(wildcards.benchmark)
+    if ds:
+        inputs["data"] = data_dir(ds)
+    return inputs
+
+
+def tune_report_config(wildcards):
+    """The backbone, the tuned methods, `train` (the budget the table states), `evaluate` (k) and `tuning`
+    resolved (methods filled in), with the datasets the benchmark and the warm start read."""
+    b = wildcards.backbone
+    sets = sorted({d for d in (synthetic_dataset_of(TUNING.benchmark), warm_start_dataset(b)) if d})
+    sliced = json.loads(
+        _slice(
+            datasets=sets,
+            backbones={b: to_dict(CFG.backbones[b])},
+            methods=TUNING.methods,
+            sections=["train", "evaluate"],
+        )
+    )
+    sliced["tuning"] = to_dict(TUNING)
+    return json.dumps(sliced, sort_keys=True)
+
+
+def tune_report_inputs(wildcards):
+    b = wildcards.backbone
+    return [tune_eval_json(b, m, t, s) for m in TUNING.methods for t in TRIALS for s in TUNING.seeds]
 
 
 # ------------------------------------------------------------------ resources
