@@ -5,7 +5,7 @@ One call evaluates one policy (a trained checkpoint, or the bare backbone for
 (`results/{backbone}/{method}/eval/{benchmark}.json`):
 
     {benchmark}.json            metrics: n_problems, k, pass@1 (mean accuracy over the k samples), pass@j
-                                for j in 1, 2, 4, ... <= k (unbiased estimator) and its 95% bootstrap
+                                for j in 1, 2, 4, ... <= k (unbiased estimator) and its 95%
                                 interval over problems (ci95), correct samples per problem id
                                 (correct_per_problem, what the statistics across seeds and methods need),
                                 lucky_share, mean generated tokens (and per problem, tokens_per_problem),
@@ -257,8 +257,8 @@ def summarise(rows_by_problem: list[list[dict[str, Any]]], k: int) -> dict[str, 
         if j <= k:
             metrics[f"pass@{j}"] = mean_pass_at_k(counts, j)
             interval = mean_ci(pass_at_k_values([c for _, c in counts], k, j))
-            ci95[f"pass@{j}"] = [interval.low, interval.high]
-    metrics["ci95"] = ci95  # 95% bootstrap interval over this evaluation's problems (one seed)
+            ci95[f"pass@{j}"] = [max(0.0, interval.low), min(1.0, interval.high)]  # a t interval can pass 0 or 1
+    metrics["ci95"] = ci95  # 95% t interval over this evaluation's problems (one seed)
     metrics["mean_tokens"] = sum(r["n_tokens"] for r in samples) / len(samples)
     thinking = sum(r["n_thinking"] for r in samples)
     metrics["mean_thinking_tokens"] = thinking / len(samples)

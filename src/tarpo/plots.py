@@ -5,7 +5,7 @@ missing is skipped with a note) this reads every seed's evaluations and
 training metrics (`tarpo.summary`) and writes
 
     results/{backbone}/summary.csv              long format: backbone, method, benchmark, split, metric, value,
-                                                ci_low, ci_high (95% bootstrap interval over problems and seeds),
+                                                ci_low, ci_high (95% interval, seed-level: tarpo.stats),
                                                 n_seeds, best; benchmark "average" rows hold the unweighted mean
                                                 over a split's benchmarks
     results/{backbone}/paired.csv               paired comparisons: each method minus CoT and minus GRPO (Pass@1),
@@ -303,7 +303,7 @@ def fig_pass_at_k(res: Results, cfg: Config, summary: pd.DataFrame, path: Path) 
     for ax in list(axes.flat)[len(benches) or 1:]:
         ax.set_visible(False)
     if res.methods:
-        _legend(fig, res.methods, pal, title="method (bars: 95% bootstrap interval over problems and seeds"
+        _legend(fig, res.methods, pal, title="method (bars: 95% interval over seeds and problems"
                 + ("" if shared or len(benches) < 2 else f"; {OWN_SCALES}") + ")")
     _save(fig, path)
     return fig
@@ -369,7 +369,7 @@ def fig_token_efficiency(res: Results, cfg: Config, summary: pd.DataFrame, path:
                         marker=MARKERS.get(m, "v"), ms=8, ls="none", zorder=3, mec="white", mew=0.8, capsize=3,
                         elinewidth=1, clip_on=False, label=method_label(m),
                         transform=ax.transData + ScaledTranslation(shift / 72, 0, fig.dpi_scale_trans))
-    how = ("up and to the left is better: higher accuracy with fewer generated tokens; bars: 95% bootstrap "
+    how = ("up and to the left is better: higher accuracy with fewer generated tokens; bars: 95% "
            "intervals over problems and seeds\nmarkers that would cover each other are drawn a few points apart "
            "sideways" + ("" if shared or len(order) < 2 else f"; {OWN_SCALES}"))
     if drawn:

@@ -247,7 +247,8 @@ def _cell(res: Results, method: str, benches: Sequence[str], metric: str
             ci = stats.average_ci(mats)
             per_seed = np.mean([m.mean(axis=1) for m in mats], axis=0)
             seed_sd = float(per_seed.std(ddof=1)) if per_seed.size > 1 else math.nan
-            return ci.mean, ci.low, ci.high, ci.n_seeds, seed_sd
+            low, high = (max(0.0, ci.low), min(1.0, ci.high)) if metric.startswith("pass@") else (ci.low, ci.high)
+            return ci.mean, low, high, ci.n_seeds, seed_sd  # a t interval of a share can pass 0 or 1: clipped
     elif metric == "lucky_share" and len(benches) == 1:
         lucky, correct = (res.per_problem(method, benches[0], key) for key in ("lucky", "correct"))
         seeds = sorted(set(lucky) & set(correct)) if lucky is not None and correct is not None else []
@@ -257,7 +258,7 @@ def _cell(res: Results, method: str, benches: Sequence[str], metric: str
                 num, den = stats.matrix(lucky, seeds, problems), stats.matrix(correct, seeds, problems)
                 if den.sum() > 0:
                     ci = stats.ratio_ci(num, den)
-                    return ci.mean, ci.low, ci.high, ci.n_seeds, math.nan
+                    return ci.mean, max(0.0, ci.low), min(1.0, ci.high), ci.n_seeds, math.nan
     values = [_mean_over_seeds(res, method, b, metric) for b in benches]
     return float(np.mean(values)), math.nan, math.nan, n_seeds, math.nan
 
@@ -472,7 +473,7 @@ def soft_position_frame(res: Results) -> pd.DataFrame:
                 ratio, low, high = math.nan, math.nan, math.nan
                 if total_steps:
                     ci = stats.ratio_ci(soft[..., i], steps[..., i])
-                    ratio, low, high = ci.mean, ci.low, ci.high
+                    ratio, low, high = ci.mean, max(0.0, ci.low), min(1.0, ci.high)
                 rows.append((split, m, i, i / N_POSITION_BINS, (i + 1) / N_POSITION_BINS, int(total_soft),
                              int(total_steps), ratio, low, high, n_samples, len(seeds)))
     return pd.DataFrame(rows, columns=POSITION_COLUMNS)
