@@ -284,7 +284,10 @@ def test_nested_overrides_on_the_command_line_reach_the_jobs(workdir):
         assert sliced["train"]["learning_rate"] == 1e-4 and sliced["train"]["group_size"] == 3
         assert sliced["train"]["max_new_tokens"] == 24  # the rest of the section is the file's
         assert sliced["seeds"] == [3]
-        assert sliced["methods"] == {"tarpo": {"action_bias_hard": 2.2}} or "tarpo" not in sliced["methods"]
+    # each training job's slice holds its own method only: tarpo's with the override, the others as in the file
+    assert [len(s["methods"]) for s in trains] == [1] * len(trains), trains
+    assert {m: o for s in trains for m, o in s["methods"].items()} == {
+        "grpo": {}, "hrpo": {}, "lepo": {}, "tarpo": {"action_bias_hard": 2.2}, "atp_latent": {"atp_max_steps": 4}}
     for sliced in evals:
         assert sliced["evaluate"]["k"] == 8
         assert sliced["evaluate"]["benchmarks"] == ["synthetic_test_id", "synthetic_test_ood"]
