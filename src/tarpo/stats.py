@@ -333,6 +333,9 @@ def components(values: Any, correct: Any = None, k: int = 0) -> Components:
         sample = float(sum((ci * (k - ci) / (k * (k - 1))).mean() for ci in c))
     interaction = float("nan")
     if s > 1 and not np.isnan(sample):
+        # Two methods sampled with the same seed share their random streams, so their samples are correlated
+        # and the binomial variances overstate the difference's sampling noise: it is at most the residual.
+        sample = min(sample, resid * k)
         interaction = max(0.0, resid - sample / k)
     return Components(seed, problem, interaction, sample, s, p, k)
 
