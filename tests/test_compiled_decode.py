@@ -161,18 +161,25 @@ def test_static_decoder_serves_shorter_prompts_and_trims_late_syncs(format_model
     wide_mask = torch.cat([torch.zeros(6, 20, dtype=mask.dtype), mask], 1)
     kw = dict(max_new_tokens=40, temperature=TEMPERATURE, eos_ids=[tok.eos_token_id], pad_id=tok.pad_token_id,
               marker=marker)
+    # the scenario: a seed whose rows all end before the budget, between two checks (not on a multiple of 4)
+    for seed in range(50):
+        length = generate(format_model, mode, ids, mask, generator=torch.Generator().manual_seed(seed),
+                          **kw).tokens.shape[1]
+        if length < 40 and length % 4:
+            break
+    else:
+        pytest.fail("no seed in 0..49 ends every row between two checks")
     decode.clear_cache()
     rollouts = []
     for (i, m), sync_every in (((wide_ids, wide_mask), 1), ((ids, mask), 4)):
         rollouts.append(generate(format_model, mode, i, m, static_cache=True, sync_every=sync_every,
-                                 generator=torch.Generator().manual_seed(0), **kw))
-        eager = generate(format_model, mode, i, m, generator=torch.Generator().manual_seed(0), **kw)
+                                 generator=torch.Generator().manual_seed(seed), **kw))
+        eager = generate(format_model, mode, i, m, generator=torch.Generator().manual_seed(seed), **kw)
         assert_same_rollout("grpo", rollouts[-1], eager)
     (decoder,) = decode._DECODERS.values()
     assert decoder.prompt_len == decode.bucket(wide_ids.shape[1]) > decode.bucket(ids.shape[1])
     assert torch.equal(rollouts[0].tokens, rollouts[1].tokens)
-    length = rollouts[1].tokens.shape[1]
-    assert length < 40 and length % 4  # every row ended before the budget, between two checks: steps were trimmed
+    assert rollouts[1].tokens.shape[1] == length  # the steps run past the end were trimmed
 
 
 # ---------------------------------------------------------------- the compiled step
@@ -204,7 +211,13 @@ def test_compiled_rollout_satisfies_the_invariant(run, method):
     mode, model, r = run(method, "compiled", False)
     scored = score(model, mode, r, TEMPERATURE)
     for key, value in r.logps.items():
-        assert_close(scored[key][r.valid], value[r.valid], **LOGP_TOL, msg=lambda m, key=key: f"{key}: {m}")
+        tol = dict(LOGP_TOL)
+        if method == "lepo" and key == "token":
+            # a latent step's Concrete log-density moves by up to 2K x its locations' error, and those (log p~)
+            # by up to 2x the logits' (dlog q / dl_i = 1 - K s_i): the compiled step's logits differ from the
+            # training forward's by rounding like every mode's (LOGP_TOL), so the density is held to 4K x that
+            tol["atol"] = 4 * MODE_CFG.lepo_top_k * LOGP_TOL["atol"]
+        assert_close(scored[key][r.valid], value[r.valid], **tol, msg=lambda m, key=key: f"{key}: {m}")
 
 
 class BreakingMode(Mode):

@@ -151,7 +151,10 @@ def recording(model):
 
 @pytest.fixture(scope="module")
 def sampled(format_model, tiny_tokenizer):
-    """sampled(method, greedy) -> Sampled: one rollout of 12 prompts x 40 steps per mode, cached."""
+    """sampled(method, greedy) -> Sampled: one rollout of 12 prompts x 40 steps per mode, cached.
+
+    Without compaction, so that every step's recorded inputs and logits cover the whole batch (compaction has
+    its own tests below)."""
     tok = tiny_tokenizer
     ids, mask = left_pad([tok(prompt)["input_ids"] for prompt, _ in format_corpus(12, seed=1)], tok.pad_token_id)
     marker = AnswerMarker(tok, format_model.config.vocab_size)
@@ -163,7 +166,7 @@ def sampled(format_model, tiny_tokenizer):
         with recording(format_model) as (fed, logits):
             rollout = generate(format_model, mode, ids, mask, max_new_tokens=40, temperature=TEMPERATURE,
                                eos_ids=[tok.eos_token_id], pad_id=tok.pad_token_id, marker=marker,
-                               greedy=greedy, generator=torch.Generator().manual_seed(0))
+                               greedy=greedy, generator=torch.Generator().manual_seed(0), compact=False)
         steps = fed[1:]  # fed[0] is the prompt
         assert len(steps) == rollout.tokens.shape[1] - 1 and len(logits) == rollout.tokens.shape[1]
         return Sampled(mode, rollout, torch.cat(steps, 1), torch.stack(logits, 1) / TEMPERATURE)
@@ -464,7 +467,7 @@ def atp_sampled(format_model, tiny_tokenizer):
         with recording(model) as (fed, logits):
             rollout = generate(model, mode, ids, mask, max_new_tokens=24, temperature=TEMPERATURE,
                                eos_ids=[tok.eos_token_id], pad_id=tok.pad_token_id, marker=marker,
-                               greedy=greedy, generator=torch.Generator().manual_seed(0))
+                               greedy=greedy, generator=torch.Generator().manual_seed(0), compact=False)
         return model, tok, Sampled(mode, rollout, torch.cat(fed[1:], 1), torch.stack(logits, 1) / TEMPERATURE)
 
     return run
@@ -539,3 +542,135 @@ def test_atp_needs_its_tokens(tiny_tokenizer):
     mode = build_mode("atp_latent", atp_cfg(), 32)
     with pytest.raises(ValueError, match="lacks ATP-Latent's tokens"):
         mode.bind(tiny_tokenizer)
+
+
+# ---------------------------------------------------------------- finished rows leave the batch
+
+
+def compaction_case(format_model, tiny_tokenizer, method: str):
+    """(model, tokenizer, mode, ids, mask, marker) for `method`; ATP-Latent on the format model with its tokens."""
+    import copy
+
+    from tarpo.modes.atp_latent import BEGIN_LATENT, SPECIAL_TOKENS
+
+    tok, model, suffix = tiny_tokenizer, format_model, ""
+    if method == "atp_latent":
+        tok = copy.deepcopy(tiny_tokenizer)
+        tok.add_special_tokens({"additional_special_tokens": list(SPECIAL_TOKENS)})
+        model = copy.deepcopy(format_model)
+        model.resize_token_embeddings(len(tok))
+        suffix = BEGIN_LATENT
+    torch.manual_seed(1)
+    mode = build_mode(method, atp_cfg() if method == "atp_latent" else MODE_CFG, model.config.hidden_size)
+    if method == "atp_latent":
+        with torch.no_grad():
+            mode.stop_head[-1].bias.copy_(torch.tensor([0.7, 0.0]))
+        mode.bind(tok)
+    ids, mask = left_pad([tok(prompt + suffix)["input_ids"] for prompt, _ in format_corpus(24, seed=5)],
+                         tok.pad_token_id)
+    return model, tok, mode, ids, mask, AnswerMarker(tok, model.config.vocab_size)
+
+
+@pytest.mark.parametrize("method", METHODS + ["atp_latent"])
+def test_compaction_changes_no_sample(format_model, tiny_tokenizer, method):
+    """Dropping finished rows (and their cache) gives the samples of the full batch, bit for bit in tokens and
+    flags, to rounding in log-probs and float metadata (fp32), and the rollout still scores as it sampled."""
+    model, tok, mode, ids, mask, marker = compaction_case(format_model, tiny_tokenizer, method)
+    batch_sizes: list[int] = []
+    decoder, _, _ = model_parts(model)
+    hook = decoder.register_forward_pre_hook(lambda m, a, kw: batch_sizes.append(kw["inputs_embeds"].shape[0]),
+                                             with_kwargs=True)
+    rollouts = {}
+    try:
+        for compact in (False, True):
+            batch_sizes.clear()
+            rollouts[compact] = generate(model, mode, ids, mask, max_new_tokens=40, temperature=TEMPERATURE,
+                                         eos_ids=[tok.eos_token_id], pad_id=tok.pad_token_id, marker=marker,
+                                         generator=torch.Generator().manual_seed(7), compact=compact)
+            if compact:
+                compacted_sizes = list(batch_sizes)
+    finally:
+        hook.remove()
+    full, compacted = rollouts[False], rollouts[True]
+    assert len(set(compacted_sizes)) > 2 and compacted_sizes[-1] < len(ids) // 2  # rows did leave, several times
+    lengths = full.lengths
+    assert int(lengths.min()) < int(lengths.max())  # the case has rows that end early
+    assert torch.equal(compacted.valid, full.valid)
+    assert torch.equal(compacted.tokens[full.valid], full.tokens[full.valid])
+    assert torch.equal(compacted.tokens[~full.valid], torch.full_like(full.tokens[~full.valid], tok.pad_token_id))
+    assert torch.equal(compacted.thinking, full.thinking)
+    for key, value in full.meta.items():
+        assert_close(compacted.meta[key][full.valid], value[full.valid], **EMBED_TOL)
+    for key, value in full.logps.items():
+        assert_close(compacted.logps[key][full.valid], value[full.valid], **LOGP_TOL)
+    scored = score(model, mode, compacted, TEMPERATURE)
+    for key in compacted.logps:
+        assert_close(scored[key][compacted.valid], compacted.logps[key][compacted.valid], **LOGP_TOL)
+
+
+
+@pytest.mark.parametrize("method", ["grpo", "tarpo", "atp_latent"])
+def test_repeats_share_the_prompt_and_change_no_sample(format_model, tiny_tokenizer, method):
+    """`repeats=k` runs each prompt once and shares its cache: the same samples as the prompts written out k times."""
+    model, tok, mode, ids, mask, marker = compaction_case(format_model, tiny_tokenizer, method)
+    ids, mask = ids[:8], mask[:8]
+    kw = dict(max_new_tokens=30, temperature=TEMPERATURE, eos_ids=[tok.eos_token_id], pad_id=tok.pad_token_id,
+              marker=marker)
+    shared = generate(model, mode, ids, mask, repeats=3, generator=torch.Generator().manual_seed(3), **kw)
+    written = generate(model, mode, ids.repeat_interleave(3, 0), mask.repeat_interleave(3, 0),
+                       generator=torch.Generator().manual_seed(3), **kw)
+    assert torch.equal(shared.prompt_ids, written.prompt_ids) and torch.equal(shared.prompt_mask, written.prompt_mask)
+    assert torch.equal(shared.valid, written.valid) and torch.equal(shared.tokens, written.tokens)
+    assert not torch.equal(shared.tokens[0::3], shared.tokens[1::3])  # the repeats are distinct samples
+    for key, value in written.logps.items():
+        assert_close(shared.logps[key][written.valid], value[written.valid], **LOGP_TOL)
+
+
+@pytest.mark.parametrize("method", ["grpo", "hrpo", "tarpo", "atp_latent"])
+def test_scoring_shares_a_groups_prompt_with_the_same_logps_and_gradients(format_model, tiny_tokenizer, method,
+                                                                          monkeypatch):
+    """A group's rows score their prompt once (one forward, a repeated cache): the log-probs equal the rollout's
+    and a full forward's, and so do the gradients of the policy's weights."""
+    import copy
+
+    import tarpo.rollout as engine
+
+    model, tok, mode, ids, mask, marker = compaction_case(format_model, tiny_tokenizer, method)
+    model = copy.deepcopy(model)
+    rollout = generate(model, mode, ids[:6], mask[:6], repeats=4, max_new_tokens=30, temperature=TEMPERATURE,
+                       eos_ids=[tok.eos_token_id], pad_id=tok.pad_token_id, marker=marker,
+                       generator=torch.Generator().manual_seed(4))
+    assert engine.prompt_repeats(rollout.prompt_ids, rollout.prompt_mask) == 4
+
+    def scored_and_grads():
+        model.zero_grad(set_to_none=True)
+        out = score(model, mode, rollout, TEMPERATURE)
+        (out["token"] * rollout.valid).sum().backward()
+        return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    shared, shared_grads = scored_and_grads()
+    monkeypatch.setattr(engine, "prompt_repeats", lambda ids, mask: 1)
+    full, full_grads = scored_and_grads()
+    for key in rollout.logps:
+        assert_close(shared[key][rollout.valid], rollout.logps[key][rollout.valid], **LOGP_TOL)
+        assert_close(shared[key][rollout.valid], full[key][rollout.valid], **LOGP_TOL)
+    assert shared_grads.keys() == full_grads.keys() and len(full_grads) > 10
+    for name, grad in full_grads.items():
+        # sums in other orders: agree to rounding relative to the gradient's scale (measured <= 1e-6)
+        scale = float(grad.abs().max())
+        assert float((shared_grads[name] - grad).abs().max()) <= 1e-5 * scale + 1e-8, name
+
+
+def test_prompt_repeats_finds_groups_only_when_every_prompt_repeats_alike():
+    ids = torch.tensor([[1, 2], [1, 2], [3, 4], [3, 4]])
+    mask = torch.ones_like(ids)
+    from tarpo.rollout import prompt_repeats
+
+    assert prompt_repeats(ids, mask) == 2
+    assert prompt_repeats(ids[[0, 1, 2]], mask[[0, 1, 2]]) == 1  # 3 rows: not a multiple of the run
+    assert prompt_repeats(ids[[0, 2, 1, 3]], mask[[0, 2, 1, 3]]) == 1  # not contiguous
+    assert prompt_repeats(torch.tensor([[1, 2], [1, 2], [3, 4], [5, 6]]), mask) == 1  # uneven groups
+    other_mask = mask.clone()
+    other_mask[1, 0] = 0
+    assert prompt_repeats(ids, other_mask) == 1
+    assert prompt_repeats(ids[:1], mask[:1]) == 1

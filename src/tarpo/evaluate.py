@@ -195,15 +195,17 @@ def sample_batch(model: Any, tokenizer: Any, mode: Any, records: list[dict[str, 
     from tarpo.rollout import generate, model_parts
     from tarpo.trainer import encode_prompts
 
-    questions = [r["question"] for r in records for _ in range(k)]  # the k samples of a problem are contiguous
-    ids, mask = encode_prompts(tokenizer, questions, max_prompt_tokens, device, mode.prompt_suffix)
+    # the k samples of a problem are contiguous rows; its prompt is run once (generate's `repeats`)
+    ids, mask = encode_prompts(tokenizer, [r["question"] for r in records], max_prompt_tokens, device,
+                               mode.prompt_suffix)
+    n_rows = len(records) * k
     generator = torch.Generator(device=device)
     generator.manual_seed(seed)
     greedy = temperature <= 0
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
     rollout = generate(model, mode, ids, mask, max_new_tokens=max_new_tokens, temperature=1.0 if greedy else temperature,
                        eos_ids=eos_ids, pad_id=pad_id, marker=marker, greedy=greedy, generator=generator,
-                       compiled=compiled)
+                       compiled=compiled, repeats=k)
     _, _, embed = model_parts(model)
     latent_texts = None
     if decoder is not None:
@@ -213,7 +215,7 @@ def sample_batch(model: Any, tokenizer: Any, mode: Any, records: list[dict[str, 
     cpu = rollout.to("cpu")
     soft_all = cpu.stats.get("soft")
     out: list[list[dict[str, Any]]] = [[] for _ in records]
-    for i in range(len(questions)):
+    for i in range(n_rows):
         record = records[i // k]
         valid = cpu.valid[i]
         tokens = cpu.tokens[i][valid].tolist()

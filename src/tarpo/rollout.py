@@ -22,6 +22,7 @@ from transformers import DynamicCache
 from tarpo import decode
 from tarpo.data.template import ANSWER_MARKER
 from tarpo.modes import Mode
+from tarpo.modes.base import RowNoise
 
 
 # ---------------------------------------------------------------- model parts
@@ -131,6 +132,10 @@ class Rollout:
         return self._map(lambda t: t.to(device))
 
 
+#: the eager loop drops finished rows (and their KV cache) once this share of the rows it runs has finished
+COMPACT_FINISHED_SHARE = 0.25
+
+
 @torch.no_grad()
 def generate(
     model: nn.Module,
@@ -149,25 +154,40 @@ def generate(
     static_cache: bool | None = None,
     compile_mode: str | None = None,
     sync_every: int | None = None,
+    compact: bool = True,
+    repeats: int = 1,
 ) -> Rollout:
     """Sample completions for left-padded prompts, one forward per step on a KV cache.
 
-    Eager (default): a growing `DynamicCache`, the reference. `compiled=True`: a preallocated `StaticCache` and
-    one `torch.compile`d step (record the step, form the mode's next input, decoder + LM head) shared by every
-    mode; sampling stays eager (see `tarpo.decode`). `static_cache=True` without `compiled` runs that static-cache
-    step eagerly (a debugging reference for the compiled path). `compile_mode`: torch.compile's mode (default
+    `repeats`: completions per prompt (a group, or an evaluation's k samples); the rollout's rows are the
+    prompts' repeats, contiguous (row i is prompt i // repeats). The eager path runs each prompt's forward once
+    and shares its KV cache between the repeats.
+
+    Eager (default): a growing `DynamicCache`, the reference. Rows that have finished leave the batch
+    (`compact`): once `COMPACT_FINISHED_SHARE` of the running rows have ended, the loop keeps only the others,
+    in its inputs, its KV cache and the mode's state, so a batch no longer pays for its longest completion in
+    every row. Random draws are made row by row (`RowNoise`), so compaction changes no sample.
+
+    `compiled=True`: a preallocated `StaticCache` and one `torch.compile`d step (record the step, form the
+    mode's next input, decoder + LM head) shared by every mode, on the whole batch (no compaction); sampling
+    stays eager (see `tarpo.decode`). `static_cache=True` without `compiled` runs that static-cache step
+    eagerly (a debugging reference for the compiled path). `compile_mode`: torch.compile's mode (default
     'reduce-overhead', i.e. CUDA graphs, on CUDA; 'default' elsewhere). `sync_every`: steps between the checks
     whether every sequence has ended, each a host-device sync on an accelerator; default 1 (every step) on CPU
     and for the eager path, `decode.CUDA_SYNC_EVERY` for the static path on CUDA. Checking less often only
-    runs (and trims) steps after the end, but the generator then advances further than the eager path's.
+    runs (and trims) steps after the end.
     """
     decoder, lm_head, embed = model_parts(model)
     device = prompt_ids.device
-    batch = prompt_ids.shape[0]
     eos = torch.tensor(eos_ids, device=device, dtype=torch.long)
     static = compiled if static_cache is None else static_cache
     if compiled and not static:
         raise ValueError("compiled decoding runs on the static cache (static_cache=False with compiled=True)")
+    compact = compact and not static
+    unique_ids, unique_mask = prompt_ids, prompt_mask
+    if repeats > 1:
+        prompt_ids, prompt_mask = prompt_ids.repeat_interleave(repeats, 0), prompt_mask.repeat_interleave(repeats, 0)
+    batch = prompt_ids.shape[0]
     if static:
         engine = decode.static_decoder(
             (decoder, lm_head, embed), model.config, mode, marker, batch=batch, prompt_len=prompt_ids.shape[1],
@@ -177,23 +197,29 @@ def generate(
         if sync_every is None:
             sync_every = decode.CUDA_SYNC_EVERY if device.type == "cuda" else 1
     else:
-        mask = prompt_mask.long()
+        mask = unique_mask.long()
         positions = (mask.cumsum(-1) - 1).clamp_min(0)
         cache = DynamicCache(config=model.config)
-        out = decoder(inputs_embeds=embed(prompt_ids), attention_mask=mask, position_ids=positions,
+        out = decoder(inputs_embeds=embed(unique_ids), attention_mask=mask, position_ids=positions,
                       past_key_values=cache, use_cache=True)
         hidden = out.last_hidden_state[:, -1]
-        logits = lm_head(hidden).float() / temperature
         next_position = positions[:, -1:] + 1
+        if repeats > 1:  # the repeats of a prompt share its forward and its cache
+            cache.batch_repeat_interleave(repeats)
+            hidden, mask = hidden.repeat_interleave(repeats, 0), mask.repeat_interleave(repeats, 0)
+            next_position = next_position.repeat_interleave(repeats, 0)
+        logits = lm_head(hidden).float() / temperature
         sync_every = sync_every or 1
 
+    noise = RowNoise(generator, batch, device)
+    rows = torch.arange(batch, device=device)  # the original index of every row still in the batch
     run = torch.zeros(batch, dtype=torch.long, device=device)
     seen = torch.zeros(batch, dtype=torch.bool, device=device)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     state = mode.new_state(batch, device)
     steps: list[dict] = []
     for t in range(max_new_tokens):
-        draw = mode.sample(logits, hidden, ~seen & ~finished, embed, generator, greedy, state)
+        draw = mode.sample(logits, hidden, ~seen & ~finished, embed, noise, greedy, state)
         last = t == max_new_tokens - 1
         if static and not last:  # record this step and run the next one's forward in one call
             (token, ends, thinking, run, seen, logps, stats), logits, hidden, next_position = engine.step(
@@ -202,26 +228,57 @@ def generate(
         else:
             token, ends, thinking, run, seen, logps, stats, meta1 = decode.record_step(
                 mode, marker, eos, pad_id, draw.token, draw.meta, finished, run, seen, logits, hidden)
-        steps.append({"token": token, "valid": ~finished, "thinking": thinking, "meta": draw.meta,
+        steps.append({"rows": rows, "token": token, "valid": ~finished, "thinking": thinking, "meta": draw.meta,
                       "logps": logps, "stats": stats})
         finished = finished | ends
-        if last or ((t + 1) % sync_every == 0 and bool(finished.all())):
+        if last or (t + 1) % sync_every == 0 and bool(finished.all()):
             break
-        if not static:
-            inputs = mode.next_inputs(embed, token.unsqueeze(1), meta1, thinking.unsqueeze(1))
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
-            out = decoder(inputs_embeds=inputs, attention_mask=mask, position_ids=next_position,
-                          past_key_values=cache, use_cache=True)
-            hidden = out.last_hidden_state[:, -1]
-            logits = lm_head(hidden).float() / temperature
-            next_position = next_position + 1
+        if static:
+            continue
+        if compact and int(finished.sum()) >= max(1.0, COMPACT_FINISHED_SHARE * len(rows)):
+            keep = (~finished).nonzero().squeeze(1)
+            rows, run, seen, finished = rows[keep], run[keep], seen[keep], finished[keep]
+            token, thinking, mask, next_position = token[keep], thinking[keep], mask[keep], next_position[keep]
+            meta1 = {k: v[keep] for k, v in meta1.items()}
+            state = {k: v[keep] for k, v in state.items()}
+            cache.batch_select_indices(keep)
+            noise.rows = rows
+        inputs = mode.next_inputs(embed, token.unsqueeze(1), meta1, thinking.unsqueeze(1))
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+        out = decoder(inputs_embeds=inputs, attention_mask=mask, position_ids=next_position,
+                      past_key_values=cache, use_cache=True)
+        hidden = out.last_hidden_state[:, -1]
+        logits = lm_head(hidden).float() / temperature
+        next_position = next_position + 1
 
     if sync_every > 1:  # steps run after every sequence had ended hold no valid position: drop them
         length = int(torch.stack([s["valid"].any() for s in steps]).nonzero().max()) + 1
         steps = steps[:length]
-    stack = lambda key: torch.stack([s[key] for s in steps], 1)  # noqa: E731
-    stack_dict = lambda key: {k: torch.stack([s[key][k] for s in steps], 1) for k in steps[0][key]}  # noqa: E731
-    return Rollout(prompt_ids, prompt_mask, stack("token"), stack("valid"), stack("thinking"),
+    return _assemble(steps, batch, prompt_ids, prompt_mask, pad_id)
+
+
+def _assemble(steps: list[dict], batch: int, prompt_ids: Tensor, prompt_mask: Tensor, pad_id: int) -> Rollout:
+    """The rollout's (B, L) tensors from per-step records of the rows that were running at each step.
+
+    A row that had left the batch is padded: pad token, not valid, not thinking, zero metadata and log-probs
+    (positions that nothing reads: the loss, the statistics and the training forward's causal attention only
+    see valid positions).
+    """
+    def stack(values: list[Tensor], fill: float | int | bool) -> Tensor:
+        first = values[0]
+        out = torch.full((batch, len(values), *first.shape[1:]), fill, dtype=first.dtype, device=first.device)
+        for t, (value, s) in enumerate(zip(values, steps)):
+            if len(s["rows"]) == batch:
+                out[:, t] = value
+            else:
+                out[s["rows"], t] = value
+        return out
+
+    def stack_dict(key: str) -> dict[str, Tensor]:
+        return {k: stack([s[key][k] for s in steps], 0) for k in steps[0][key]}
+
+    return Rollout(prompt_ids, prompt_mask, stack([s["token"] for s in steps], pad_id),
+                   stack([s["valid"] for s in steps], False), stack([s["thinking"] for s in steps], False),
                    stack_dict("logps"), stack_dict("meta"), stack_dict("stats"))
 
 
@@ -239,6 +296,19 @@ def completion_inputs(model: nn.Module, mode: Mode, rollout: Rollout) -> tuple[T
     return inputs, mask, (mask.cumsum(-1) - 1).clamp_min(0)
 
 
+def prompt_repeats(prompt_ids: Tensor, prompt_mask: Tensor) -> int:
+    """How many consecutive rows share each prompt (a group's completions), if every prompt is repeated alike;
+    else 1."""
+    batch = prompt_ids.shape[0]
+    same = (prompt_ids[1:] == prompt_ids[:-1]).all(-1) & (prompt_mask[1:] == prompt_mask[:-1]).all(-1)
+    repeats = int(same.long().cumprod(0).sum()) + 1 if batch > 1 else 1  # the first run's length
+    if repeats == 1 or batch % repeats:
+        return 1
+    first = slice(None, None, repeats)
+    expanded = prompt_ids[first].repeat_interleave(repeats, 0), prompt_mask[first].repeat_interleave(repeats, 0)
+    return repeats if torch.equal(expanded[0], prompt_ids) and torch.equal(expanded[1], prompt_mask) else 1
+
+
 def score(
     model: nn.Module,
     mode: Mode,
@@ -250,12 +320,25 @@ def score(
 
     `inputs` lets the reference forward reuse the policy's input embeddings
     (detached), so both score the very same sequence of inputs. Adds the
-    token entropy ('token_entropy', detached) for logging.
+    token entropy ('token_entropy', detached) for logging. Rows that repeat a
+    prompt (`prompt_repeats`) share one forward of it, gradients included.
     """
     decoder, lm_head, _ = model_parts(model)
     embeds, mask, positions = inputs if inputs is not None else completion_inputs(model, mode, rollout)
-    hidden = decoder(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).last_hidden_state
-    hidden = hidden[:, rollout.prompt_ids.shape[1] - 1:]
+    width = rollout.prompt_ids.shape[1]
+    repeats = prompt_repeats(rollout.prompt_ids, rollout.prompt_mask)
+    if repeats == 1:
+        hidden = decoder(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).last_hidden_state
+        hidden = hidden[:, width - 1:]
+    else:  # a group's completions share their prompt: run it once, and the completions on its (repeated) cache
+        cache = DynamicCache(config=model.config)
+        first = slice(None, None, repeats)
+        prompt = decoder(inputs_embeds=embeds[first, :width], attention_mask=mask[first, :width],
+                         position_ids=positions[first, :width], past_key_values=cache, use_cache=True)
+        cache.batch_repeat_interleave(repeats)
+        rest = decoder(inputs_embeds=embeds[:, width:], attention_mask=mask, position_ids=positions[:, width:],
+                       past_key_values=cache, use_cache=True).last_hidden_state
+        hidden = torch.cat([prompt.last_hidden_state[:, -1:].repeat_interleave(repeats, 0), rest], 1)
     logits = lm_head(hidden).float() / temperature
     out = mode.logprobs(logits, hidden, rollout.tokens, rollout.meta, rollout.thinking)
     with torch.no_grad():

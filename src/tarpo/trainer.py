@@ -449,12 +449,14 @@ class GrpoTrainer:
         idx = batch_indices(len(self.records), self.cfg.seed, self.step, micro, t.grad_accum,
                             acc.num_processes, acc.process_index, t.prompts_per_step)
         records = [self.records[i] for i in idx for _ in range(t.group_size)]  # groups are contiguous
-        ids, mask = encode_prompts(self.tokenizer, [r["question"] for r in records], t.max_prompt_tokens, self.device,
-                                   self.mode.prompt_suffix)
+        # each prompt once: generate runs it once and shares its cache between the group's G completions
+        ids, mask = encode_prompts(self.tokenizer, [self.records[i]["question"] for i in idx], t.max_prompt_tokens,
+                                   self.device, self.mode.prompt_suffix)
         with acc.autocast():
             rollout = generate(self.model, self.mode, ids, mask, max_new_tokens=t.max_new_tokens,
                                temperature=t.temperature, eos_ids=self.eos_ids, pad_id=self.tokenizer.pad_token_id,
-                               marker=self.marker, generator=self._generator(micro), compiled=t.compile_decode)
+                               marker=self.marker, generator=self._generator(micro), compiled=t.compile_decode,
+                               repeats=t.group_size)
         texts = [self.tokenizer.decode(tok[v], skip_special_tokens=True)
                  for tok, v in zip(rollout.tokens.cpu(), rollout.valid.cpu())]
         rewards, parts = self.rewards(rollout, texts, records)

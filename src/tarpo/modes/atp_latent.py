@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from tarpo.config import TrainConfig
-from tarpo.modes.base import Mode, StepDraw, sample_categorical, token_logprobs
+from tarpo.modes.base import Mode, StepDraw, row_noise, sample_categorical, token_logprobs
 
 BEGIN_LATENT, END_LATENT, LATENT_PLACEHOLDER = "<bol>", "<eol>", "<lat>"
 SPECIAL_TOKENS = (BEGIN_LATENT, END_LATENT, LATENT_PLACEHOLDER)
@@ -90,22 +90,22 @@ class AtpLatentMode(Mode):
         return {"latents": torch.zeros(batch, dtype=torch.long, device=device),
                 "in_block": torch.ones(batch, dtype=torch.bool, device=device)}
 
-    def sample(self, logits, hidden, thinking, embed, generator, greedy, state=None) -> StepDraw:
+    def sample(self, logits, hidden, thinking, embed, noise, greedy, state=None) -> StepDraw:
         if state is None:
             raise ValueError("atp_latent needs the rollout state (generate passes it)")
         mu, logvar = self.gaussian(hidden)
         if greedy:
             z = mu
         else:
-            eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=torch.float32)
+            eps = row_noise(noise, mu.shape[0], mu.device).randn(*mu.shape[1:])
             z = mu + torch.exp(0.5 * logvar) * eps
         count, in_block = state["latents"], state["in_block"]
         group_start = in_block & (count % self.per_step == 0)
-        stop_drawn = sample_categorical(self.stop_logits(z), generator, greedy) == STOP
+        stop_drawn = sample_categorical(self.stop_logits(z), noise, greedy) == STOP
         forced = in_block & (count >= self.max_latents)
         stop = group_start & stop_drawn & ~forced
         latent = in_block & ~stop & ~forced
-        answer_token = sample_categorical(logits, generator, greedy)
+        answer_token = sample_categorical(logits, noise, greedy)
         token = torch.where(latent, torch.full_like(answer_token, self._id(LATENT_PLACEHOLDER)), answer_token)
         token = torch.where(stop | forced, torch.full_like(token, self._id(END_LATENT)), token)
         state["latents"] = count + latent.long()

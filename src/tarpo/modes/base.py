@@ -36,16 +36,54 @@ class StepDraw:
     meta: dict[str, Tensor] = field(default_factory=dict)
 
 
-def sample_categorical(logits: Tensor, generator: torch.Generator | None, greedy: bool) -> Tensor:
-    """Sample from softmax(logits) over the last dim (argmax when greedy); logits are (B, V)."""
+class RowNoise:
+    """The random draws of one batch, made row by row.
+
+    Every draw is made for all `batch` rows of the batch the rollout started with, and only the rows still
+    running (`rows`, original indices; None = all) are returned. The generator therefore advances the same
+    whichever rows have finished, and a row's samples depend on its own position only: the rollout engine can
+    drop finished rows from its batch without changing any sample.
+    """
+
+    def __init__(self, generator: torch.Generator | None, batch: int, device: torch.device | str) -> None:
+        self.generator, self.batch, self.device = generator, batch, torch.device(device)
+        self.rows: Tensor | None = None
+
+    def _keep(self, draw: Tensor) -> Tensor:
+        return draw if self.rows is None else draw[self.rows]
+
+    def rand(self, *tail: int) -> Tensor:
+        """Uniform [0, 1) draws, (running rows, *tail), float32."""
+        return self._keep(torch.rand((self.batch, *tail), generator=self.generator, device=self.device))
+
+    def randn(self, *tail: int) -> Tensor:
+        """Standard normal draws, (running rows, *tail), float32."""
+        return self._keep(torch.randn((self.batch, *tail), generator=self.generator, device=self.device))
+
+
+def row_noise(source: RowNoise | torch.Generator | None, batch: int, device: torch.device | str) -> RowNoise:
+    """`source` itself if it is a RowNoise, else row-wise draws over a batch of `batch` from the generator."""
+    return source if isinstance(source, RowNoise) else RowNoise(source, batch, device)
+
+
+def sample_categorical(logits: Tensor, noise: RowNoise | torch.Generator | None, greedy: bool) -> Tensor:
+    """Sample from softmax(logits) over the last dim (argmax when greedy); logits are (B, V).
+
+    Inverse-CDF sampling with one uniform per row, so that a row's draw is its own (see RowNoise).
+    """
     if greedy:
         return logits.argmax(-1)
     probs = torch.softmax(logits.float(), -1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    cdf = probs.cumsum(-1)
+    u = row_noise(noise, logits.shape[0], logits.device).rand() * cdf[:, -1]
+    # the first token whose cumulative mass exceeds u; a token of zero mass is never chosen
+    token = torch.searchsorted(cdf, u.unsqueeze(-1), right=True).squeeze(-1)
+    return token.clamp_max(logits.shape[-1] - 1)
 
 
-def gumbel_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
-    u = torch.rand(x.shape, generator=generator, device=x.device, dtype=torch.float32)
+def gumbel_like(x: Tensor, noise: RowNoise | torch.Generator | None) -> Tensor:
+    """Gumbel(0, 1) noise of x's shape (B, ...), drawn row by row."""
+    u = row_noise(noise, x.shape[0], x.device).rand(*x.shape[1:])
     exponential = -torch.log(u.clamp_min(1e-20))  # Exp(1); Gumbel = -log(Exp(1))
     return -torch.log(exponential.clamp_min(1e-20))
 
@@ -82,13 +120,15 @@ class Mode(nn.Module):
         hidden: Tensor,
         thinking: Tensor,
         embed: nn.Embedding,
-        generator: torch.Generator | None,
+        noise: RowNoise | torch.Generator | None,
         greedy: bool,
         state: dict[str, Tensor] | None = None,
     ) -> StepDraw:
         """Draw one step. `logits` (B, V) are temperature-scaled; `thinking` (B,) is the phase before this token;
-        `state` is `new_state`'s dict, which the mode may update in place."""
-        return StepDraw(sample_categorical(logits, generator, greedy))
+        `noise` gives the step's random draws (RowNoise: the same number of draws every step, whatever the
+        data, so that a row's samples are its own); `state` is `new_state`'s dict, which the mode may update
+        in place."""
+        return StepDraw(sample_categorical(logits, noise, greedy))
 
     def next_inputs(self, embed: nn.Embedding, tokens: Tensor, meta: dict[str, Tensor], thinking: Tensor) -> Tensor:
         """Input embeddings (B, L, d) that follow steps (B, L)."""

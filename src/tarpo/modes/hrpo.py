@@ -50,8 +50,8 @@ class HrpoMode(Mode):
         a = torch.exp(-self.cfg.hrpo_c * F.softplus(-self.log_lambda) * r)
         return a, i
 
-    def sample(self, logits, hidden, thinking, embed, generator, greedy, state=None) -> StepDraw:
-        token = sample_categorical(logits, generator, greedy)
+    def sample(self, logits, hidden, thinking, embed, noise, greedy, state=None) -> StepDraw:
+        token = sample_categorical(logits, noise, greedy)
         probs = torch.softmax(logits.float(), -1)
         latent = (probs.to(embed.weight.dtype) @ embed.weight).float() / probs.norm(dim=-1, keepdim=True)
         return StepDraw(token, {"latent": latent.to(embed.weight.dtype)})

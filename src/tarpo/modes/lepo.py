@@ -55,13 +55,13 @@ class LepoMode(Mode):
     name = "lepo"
     meta_keys = ("topk_ids", "relaxed_log_w")
 
-    def sample(self, logits, hidden, thinking, embed, generator, greedy, state=None) -> StepDraw:
+    def sample(self, logits, hidden, thinking, embed, noise, greedy, state=None) -> StepDraw:
         top_logits, top_ids = logits.float().topk(self.cfg.lepo_top_k, dim=-1)
         locations = torch.log_softmax(top_logits, -1)
-        noisy = locations if greedy else locations + gumbel_like(locations, generator)
+        noisy = locations if greedy else locations + gumbel_like(locations, noise)
         log_w = torch.log_softmax(noisy / self.cfg.lepo_tau_g, -1)
         relaxed_token = top_ids.gather(-1, noisy.argmax(-1, keepdim=True)).squeeze(-1)
-        token = torch.where(thinking, relaxed_token, sample_categorical(logits, generator, greedy))
+        token = torch.where(thinking, relaxed_token, sample_categorical(logits, noise, greedy))
         return StepDraw(token, {"topk_ids": top_ids, "relaxed_log_w": log_w})
 
     def next_inputs(self, embed, tokens, meta, thinking) -> Tensor:

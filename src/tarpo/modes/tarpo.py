@@ -61,10 +61,10 @@ class TarpoMode(Mode):
         head = self.action_head
         return head(hidden.to(head.weight.dtype)).float() / self.cfg.tau_a
 
-    def sample(self, logits, hidden, thinking, embed, generator, greedy, state=None) -> StepDraw:
-        token = sample_categorical(logits, generator, greedy)
+    def sample(self, logits, hidden, thinking, embed, noise, greedy, state=None) -> StepDraw:
+        token = sample_categorical(logits, noise, greedy)
         top_logits, top_ids = logits.float().topk(self.cfg.soft_top_k, dim=-1)
-        action = sample_categorical(self.action_logits(hidden), generator, greedy)
+        action = sample_categorical(self.action_logits(hidden), noise, greedy)
         # softmax over the top-K scaled logits = top-K probabilities renormalised.
         return StepDraw(token, {"action": action, "topk_ids": top_ids, "topk_weights": torch.softmax(top_logits, -1)})
 
