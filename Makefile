@@ -1,7 +1,7 @@
 # Two commands (see README.md):
 #   make run    set up .venv if needed, then run the pipeline on the default config (CPU numerics
 #               pinned on x86-64, see NUMERICS below)
-#   make test   set up .venv if needed, then run the test suite
+#   make test   set up .venv if needed, then run the test suite (make test-fast: the quick tier)
 #   make share CONFIG=config/paper.yaml     record a run's results with DVC, push, commit
 #   make restore CONFIG=config/paper.yaml   fetch them on another clone, up to date for Snakemake
 # `make setup` alone builds the environment. Setup is skipped when .venv holds a
@@ -41,7 +41,7 @@ $(STAMP): FORCE
 endif
 endif
 
-.PHONY: setup run test share restore clean-venv FORCE
+.PHONY: setup run test test-fast share restore clean-venv FORCE
 
 setup: $(STAMP)
 
@@ -87,8 +87,17 @@ endif
 run: setup
 	$(PIN_ENV) PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores $(CORES) all
 
+# The whole suite (what CI runs), on TEST_WORKERS processes (pytest-xdist; a test file stays on one worker, so
+# its module fixtures are built once), then the slowest tests. `make test-fast`: the tests not marked slow,
+# workflow, sandbox or compile (pyproject.toml), a few minutes: the loop to run while working.
+TEST_WORKERS ?= 2
+FAST := not slow and not workflow and not sandbox and not compile
+
 test: setup
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=20
+
+test-fast: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile -m "$(FAST)"
 
 # Results with DVC (README, "Share results with DVC"): CONFIG is the config that was run.
 CONFIG  ?= config/config.yaml

@@ -24,42 +24,7 @@ from tarpo.config import TrainConfig
 from tarpo.modes import build_mode
 from tarpo.rollout import AnswerMarker, generate
 
-# The presets of perf/rollout_throughput.py (copied, so this script does not move when that one does).
-PRESETS = {
-    # ~3M parameters: the size of the embedded backbone's bigger variants
-    "3m": dict(vocab_size=512, hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4,
-               num_key_value_heads=2),
-    # Qwen2.5-1.5B's shape (random weights)
-    "1.5b": dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
-                 num_attention_heads=12, num_key_value_heads=2),
-}
-METHODS = ("grpo", "hrpo", "lepo", "tarpo", "atp_latent")
-
-
-class CharTokenizer:
-    """Just enough of a tokenizer for AnswerMarker: id -> text ('#' is id 35)."""
-
-    def __init__(self, vocab_size: int) -> None:
-        self.n = vocab_size
-
-    def __len__(self) -> int:
-        return self.n
-
-    def decode(self, ids: list[int]) -> str:
-        return "".join("#" if i == 35 else chr(0x4E00 + i) for i in ids)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def seconds(fn, device) -> float:
-    sync(device)
-    t0 = time.perf_counter()
-    fn()
-    sync(device)
-    return time.perf_counter() - t0
+from common import METHODS, PRESETS, CharTokenizer, seconds, sync
 
 
 def phases(fn, mode, device, steps: int, repeats: int) -> dict[str, float]:

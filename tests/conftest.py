@@ -18,6 +18,17 @@ keep_freed_memory()
 os.environ.setdefault("TARPO_TRACKING", "off")  # tests that track set up their own store
 
 
+# Test files that spend most of their time waiting (on SLURM's scheduler, servers, DVC) run first: with
+# `make test`'s workers (pytest-xdist, a file per worker) the wait then overlaps the other files' work
+# instead of ending the run alone.
+WAITING_FIRST = ("test_slurm_real.py", "test_dvc.py", "test_mlflow_ui.py", "test_slurm.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(WAITING_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
+
 @pytest.fixture(scope="session")
 def synthetic_records():
     from tarpo.config import SyntheticDataConfig

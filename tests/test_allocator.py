@@ -35,6 +35,7 @@ def _glibc() -> bool:
         return False
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _glibc(), reason="glibc only")
 def test_a_repeated_step_faults_far_fewer_pages_with_freed_memory_kept():
     faults = {how: int(subprocess.run([sys.executable, "-c", STEP, how], capture_output=True, text=True,

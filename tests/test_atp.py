@@ -63,6 +63,7 @@ def test_latent_tokens_are_added_once(tiny_tokenizer, tiny_model):
     assert tok.decode([mode.special_ids["<lat>"], mode.special_ids["<eol>"]], skip_special_tokens=True) == ""
 
 
+@pytest.mark.slow
 def test_vae_overfits_four_problems_until_the_decoder_reads_each_step(tiny_tokenizer, tiny_model, synthetic_records):
     """On 4 problems, SFT through the curriculum makes the latents readable: the decoder's greedy reading of
     each latent pair (z = mu) gives that step's result, and every loss term falls."""

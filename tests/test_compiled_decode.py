@@ -27,6 +27,8 @@ from test_rollout import (  # noqa: F401 - fixtures and the settings the invaria
     LOGP_TOL, MODE_CFG, TEMPERATURE, atp_cfg, format_corpus, format_model, left_pad, one_thread,
 )
 
+pytestmark = [pytest.mark.compile]  # torch.compile
+
 METHODS = ["grpo", "hrpo", "lepo", "tarpo", "atp_latent"]
 STEPS = 24
 # After a latent input (an embedding built from the step's continuous values, not a token's) the two paths'

@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+pytestmark = [pytest.mark.workflow]  # runs Snakemake and DVC
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 

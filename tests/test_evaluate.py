@@ -277,6 +277,7 @@ def test_checkpoint_rules_and_missing_data(prepared, tmp_path):
                     benchmark="synthetic_test_ood", data_root=tmp_path / "nowhere", out_json=tmp_path / "x.json")
 
 
+@pytest.mark.slow
 def test_metrics_attach_to_the_training_run(prepared, tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
@@ -310,6 +311,7 @@ def test_code_evaluation_records_the_sandbox_layers(prepared, tmp_path):
     assert "sandbox" not in synthetic  # only code is run in the sandbox
 
 
+@pytest.mark.compile
 def test_compiled_decoding_samples_what_eager_decoding_samples(prepared, tmp_path):
     """`evaluate.compile_decode` reaches the rollout: same samples as the eager reference (fp32, fixed seed)."""
     from tarpo import decode

@@ -54,6 +54,7 @@ def can_mount_tmpfs() -> bool:
     return probe.returncode == 0
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not can_mount_tmpfs(), reason="needs unshare with user+mount namespaces to make a small tmpfs")
 def test_a_really_full_disk_during_a_checkpoint_says_no_space_left(tmp_path):
     """torch.save on a full file system raises an opaque zip-writer RuntimeError; the user sees 'no space left'."""

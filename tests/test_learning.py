@@ -37,6 +37,8 @@ from tarpo.data.synthetic import generate_split
 from tarpo.io import write_jsonl
 from tarpo.trainer import GrpoTrainer
 
+pytestmark = [pytest.mark.slow]  # trains 3 seeds per method
+
 # Explicit sizes: the test must not move with the task's or the model's defaults.
 DATA = {"seed": 1234, "n_train": 400, "n_test_id": 32, "n_test_ood": 8, "min_steps": 1, "max_steps": 1,
         "max_operand": 9, "demo_error_rate": 0.3}

@@ -36,6 +36,8 @@ import pytest
 
 from tarpo import tracking
 
+pytestmark = [pytest.mark.workflow]  # an MLflow server, a browser
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 START_TIMEOUT_S = 120

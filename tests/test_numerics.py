@@ -17,6 +17,8 @@ SCRIPT = REPO / "perf" / "cpu_numerics.py"
 sys.path.insert(0, str(REPO / "perf"))
 import cpu_numerics  # noqa: E402
 
+pytestmark = [pytest.mark.slow]  # trains in subprocesses
+
 
 def _train(extra: dict[str, str]) -> dict:
     base = {k: v for k, v in os.environ.items()

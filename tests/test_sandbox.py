@@ -20,6 +20,8 @@ import tarpo
 from tarpo.rewards import verify_code
 from tarpo.sandbox import TAIL_CHARS, _processes_of_uid, isolation, run_program
 
+pytestmark = [pytest.mark.sandbox]  # runs programs in the code sandbox
+
 TASKS = ["HumanEval/0", "HumanEval/2", "HumanEval/12", "HumanEval/53", "HumanEval/100"]
 
 

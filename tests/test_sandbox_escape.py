@@ -31,6 +31,8 @@ import tarpo.sandbox as sandbox
 from tarpo.rewards import ANSWER_MARKER, reward, verify_code
 from tarpo.sandbox import _expose, _processes_of_uid, isolation, isolation_report, run_check, run_program
 
+pytestmark = [pytest.mark.sandbox]  # runs programs in the code sandbox
+
 FRESH_POSIX = "import sys, importlib\nsys.modules.pop('posix', None)\nposix = importlib.import_module('posix')\n"
 TASKS = ["HumanEval/0", "HumanEval/2", "HumanEval/53"]
 

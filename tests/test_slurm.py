@@ -38,6 +38,8 @@ PARTITION, ACCOUNT = "gpu-test", "tarpo-lab"
 FAKE_SLURM = r'''
 import fcntl, json, os, signal, subprocess, sys
 
+pytestmark = [pytest.mark.workflow]  # runs Snakemake through the SLURM profile (a fake SLURM)
+
 STATE = os.environ["FAKE_SLURM_DIR"]
 JOBS = os.path.join(STATE, "jobs")
 NO_VALUE = {"--parsable", "--requeue", "--no-requeue"}

@@ -42,7 +42,7 @@ LOCK = Path("/run/tarpo-slurm.lock")  # one session at a time drives the shared 
 # a rule without wildcards has no wildcards directory
 SUBMITTED = re.compile(r"Job \d+ has been submitted with SLURM jobid (\d+) \(log: \S*/rule_([^/]+)/(?:(\S+)/)?\d+\.log\)")
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.workflow, pytest.mark.slow]  # a real SLURM: minutes
 
 
 def _harness(cmd: str) -> subprocess.CompletedProcess:

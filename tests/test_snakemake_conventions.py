@@ -21,6 +21,8 @@ import yaml
 
 from tarpo import config as tconfig
 
+pytestmark = [pytest.mark.workflow]  # runs Snakemake
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 ENV_FILE = REPO / "envs" / "tarpo.yaml"

@@ -233,6 +233,7 @@ tracking.log_evaluation("jobs", backbone="tiny", method="cot", seed=0, benchmark
 """
 
 
+@pytest.mark.slow
 def test_parallel_evaluations_share_one_parent(store):
     """Evaluation jobs of one baseline start together; the store lock makes one of them create the
     parent run and the others find it. The test holds that lock first: no job may write meanwhile."""

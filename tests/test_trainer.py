@@ -357,6 +357,7 @@ def open_bars(prefix: str, besides: list | None = None) -> list:
             if str(bar.desc).startswith(prefix) and not any(bar is other for other in besides or ())]
 
 
+@pytest.mark.slow
 def test_a_preempted_run_closes_its_bar_before_its_message(prepared, tmp_path, monkeypatch, capsys):
     import tarpo.trainer as trainer_module
 
@@ -376,6 +377,7 @@ def test_a_preempted_run_closes_its_bar_before_its_message(prepared, tmp_path, m
     assert "WARNING tarpo.trainer: SIGTERM: checkpointed tiny/tarpo at step 2; rerun to resume" in out
 
 
+@pytest.mark.slow
 def test_a_config_change_starts_over_and_says_which_key(prepared, tmp_path, monkeypatch, capsys):
     straight = make(prepared, tmp_path / "straight", learning_rate=2e-3)
     straight.run()
@@ -396,6 +398,7 @@ def test_a_config_change_starts_over_and_says_which_key(prepared, tmp_path, monk
     assert recorded["train"]["learning_rate"] == 2e-3 and recorded["fingerprint"] == new.state_dir.name
 
 
+@pytest.mark.slow
 def test_fewer_steps_than_an_old_checkpoint_start_over(prepared, tmp_path, monkeypatch):
     interrupt_at(prepared, tmp_path, monkeypatch, 3)  # steps 4, checkpoint at 3
     short = make(prepared, tmp_path, steps=2)
@@ -407,6 +410,7 @@ def test_fewer_steps_than_an_old_checkpoint_start_over(prepared, tmp_path, monke
     assert saved["step"] == 2
 
 
+@pytest.mark.slow
 def test_a_finished_run_leaves_no_train_state_and_a_rerun_retrains(prepared, tmp_path, capsys):
     first = make(prepared, tmp_path)
     first.run()
@@ -427,6 +431,7 @@ def test_logging_settings_do_not_change_the_fingerprint(prepared, tmp_path):
     assert make(prepared, tmp_path).state_dir != make(prepared, tmp_path, beta=0.02).state_dir
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncate", "garble", "delete_checksum"])
 def test_a_corrupt_newest_checkpoint_falls_back_to_the_older_one(prepared, tmp_path, monkeypatch, capsys, damage):
     straight = make(prepared, tmp_path / "straight")
@@ -457,6 +462,7 @@ def test_a_corrupt_newest_checkpoint_falls_back_to_the_older_one(prepared, tmp_p
         assert torch.allclose(weights(resumed)[name], value, atol=1e-6), name
 
 
+@pytest.mark.slow
 def test_every_checkpoint_corrupt_starts_over(prepared, tmp_path, monkeypatch):
     killed = interrupt_at(prepared, tmp_path, monkeypatch, 2, checkpoint_every=1)
     for ckpt in killed.state_dir.glob("step-*"):
@@ -466,6 +472,7 @@ def test_every_checkpoint_corrupt_starts_over(prepared, tmp_path, monkeypatch):
     assert sorted(p.name for p in killed.state_dir.glob("corrupt-*")) == ["corrupt-step-000001", "corrupt-step-000002"]
 
 
+@pytest.mark.slow
 def test_a_damaged_finished_policy_is_named_not_loaded(prepared, tmp_path):
     from tarpo.config import ConfigError
     from tarpo.io import BadInputError
@@ -488,6 +495,7 @@ def test_a_damaged_finished_policy_is_named_not_loaded(prepared, tmp_path):
         load_policy(prepared / "backbone", "tarpo", trainer.tcfg, out)
 
 
+@pytest.mark.slow
 def test_atp_latent_runs_from_its_sft_stage(prepared, tmp_path):
     """SFT stage -> RL through the same trainer: no reference model, the reward's parts and the block's
     statistics logged per step, a policy evaluation can load."""
@@ -511,6 +519,7 @@ def test_atp_latent_runs_from_its_sft_stage(prepared, tmp_path):
     assert mode.special_ids and len(tok) == model.get_input_embeddings().weight.shape[0]
 
 
+@pytest.mark.compile
 def test_compiled_decoding_reaches_the_training_rollout(prepared, tmp_path):
     """`train.compile_decode` samples on the compiled static-cache path: same completions as eager (fp32)."""
     from tarpo import decode

@@ -235,6 +235,7 @@ def _shell_commands(out: str) -> set[str]:
     return {line for line in out.splitlines() if "tarpo " in line}
 
 
+@pytest.mark.workflow
 def test_tune_dry_run_trains_and_evaluates_every_method_trial_and_seed(workdir):
     out = snakemake(workdir, "-n", "-p", "tune", "--configfile", "config/tune.yaml")
     counts = _job_counts(out)
@@ -260,6 +261,7 @@ def test_tune_dry_run_trains_and_evaluates_every_method_trial_and_seed(workdir):
     assert len(evals) == 10 and all("--benchmark synthetic_val" in line for line in evals)
 
 
+@pytest.mark.workflow
 def test_all_is_the_same_with_a_tuning_section(workdir):
     with_tuning = snakemake(workdir, "-n", "-p", "all", "--configfile", "config/tune.yaml")
     assert not [job for job in _job_counts(with_tuning) if job.startswith("tune")]

@@ -21,6 +21,8 @@ from tarpo import config as tconfig
 
 from conftest import with_key
 
+pytestmark = [pytest.mark.workflow]  # runs Snakemake
+
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 CONFIGS = ["config/config.yaml", "config/smoke.yaml"]
