@@ -674,3 +674,49 @@ def test_prompt_repeats_finds_groups_only_when_every_prompt_repeats_alike():
     other_mask[1, 0] = 0
     assert prompt_repeats(ids, other_mask) == 1
     assert prompt_repeats(ids[:1], mask[:1]) == 1
+
+
+def test_the_reserved_cache_holds_what_a_dynamic_cache_holds():
+    """Written in place (prefill, steps, rows dropped, rows repeated, growth past its capacity): the same keys and
+    values as HF's concatenating cache, and the length the attention mask is built from."""
+    from transformers.cache_utils import DynamicLayer
+
+    from tarpo.rollout import _ReservedLayer
+
+    gen = torch.Generator().manual_seed(0)
+    reserved, dynamic = _ReservedLayer(capacity=6), DynamicLayer()
+
+    def step(n, batch):
+        k, v = torch.randn(batch, 2, n, 4, generator=gen), torch.randn(batch, 2, n, 4, generator=gen)
+        got, want = reserved.update(k, v), dynamic.update(k, v)
+        for a, b in zip(got, want):
+            assert torch.equal(a, b)
+
+    step(5, 3)  # a prefill of 5 positions
+    step(1, 3)
+    for layer in (reserved, dynamic):
+        layer.batch_repeat_interleave(2)
+    step(1, 6)  # past the capacity of 6: the buffer grows
+    for layer in (reserved, dynamic):
+        layer.batch_select_indices(torch.tensor([0, 3, 5]))
+    step(1, 3)
+    assert reserved.get_seq_length() == dynamic.get_seq_length() == 8
+    assert torch.equal(reserved.keys, dynamic.keys) and torch.equal(reserved.values, dynamic.values)
+
+
+@pytest.mark.parametrize("method", ["grpo", "tarpo", "atp_latent"])
+def test_rollouts_on_the_reserved_cache_equal_those_on_hfs(format_model, tiny_tokenizer, method, monkeypatch):
+    """The reserved cache changes no sample (HF's concatenating cache, swapped in, gives the same rollout)."""
+    from transformers import DynamicCache
+
+    import tarpo.rollout as engine
+
+    model, tok, mode, ids, mask, marker = compaction_case(format_model, tiny_tokenizer, method)
+    kw = dict(max_new_tokens=30, temperature=TEMPERATURE, eos_ids=[tok.eos_token_id], pad_id=tok.pad_token_id,
+              marker=marker, repeats=2)
+    reserved = generate(model, mode, ids[:8], mask[:8], generator=torch.Generator().manual_seed(2), **kw)
+    monkeypatch.setattr(engine, "rollout_cache", lambda config, capacity: DynamicCache(config=config))
+    dynamic = generate(model, mode, ids[:8], mask[:8], generator=torch.Generator().manual_seed(2), **kw)
+    assert torch.equal(reserved.tokens, dynamic.tokens) and torch.equal(reserved.valid, dynamic.valid)
+    for key, value in dynamic.logps.items():
+        assert torch.equal(reserved.logps[key], value), key  # the same values in the same order: bit for bit

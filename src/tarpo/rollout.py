@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, fields
 import torch
 from torch import Tensor, nn
 from transformers import DynamicCache
+from transformers.cache_utils import Cache, DynamicLayer
 
 from tarpo import decode
 from tarpo.data.template import ANSWER_MARKER
@@ -132,6 +133,59 @@ class Rollout:
         return self._map(lambda t: t.to(device))
 
 
+class _ReservedLayer(DynamicLayer):
+    """A full-attention cache layer that writes each step into a buffer reserved for the whole rollout, where
+    `DynamicLayer` concatenates (a copy of the layer's whole cache every step); its keys and values are views of
+    the filled part. Same values, so the same attention."""
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__()
+        self.capacity, self.length = capacity, 0
+        self._keys = self._values = None
+
+    def _view(self) -> tuple[Tensor, Tensor]:
+        self.keys, self.values = self._keys[:, :, :self.length], self._values[:, :, :self.length]
+        return self.keys, self.values
+
+    def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs) -> tuple[Tensor, Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        n = key_states.shape[-2]
+        if self._keys is None or self.length + n > self._keys.shape[-2]:
+            size = max(self.capacity, 2 * (self.length + n))
+            keys = key_states.new_empty((*key_states.shape[:2], size, key_states.shape[-1]))
+            values = value_states.new_empty((*value_states.shape[:2], size, value_states.shape[-1]))
+            if self.length:
+                keys[:, :, :self.length], values[:, :, :self.length] = self._view()
+            self._keys, self._values = keys, values
+        self._keys[:, :, self.length:self.length + n] = key_states
+        self._values[:, :, self.length:self.length + n] = value_states
+        self.length += n
+        return self._view()
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def batch_select_indices(self, indices: Tensor) -> None:
+        if self.length:
+            self._keys, self._values = self._keys[indices], self._values[indices]
+            self._view()
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        if self.length:
+            self._keys = self._keys.repeat_interleave(repeats, 0)
+            self._values = self._values.repeat_interleave(repeats, 0)
+            self._view()
+
+
+def rollout_cache(config, capacity: int) -> Cache:
+    """A cache for `capacity` positions: reserved buffers where every layer is full attention, else HF's own."""
+    types = getattr(config.get_text_config(decoder=True), "layer_types", None) or ["full_attention"]
+    if any(t != "full_attention" for t in types):
+        return DynamicCache(config=config)
+    return Cache(layers=[_ReservedLayer(capacity) for _ in types])
+
+
 #: the eager loop drops finished rows (and their KV cache) once this share of the rows it runs has finished
 COMPACT_FINISHED_SHARE = 0.25
 
@@ -199,7 +253,7 @@ def generate(
     else:
         mask = unique_mask.long()
         positions = (mask.cumsum(-1) - 1).clamp_min(0)
-        cache = DynamicCache(config=model.config)
+        cache = rollout_cache(model.config, unique_ids.shape[1] + max_new_tokens)
         out = decoder(inputs_embeds=embed(unique_ids), attention_mask=mask, position_ids=positions,
                       past_key_values=cache, use_cache=True)
         hidden = out.last_hidden_state[:, -1]
