@@ -58,7 +58,8 @@ def hf_generate(model, tokenizer, records, args, batch: int, eos_ids, device) ->
         completion = out[:, ids.shape[1]:]
         ended = torch.isin(completion, torch.tensor(eos_ids, device=device))
         # tokens up to and including the first EOS (generate pads after it)
-        first_end = torch.where(ended.any(-1), ended.float().argmax(-1) + 1, torch.full_like(ended[:, 0], completion.shape[1], dtype=torch.long))
+        no_end = torch.full_like(ended[:, 0], completion.shape[1], dtype=torch.long)
+        first_end = torch.where(ended.any(-1), ended.float().argmax(-1) + 1, no_end)
         tokens += int(first_end.sum())
         tokenizer.batch_decode(completion, skip_special_tokens=True)
     return time.perf_counter() - started, tokens

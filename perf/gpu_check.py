@@ -137,7 +137,6 @@ def main(argv: list[str] | None = None) -> dict:
         rl_step()  # warm-up (allocates the optimiser's state)
         rl_s = statistics.median(seconds(rl_step, device) for _ in range(max(1, args.repeats - 1)))
         model.eval()
-        del optimizer
         peak = peak_memory_mib(device)
         for row in rows[-(1 if args.no_compiled else 2):]:
             row.update(rl_step_s=rl_s, peak_memory_mib=peak)

@@ -24,6 +24,7 @@ from tarpo.rollout import AnswerMarker, generate, score
 
 from common import PRESETS, CharTokenizer, sync
 
+
 def timed(fn, device, repeats: int) -> float:
     fn()  # warm-up
     times = []

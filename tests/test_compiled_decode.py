@@ -23,8 +23,13 @@ from tarpo.modes.base import Mode
 from tarpo.modes.tarpo import SOFT
 from tarpo.rollout import AnswerMarker, generate, score
 
-from test_rollout import (  # noqa: F401 - fixtures and the settings the invariant tests use
-    LOGP_TOL, MODE_CFG, TEMPERATURE, atp_cfg, format_corpus, format_model, left_pad, one_thread,
+from conftest import format_corpus, left_pad
+from test_rollout import (
+    LOGP_TOL,
+    MODE_CFG,
+    TEMPERATURE,
+    atp_cfg,
+    one_thread,  # noqa: F401 - an autouse fixture: one thread here too
 )
 
 pytestmark = [pytest.mark.compile]  # torch.compile

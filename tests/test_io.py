@@ -8,7 +8,6 @@ import shutil
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
@@ -34,7 +33,8 @@ def test_atomic_outputs_follow_the_umask(tmp_path, umask, mask, file_mode, dir_m
 
 
 def test_disk_full_errors_name_the_target_and_what_is_kept(tmp_path):
-    with pytest.raises(DiskFullError, match=r"no space left on device writing a checkpoint to .*/x .*; free some space and rerun; step-3 is intact"):
+    with pytest.raises(DiskFullError, match=r"no space left on device writing a checkpoint to .*/x .*; "
+                                            r"free some space and rerun; step-3 is intact"):
         with disk_full_as_error(tmp_path / "x", "a checkpoint", "step-3 is intact"):
             raise OSError(errno.ENOSPC, "No space left on device")
     # other failures pass through untouched

@@ -52,7 +52,8 @@ def test_token_loss_value_masking_and_gradient():
     g = lambda a, lp, r, n: -(a - beta * (1 - math.exp(r - lp))) / n / 2  # noqa: E731
     assert logp.grad[0].tolist() == pytest.approx([g(2.0, -1.0, -1.5, 2), g(2.0, -2.0, -1.0, 2), 0.0], rel=1e-5)
     assert logp.grad[1, 2].item() == pytest.approx(g(-1.0, -0.25, -0.5, 3), rel=1e-5)
-    assert out.kl == pytest.approx((kl(-1.0, -1.5) + kl(-2.0, -1.0) + kl(-0.5, -0.5) + kl(-1.5, -1.0) + kl(-0.25, -0.5)) / 5, rel=1e-6)
+    pairs = [(-1.0, -1.5), (-2.0, -1.0), (-0.5, -0.5), (-1.5, -1.0), (-0.25, -0.5)]
+    assert out.kl == pytest.approx(sum(kl(a, b) for a, b in pairs) / 5, rel=1e-6)
 
 
 def test_action_term_on_thinking_positions_only():

@@ -9,8 +9,20 @@ import pytest
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from tarpo.config import TrainConfig, load_config
-from tarpo.memory import (BF16, FP32, GIB, HUB_SHAPES, Shape, estimate, lora_parameter_count, main, markdown,
-                          memory_table, parameter_count, shape_from_hf_config)
+from tarpo.memory import (
+    BF16,
+    FP32,
+    GIB,
+    HUB_SHAPES,
+    Shape,
+    estimate,
+    lora_parameter_count,
+    main,
+    markdown,
+    memory_table,
+    parameter_count,
+    shape_from_hf_config,
+)
 from tarpo.policy import add_lora
 
 REPO = Path(__file__).resolve().parents[1]

@@ -8,19 +8,19 @@ end with EOS mid-sequence (a random model never emits the marker or EOS).
 import contextlib
 import functools
 import math
-import random
 
 import pytest
 import torch
 from torch.testing import assert_close
 
-from tarpo.backbone import build_tiny_model
-from tarpo.config import TinyModelConfig, TrainConfig
+from tarpo.config import TrainConfig
 from tarpo.modes import build_mode
 from tarpo.modes.hrpo import init_lambda
 from tarpo.modes.lepo import concrete_log_density
 from tarpo.modes.tarpo import SOFT
 from tarpo.rollout import AnswerMarker, completion_inputs, generate, model_parts, score
+
+from conftest import format_corpus, left_pad
 
 METHODS = ["grpo", "hrpo", "lepo", "tarpo"]
 LATENT = ["hrpo", "lepo", "tarpo"]
@@ -49,78 +49,11 @@ def torch_threads(n: int):
         torch.set_num_threads(before)
 
 
-def format_corpus(n: int, seed: int = 0) -> list[tuple[str, str]]:
-    """(prompt, completion) pairs in the task's answer format, e.g. 'Ann has 5 coins.' -> '5 + 3 = 8. 8 - 2 = 6. #### 6'.
-
-    Written here rather than taken from the synthetic generator, so these tests
-    do not move when the task's defaults do.
-    """
-    rng = random.Random(seed)
-    pairs = []
-    for _ in range(n):
-        value = rng.randint(2, 12)
-        prompt = f"{rng.choice(['Ann', 'Ben', 'Cara', 'Dan'])} has {value} {rng.choice(['apples', 'coins', 'cards'])}."
-        steps = []
-        for _ in range(rng.randint(2, 3)):
-            k = rng.randint(1, 9)
-            if value <= k or rng.random() < 0.5:
-                steps.append(f"{value} + {k} = {value + k}.")
-                value += k
-            else:
-                steps.append(f"{value} - {k} = {value - k}.")
-                value -= k
-        pairs.append((prompt, f"{' '.join(steps)} #### {value}"))
-    return pairs
-
-
-def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(map(len, rows))
-    ids = torch.full((len(rows), width), pad_id)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r):] = torch.tensor(r)
-        mask[i, width - len(r):] = 1
-    return ids, mask
-
-
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     """These models are tiny: one thread is as fast, and immune to oversubscription on a shared CPU."""
     with torch_threads(1):
         yield
-
-
-@pytest.fixture(scope="module")
-def format_model(tiny_tokenizer):
-    """A tiny Qwen2 trained for 100 steps on `format_corpus` (about 2 s).
-
-    It has learnt the format, not the arithmetic: sampled and greedy
-    completions write a few steps, then `####`, a number and EOS.
-    """
-    tok = tiny_tokenizer
-    torch.manual_seed(0)
-    model = build_tiny_model(TinyModelConfig(hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
-                                             intermediate_size=64), tok)
-    pairs = [(tok(prompt)["input_ids"], tok(completion, add_special_tokens=False)["input_ids"] + [tok.eos_token_id])
-             for prompt, completion in format_corpus(200)]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    gen = torch.Generator().manual_seed(0)
-    model.train()
-    for _ in range(100):
-        batch = [pairs[i] for i in torch.randint(len(pairs), (16,), generator=gen).tolist()]
-        width = max(len(p) + len(c) for p, c in batch)
-        ids = torch.full((len(batch), width), tok.pad_token_id)
-        labels = torch.full((len(batch), width), -100)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, (p, c) in enumerate(batch):
-            ids[row, : len(p) + len(c)] = torch.tensor(p + c)
-            labels[row, len(p): len(p) + len(c)] = torch.tensor(c)  # loss on the completion only
-            mask[row, : len(p) + len(c)] = 1
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return model.eval()
 
 
 class Sampled:

@@ -11,8 +11,8 @@ these classes (`tarpo schema`), so the two cannot drift apart.
 from __future__ import annotations
 
 import copy
-import difflib
 import dataclasses
+import difflib
 import json
 import math
 import re
@@ -124,7 +124,8 @@ class LoraConfig:
     dropout: float = _doc("Adapter dropout.", ge=0, lt=1, default=0.0)
     target_modules: list[str] = _doc(
         "Projections that get adapters.",
-        min_items=1, unique=True, default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        min_items=1, unique=True,
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
     )
 
 

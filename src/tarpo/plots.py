@@ -53,12 +53,36 @@ from matplotlib.transforms import ScaledTranslation  # noqa: E402
 
 from tarpo.config import Config  # noqa: E402
 from tarpo.io import atomic_write_text  # noqa: E402
+
 # (names, the soft-position helper and the table constants are also re-exported for callers of this module)
-from tarpo.summary import (AVERAGE, METHOD_LABEL, METHOD_ORDER, N_POSITION_BINS, SPLIT_LABEL,  # noqa: E402,F401
-                           SPLITS, SUMMARY_COLUMNS, Results, configured_methods, method_label, method_order,
-                           read_paired, read_summary, soft_by_position, soft_position_frame, summary_and_paired)
-from tarpo.tables import (MISSING, TABLE_FORMATS, main_table, main_title, precision_frame,  # noqa: E402,F401
-                          precision_notes, write_main, write_paired)
+from tarpo.summary import (  # noqa: E402,F401
+    AVERAGE,
+    METHOD_LABEL,
+    METHOD_ORDER,
+    N_POSITION_BINS,
+    SPLIT_LABEL,
+    SPLITS,
+    SUMMARY_COLUMNS,
+    Results,
+    configured_methods,
+    method_label,
+    method_order,
+    read_paired,
+    read_summary,
+    soft_by_position,
+    soft_position_frame,
+    summary_and_paired,
+)
+from tarpo.tables import (  # noqa: E402,F401
+    MISSING,
+    TABLE_FORMATS,
+    main_table,
+    main_title,
+    precision_frame,
+    precision_notes,
+    write_main,
+    write_paired,
+)
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,6 @@ from tarpo.data.template import ANSWER_MARKER
 from tarpo.modes import Mode
 from tarpo.modes.base import RowNoise
 
-
 # ---------------------------------------------------------------- model parts
 
 

@@ -43,8 +43,19 @@ import pandas as pd
 from tarpo import stats
 from tarpo.config import Config
 from tarpo.io import atomic_write_text
-from tarpo.summary import (AVERAGE, PAIRED_BASELINES, SPLIT_LABEL, SPLITS, Results, largest_k, method_label,
-                           method_order, read_paired, read_summary, shown_metrics)
+from tarpo.summary import (
+    AVERAGE,
+    PAIRED_BASELINES,
+    SPLIT_LABEL,
+    SPLITS,
+    Results,
+    largest_k,
+    method_label,
+    method_order,
+    read_paired,
+    read_summary,
+    shown_metrics,
+)
 
 TABLE_FORMATS = ("csv", "md", "tex", "html")
 MISSING = "–"

@@ -51,12 +51,24 @@ from tqdm import tqdm
 from tarpo.atp_sft import latent_step_texts, load_sft_parts
 from tarpo.config import Config, TrainConfig
 from tarpo.data.template import build_prompt
-from tarpo.io import (MANIFEST_FILE, BadInputError, MissingInputError, atomic_dir, disk_full_as_error, file_digest,
-                      read_jsonl, tree_digest, verify_manifest, write_json, write_jsonl, write_manifest)
+from tarpo.io import (
+    MANIFEST_FILE,
+    BadInputError,
+    MissingInputError,
+    atomic_dir,
+    disk_full_as_error,
+    file_digest,
+    read_jsonl,
+    tree_digest,
+    verify_manifest,
+    write_json,
+    write_jsonl,
+    write_manifest,
+)
 from tarpo.loss import group_advantages, grpo_loss
 from tarpo.modes import Mode, build_mode
 from tarpo.modes.atp_latent import coherence
-from tarpo.policy import add_lora, default_dtype, save_policy
+from tarpo.policy import add_lora, save_policy
 from tarpo.render import token_spans, trajectories_html
 from tarpo.rewards import extract_answer, reward
 from tarpo.rollout import AnswerMarker, Rollout, completion_inputs, eos_token_ids, generate, model_parts, score
