@@ -24,11 +24,11 @@ import torch
 
 from tarpo import rollout as rollout_engine
 from tarpo.config import load_config
+from tarpo.data.batching import encode_prompts
 from tarpo.data.benchmarks import load_benchmark
 from tarpo.evaluate import batch_seed, eval_train_config, sample_batch
 from tarpo.policy import load_policy
 from tarpo.rollout import AnswerMarker, eos_token_ids
-from tarpo.trainer import encode_prompts
 
 MODES = {"explicit": "grpo", "hrpo": "hrpo", "lepo": "lepo", "tarpo": "tarpo"}
 

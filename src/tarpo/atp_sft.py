@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 from transformers import DynamicCache
 
+from tarpo.data.batching import encode_prompts, load_train_records
 from tarpo.data.template import ANSWER_MARKER, build_prompt
 from tarpo.modes.atp_latent import BEGIN_LATENT, CONTINUE, END_LATENT, SPECIAL_TOKENS, STOP, AtpLatentMode
 from tarpo.rollout import model_parts
@@ -262,7 +263,6 @@ def latent_rollouts(model: nn.Module, tokenizer: Any, mode: AtpLatentMode, decod
     """Sample each record once, fully latent: the text, the decoded latent steps, the answer, correctness."""
     from tarpo.rewards import extract_answer, reward
     from tarpo.rollout import AnswerMarker, eos_token_ids, generate
-    from tarpo.trainer import encode_prompts
 
     dev = next(model.parameters()).device
     marker = AnswerMarker(tokenizer, model.config.vocab_size).to(dev)
@@ -336,7 +336,6 @@ def run_sft(cfg: Any, backbone: str, backbone_dir: Path, data_dir: Path, out_dir
     from tarpo.backbone import demonstration, set_cpu_threads
     from tarpo.io import atomic_dir, read_jsonl, write_json
     from tarpo.tracking import run_name, start_run
-    from tarpo.trainer import load_train_records
 
     if not torch.cuda.is_available():
         set_cpu_threads()

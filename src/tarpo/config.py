@@ -24,10 +24,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A configuration problem, with the dotted path of the offending key."""
-
+from tarpo.errors import ConfigError
 
 # Numeric bounds of a field, by their JSON-schema names: they go into the generated schema and
 # `from_dict` enforces them, so both Snakemake and the `tarpo` CLI reject a degenerate value up front.

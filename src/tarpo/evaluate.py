@@ -60,6 +60,7 @@ import torch
 from tqdm import tqdm
 
 from tarpo.config import Config, ConfigError, TrainConfig, _merge, from_dict, to_dict
+from tarpo.data.batching import encode_prompts
 from tarpo.data.benchmarks import Benchmark, get_benchmark, load_benchmark
 from tarpo.io import atomic_write_text, write_json, write_jsonl
 from tarpo.metrics import mean_pass_at_k
@@ -193,7 +194,6 @@ def sample_batch(model: Any, tokenizer: Any, mode: Any, records: list[dict[str, 
     steps are its latents, and with its `decoder` each row gets the text read from every latent pair.
     """
     from tarpo.rollout import generate, model_parts
-    from tarpo.trainer import encode_prompts
 
     # the k samples of a problem are contiguous rows; its prompt is run once (generate's `repeats`)
     ids, mask = encode_prompts(tokenizer, [r["question"] for r in records], max_prompt_tokens, device,

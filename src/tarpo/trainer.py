@@ -50,15 +50,13 @@ from tqdm import tqdm
 
 from tarpo.atp_sft import latent_step_texts, load_sft_parts
 from tarpo.config import Config, TrainConfig
-from tarpo.data.template import build_prompt
+from tarpo.data.batching import batch_indices, encode_prompts, load_train_records
 from tarpo.io import (
     MANIFEST_FILE,
     BadInputError,
-    MissingInputError,
     atomic_dir,
     disk_full_as_error,
     file_digest,
-    read_jsonl,
     tree_digest,
     verify_manifest,
     write_json,
@@ -90,47 +88,13 @@ class NonFiniteLossError(RuntimeError):
 # ---------------------------------------------------------------- data
 
 
-def load_train_records(data_dir: Path) -> list[dict[str, Any]]:
-    path = Path(data_dir) / "train.jsonl"
-    if not path.exists():
-        raise MissingInputError(
-            f"training set {path} not found: create it with `tarpo prepare --out {data_dir}` "
-            f"(or `snakemake --cores 2 {data_dir}`)"
-        )
-    return read_jsonl(path)
-
-
-def encode_prompts(tokenizer: Any, questions: list[str], max_tokens: int, device: torch.device,
-                   suffix: str = "") -> tuple[Tensor, Tensor]:
-    """Left-padded (and left-truncated) prompt ids and mask; `suffix` (a mode's, e.g. `<bol>`) ends each prompt."""
-    texts = [build_prompt(tokenizer, q) + suffix for q in questions]
-    rows = [tokenizer(t, add_special_tokens=False)["input_ids"][-max_tokens:] for t in texts]
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, width - len(row):] = torch.tensor(row)
-        mask[i, width - len(row):] = 1
-    return ids.to(device), mask.to(device)
-
-
 def forward_pieces(n: int, forward_batch: int) -> list[slice]:
     """Slices of n completions scored in one forward/backward each: all at once when forward_batch is 0."""
     size = forward_batch or n
     return [slice(start, min(start + size, n)) for start in range(0, n, size)]
 
 
-def batch_indices(n_records: int, seed: int, step: int, micro: int, grad_accum: int, world: int, rank: int,
-                  per_process: int) -> list[int]:
-    """Record indices of one micro-batch: a fixed shuffled order per epoch, so resuming needs only the step."""
-    start = ((step * grad_accum + micro) * world + rank) * per_process
-    out = []
-    for position in range(start, start + per_process):
-        epoch, offset = divmod(position, n_records)
-        order = list(range(n_records))
-        random.Random(seed * 1_000_003 + epoch).shuffle(order)
-        out.append(order[offset])
-    return out
+
 
 
 def total_steps(cfg: TrainConfig, n_records: int, world: int) -> int:

@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
 
-from tarpo.config import ConfigError
+from tarpo.errors import ConfigError
 from tarpo.io import BadInputError, MissingInputError, env_flag, hf_home, read_jsonl
 
 Kind = Literal["math", "choice", "code"]
