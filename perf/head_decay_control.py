@@ -27,7 +27,8 @@ from tarpo import trainer as trainer_module
 from tarpo.backbone import build_backbone
 from tarpo.config import load_config
 from tarpo.data.synthetic import prepare_dataset
-from tarpo.trainer import GrpoTrainer, no_decay_names, optimizer_groups
+from tarpo.optim import no_decay_names, optimizer_groups
+from tarpo.trainer import GrpoTrainer
 
 CONFIG = {
     "name": "head-decay-control",

@@ -63,7 +63,7 @@ def test_a_really_full_disk_during_a_checkpoint_says_no_space_left(tmp_path):
     script = textwrap.dedent(f"""
         import torch
         from pathlib import Path
-        from tarpo.trainer import save_checkpoint
+        from tarpo.checkpoints import save_checkpoint
         params = {{"w": torch.nn.Parameter(torch.zeros(1_000_000))}}  # 4 MB on a 2 MB disk
         try:
             save_checkpoint(Path({str(mount)!r}) / "state", 5, params, {{}})

@@ -12,9 +12,12 @@ import sys
 import pytest
 import torch
 
+from tarpo.checkpoints import latest_checkpoint
 from tarpo.config import TrainConfig, load_config
+from tarpo.errors import NonFiniteLossError
 from tarpo.modes import build_mode
-from tarpo.trainer import EXIT_PREEMPTED, GrpoTrainer, NonFiniteLossError, latest_checkpoint, optimizer_groups
+from tarpo.optim import optimizer_groups
+from tarpo.trainer import EXIT_PREEMPTED, GrpoTrainer
 
 SMOKE = {
     "name": "test",

@@ -5,3 +5,7 @@ from __future__ import annotations
 
 class ConfigError(ValueError):
     """A configuration problem, with the dotted path of the offending key."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced non-finite losses or weights: nothing non-finite is ever checkpointed."""

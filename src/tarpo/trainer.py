@@ -32,40 +32,49 @@ import collections
 import contextlib
 import copy
 import dataclasses
-import hashlib
 import json
 import logging
 import math
-import random
-import re
 import shutil
-import signal
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from tqdm import tqdm
 
 from tarpo.atp_sft import latent_step_texts, load_sft_parts
+from tarpo.checkpoints import (
+    STATE_FILE,
+    CorruptCheckpointError,
+    Preemption,
+    checkpoints,
+    fingerprint,
+    identity_diff,
+    latest_checkpoint,
+    load_checkpoint,
+    rng_states,
+    save_checkpoint,
+    set_rng_states,
+    trainable_parameters,
+)
 from tarpo.config import Config, TrainConfig
 from tarpo.data.batching import batch_indices, encode_prompts, load_train_records
+from tarpo.errors import NonFiniteLossError
 from tarpo.io import (
-    MANIFEST_FILE,
-    BadInputError,
     atomic_dir,
     disk_full_as_error,
     file_digest,
     tree_digest,
-    verify_manifest,
     write_json,
     write_jsonl,
     write_manifest,
 )
 from tarpo.loss import group_advantages, grpo_loss
-from tarpo.modes import Mode, build_mode
+from tarpo.modes import build_mode
 from tarpo.modes.atp_latent import coherence
+from tarpo.optim import optimizer_groups
 from tarpo.policy import add_lora, save_policy
 from tarpo.render import token_spans, trajectories_html
 from tarpo.rewards import extract_answer, reward
@@ -73,16 +82,11 @@ from tarpo.rollout import AnswerMarker, Rollout, completion_inputs, eos_token_id
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "trainer_state.pt"
 RUN_FILE = "run.json"
-KEEP_CHECKPOINTS = 2
 # Train settings that change how a run is logged or checkpointed, not its weights: a change resumes.
 NOT_FINGERPRINTED = ("checkpoint_every", "log_samples")
 EXIT_PREEMPTED = 143
 
-
-class NonFiniteLossError(RuntimeError):
-    pass
 
 
 # ---------------------------------------------------------------- data
@@ -101,167 +105,6 @@ def total_steps(cfg: TrainConfig, n_records: int, world: int) -> int:
     if cfg.steps > 0:
         return cfg.steps
     return max(1, n_records // (cfg.prompts_per_step * cfg.grad_accum * world))
-
-
-# ---------------------------------------------------------------- optimiser
-
-# HF Trainer's rule (`Trainer.get_decay_parameter_names`, what the authors' trainer applies): no weight
-# decay for biases and normalisation weights, matched by name or by an nn.LayerNorm parent.
-NO_DECAY_NAME = re.compile(r"bias|layernorm|rmsnorm|(?:^|\.)norm(?:$|\.)|_norm(?:$|\.)")
-
-
-def no_decay_names(module: nn.Module) -> set[str]:
-    """Names of `module`'s parameters exempt from weight decay: biases, norm weights and embeddings.
-
-    Biases and norms by HF Trainer's rule. Embeddings are exempt too (the GPT-2 / minGPT
-    convention; HF's rule alone would decay them): decay would shrink the rows of tokens that
-    rarely occur, and with tied embeddings the LM head with them. With LoRA the embeddings are
-    frozen, so the authors' setting is the same under either rule. The same rule covers the
-    policy's parameters; the mode's own (TARPO's action head, HRPO's gate and Lambda, ATP-Latent's
-    heads) are all exempt (`optimizer_groups`).
-    """
-    embeddings = {id(m.weight) for m in module.modules() if isinstance(m, nn.Embedding)}
-    norms = {id(p) for m in module.modules() if isinstance(m, nn.LayerNorm) for p in m.parameters(recurse=False)}
-    return {name for name, p in module.named_parameters()
-            if NO_DECAY_NAME.search(name.lower()) or id(p) in embeddings or id(p) in norms}
-
-
-def optimizer_groups(model: nn.Module, mode: Mode, cfg: TrainConfig) -> list[dict[str, Any]]:
-    """AdamW groups: policy parameters split into weight-decayed and exempt ones (see `no_decay_names`),
-    and the mode's parameters, none of them decayed; empty groups are left out.
-
-    The mode's parameters train at `head_learning_rate`: TARPO's action head as METHODS.md
-    says, and, our choice where it is silent, HRPO's gate (W_r, W_i, their biases, Lambda) too.
-    """
-    groups = []
-    for prefix, module, lr in (("policy", model, cfg.learning_rate), ("head", mode, cfg.head_learning_rate)):
-        named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
-        # The mode's heads are never decayed: the authors train them at lr <= 1e-4, where decay is
-        # negligible; at this project's scaled head lr (3e-3 .. 3e-2) the decay step lr * wd * w is of the
-        # size of Adam's own step and moved HRPO's gate with zero advantage (perf/head_decay_control.py).
-        exempt = {n for n, _ in named} if module is mode else no_decay_names(module)
-        for suffix, params, decay in (("", [p for n, p in named if n not in exempt], cfg.weight_decay),
-                                      ("_no_decay", [p for n, p in named if n in exempt], 0.0)):
-            if params:
-                groups.append({"params": params, "lr": lr, "weight_decay": decay, "name": prefix + suffix})
-    return groups
-
-
-# ---------------------------------------------------------------- checkpoints
-
-
-def trainable_parameters(model: nn.Module, mode: Mode) -> dict[str, nn.Parameter]:
-    params = {f"model.{n}": p for n, p in model.named_parameters() if p.requires_grad}
-    params.update({f"mode.{n}": p for n, p in mode.named_parameters() if p.requires_grad})
-    return params
-
-
-class CorruptCheckpointError(RuntimeError):
-    pass
-
-
-def checkpoints(state_dir: Path) -> list[Path]:
-    """Complete periodic checkpoints, oldest first (atomic renames: a step-* directory is always whole)."""
-    return sorted(p for p in Path(state_dir).glob("step-*") if (p / STATE_FILE).exists())
-
-
-def latest_checkpoint(state_dir: Path) -> Path | None:
-    done = checkpoints(state_dir)
-    return done[-1] if done else None
-
-
-def save_checkpoint(state_dir: Path, step: int, params: dict[str, nn.Parameter], extra: dict[str, Any]) -> Path:
-    for name, p in params.items():
-        if not torch.isfinite(p).all():
-            raise NonFiniteLossError(f"refusing to checkpoint non-finite weights ({name}) at step {step}")
-    target = Path(state_dir) / f"step-{step:06d}"
-    previous = latest_checkpoint(state_dir)
-    kept = f"the last complete checkpoint {previous} is intact" if previous else "no checkpoint was kept"
-    with disk_full_as_error(target, "a checkpoint", kept), atomic_dir(target) as tmp:
-        torch.save({"params": {n: p.detach().cpu() for n, p in params.items()}, **extra}, tmp / STATE_FILE)
-        write_manifest(tmp)
-    for old in checkpoints(state_dir)[:-KEEP_CHECKPOINTS]:
-        shutil.rmtree(old, ignore_errors=True)
-    return target
-
-
-def load_checkpoint(ckpt: Path, params: dict[str, nn.Parameter]) -> dict[str, Any]:
-    """The state saved in `ckpt`, verified: checksum, loadable, every trainable tensor present with
-    its shape and finite. Raises CorruptCheckpointError saying what is wrong."""
-    state_file = ckpt / STATE_FILE
-    if not (ckpt / MANIFEST_FILE).exists():
-        raise CorruptCheckpointError(f"{MANIFEST_FILE} is missing")
-    try:
-        verify_manifest(ckpt)
-    except BadInputError as err:
-        raise CorruptCheckpointError(str(err)) from None
-    try:
-        state = torch.load(state_file, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001 - any unreadable file is corrupt
-        raise CorruptCheckpointError(f"{STATE_FILE} does not load: {err}") from err
-    missing = {"params", "optimizer", "scheduler", "rng", "step", "history"} - set(state)
-    if missing:
-        raise CorruptCheckpointError(f"missing entries {sorted(missing)}")
-    saved = state["params"]
-    if set(saved) != set(params):
-        raise CorruptCheckpointError(f"holds tensors {sorted(set(saved) ^ set(params))[:3]}... that do not match the model")
-    for name, p in params.items():
-        if saved[name].shape != p.shape or not torch.isfinite(saved[name]).all():
-            raise CorruptCheckpointError(f"tensor {name} has the wrong shape or non-finite values")
-    return state
-
-
-def fingerprint(identity: dict[str, Any]) -> str:
-    """Short hash of what determines a run (see GrpoTrainer.identity)."""
-    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in d.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def identity_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """Dotted keys whose values differ between two run identities, as `key: old -> new`."""
-    a, b = _flatten(old), _flatten(new)
-    return [f"{k}: {a.get(k, '(absent)')} -> {b.get(k, '(absent)')}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-
-
-def rng_states() -> dict[str, Any]:
-    states = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def set_rng_states(states: dict[str, Any]) -> None:
-    torch.set_rng_state(states["torch"])
-    random.setstate(states["python"])
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-
-
-class Preemption:
-    """Turns SIGTERM into a flag the loop checks at the end of each step."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous = None
-
-    def __enter__(self) -> "Preemption":
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.requested = True
-
-    def __exit__(self, *exc: Any) -> None:
-        signal.signal(signal.SIGTERM, self._previous)
 
 
 # ---------------------------------------------------------------- the loop
