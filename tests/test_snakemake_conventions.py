@@ -221,6 +221,9 @@ def test_runtime_table_collects_the_records_of_the_configs_jobs(workdir):
     record.parent.mkdir(parents=True)
     record.write_text("s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
                       "4000.7\t1:06:40\t812.5\t2000\t700\t710\t1.5\t3.0\t97.1\t3890.2\n")
+    evaluation = workdir / "results/benchmarks/evaluate/tiny/tarpo/seed0/synthetic_test_id.tsv"
+    evaluation.parent.mkdir(parents=True)
+    evaluation.write_text(record.read_text().replace("3890.2", "109.8"))
     (workdir / "results/benchmarks/train/tiny/gone").mkdir()  # a record of no job of this config: not listed
     (workdir / "results/benchmarks/train/tiny/gone/seed0.tsv").write_text(record.read_text())
 
@@ -234,12 +237,17 @@ def test_runtime_table_collects_the_records_of_the_configs_jobs(workdir):
     # one row per costly job, exactly the records the rules' benchmark: directives name
     assert sorted(f"results/benchmarks/{r['rule']}/{r['job']}.tsv" for r in rows) == sorted(records)
     recorded = [r for r in rows if r["seconds"]]
-    assert len(recorded) == 1 and recorded[0]["job"] == "tiny/tarpo/seed0"
+    assert [r["job"] for r in recorded] == ["tiny/tarpo/seed0", "tiny/tarpo/seed0/synthetic_test_id"]
     assert float(recorded[0]["seconds"]) == 4000.7 and float(recorded[0]["max_rss_mb"]) == 812.5
     page = (workdir / "results/benchmarks/runtime.html").read_text()
-    assert "1 of 20 jobs have a record" in page and "1:06:41" in page and "<table" in page
+    assert "2 of 20 jobs have a record" in page and "1:06:41" in page and "<table" in page
     assert "19 of 20 jobs" not in page
-    assert "1 of 20 jobs have a runtime record" in (workdir / "results/logs/runtime.log").read_text()
+    log = (workdir / "results/logs/runtime.log").read_text()
+    assert "2 of 20 jobs have a runtime record" in log
+    # what one more seed of tarpo costs: 3890.2 training + 109.8 evaluation CPU-seconds
+    assert "CPU-seconds per (method, seed)" in page and "4,000.00" in page
+    assert [line.split() for line in log.splitlines() if line.split()[:3] == ["tiny", "tarpo", "seed0"]] == [
+        ["tiny", "tarpo", "seed0", "3890.2", "109.8", "1", "4000.0"]]
 
     # up to date now; declared for the report
     proc = snakemake(workdir, "-n", "results/benchmarks/runtime.html", "--configfile", "config/smoke.yaml")

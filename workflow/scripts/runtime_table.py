@@ -70,6 +70,22 @@ def rule_totals(jobs: pd.DataFrame) -> pd.DataFrame:
     ).reset_index()
 
 
+def per_method_seed(jobs: pd.DataFrame) -> pd.DataFrame:
+    """CPU-seconds per (backbone, method, seed): its training and its evaluations, what one more seed costs.
+    Jobs are named {backbone}/{method}/seed{seed}[/{benchmark}]; a (method, seed) without records is left out."""
+    rows = jobs[jobs["rule"].isin(["train", "evaluate"]) & jobs["cpu_seconds"].notna()]
+    parts = rows["job"].str.split("/")
+    rows = rows.assign(backbone=parts.str[0], method=parts.str[1], seed=parts.str[2])
+    cpu = rows.pivot_table(index=["backbone", "method", "seed"], columns="rule", values="cpu_seconds", aggfunc="sum",
+                           sort=False)
+    out = pd.DataFrame(index=cpu.index)
+    out["train cpu_seconds"] = cpu["train"] if "train" in cpu else float("nan")
+    out["evaluate cpu_seconds"] = cpu["evaluate"] if "evaluate" in cpu else float("nan")
+    out["evaluations"] = rows[rows["rule"] == "evaluate"].groupby(["backbone", "method", "seed"], sort=False).size()
+    out["cpu_seconds"] = out[["train cpu_seconds", "evaluate cpu_seconds"]].sum(axis=1, min_count=1)
+    return out.reset_index()
+
+
 def write_html(path: Path, totals: pd.DataFrame, jobs: pd.DataFrame, root: Path) -> None:
     recorded, n = int(jobs["seconds"].count()), len(jobs)
     fmt = {"float_format": lambda x: f"{x:,.2f}", "na_rep": "", "index": False, "border": 0}
@@ -83,6 +99,9 @@ def write_html(path: Path, totals: pd.DataFrame, jobs: pd.DataFrame, root: Path)
         "seconds, peak resident memory of the job's processes in MB; GPU memory is not measured). Jobs "
         "without one were built before records were kept, or restored with DVC.</p>\n"
         + totals.to_html(**fmt)
+        + "\n<h2>CPU-seconds per (method, seed)</h2>\n<p>A method's training and its evaluations: what one more "
+        "training seed costs.</p>\n"
+        + per_method_seed(jobs).to_html(**fmt)
         + "\n<h2>Jobs</h2>\n"
         + jobs.to_html(**fmt)
         + f"\n<p>Records: <code>{html.escape(str(root))}/{{rule}}/{{job}}.tsv</code></p>\n</body></html>\n"
@@ -100,3 +119,4 @@ if __name__ == "__main__":
     with open(sm.log[0], "w") as log:
         print(f"{int(jobs['seconds'].count())} of {len(jobs)} jobs have a runtime record", file=log)
         print(totals.to_string(index=False), file=log)
+        print(per_method_seed(jobs).to_string(index=False), file=log)
