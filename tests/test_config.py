@@ -31,7 +31,10 @@ OUT_OF_RANGE = [
     ("train.prompts_per_step", 0, ">= 1"),
     ("train.grad_accum", 0, ">= 1"),
     ("train.group_size", 1, ">= 2"),  # one completion per prompt: every advantage is 0
-    ("train.learning_rate", -1e-4, "non-negative"),
+    ("train.learning_rate", -1e-4, "positive"),
+    ("train.learning_rate", 0.0, "positive"),  # nothing would train
+    ("backbones.tiny.warm_start.learning_rate", 0.0, "positive"),
+    ("atp_sft.learning_rate", 0.0, "positive"),
     ("train.temperature", -0.5, "positive"),
     ("train.temperature", 0.0, "positive"),  # training samples; it has no greedy mode
     ("train.max_grad_norm", 0.0, "positive"),
@@ -76,7 +79,7 @@ def test_bounds_are_in_the_generated_schema():
     assert train["group_size"]["minimum"] == 2
     assert train["temperature"]["exclusiveMinimum"] == 0
     assert train["steps"]["minimum"] == 0
-    assert train["learning_rate"]["minimum"] == 0
+    assert train["learning_rate"]["exclusiveMinimum"] == 0  # 0 would train nothing
     assert props["evaluate"]["properties"]["temperature"]["minimum"] == 0
     assert props["evaluate"]["properties"]["k"]["minimum"] == 1
     assert props["seeds"]["items"]["minimum"] == 0 and props["seeds"]["uniqueItems"] is True
@@ -126,6 +129,25 @@ def test_names_that_would_break_paths_or_shell_words_are_rejected(section, name)
     ok = copy.deepcopy(SMOKE)
     ok["backbones"]["qwen2.5-1.5b_x"] = {"kind": "hub", "repo_id": "Qwen/Qwen2.5-1.5B-Instruct"}
     load_config(ok)
+
+
+@pytest.mark.parametrize("section", ["backbones", "datasets"])
+def test_names_too_long_for_a_file_name_are_rejected_in_one_line(section):
+    """A 300-character backbone name used to pass the checks and kill the backbone job (File name too long)."""
+    data = copy.deepcopy(SMOKE)
+    name = "b" * 300
+    data[section][name] = {"kind": "hub", "repo_id": "Qwen/Qwen2.5-7B"} if section == "backbones" else {}
+    with pytest.raises(ConfigError, match=rf"'{section}\.b{{20}}\.\.\.': a name may be at most 64 characters long "
+                                          r"\(it becomes a file and job name\), got 300") as err:
+        load_config(data)
+    assert "\n" not in str(err.value)
+    data = copy.deepcopy(SMOKE)
+    data["name"] = "n" * 65
+    with pytest.raises(ConfigError, match="'name' may be at most 64 characters long .* got 65"):
+        load_config(data)
+    data[section] = {**SMOKE[section], "c" * 64: data[section][next(iter(SMOKE[section]))]}
+    data["name"] = "n" * 64
+    load_config(data)  # 64 is fine
 
 
 # ------------------------------------------------------------------ benchmark and training-set names

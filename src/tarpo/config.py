@@ -92,7 +92,7 @@ class WarmStartConfig:
 
     steps: int = _doc("Optimiser steps of supervised training.", ge=0, default=1000)
     batch_size: int = _doc("Sequences per step.", ge=1, default=32)
-    learning_rate: float = _doc("Peak AdamW learning rate (cosine decay, 5% warmup).", ge=0, default=3e-3)
+    learning_rate: float = _doc("Peak AdamW learning rate (cosine decay, 5% warmup).", gt=0, default=3e-3)
     weight_decay: float = _doc("AdamW weight decay.", ge=0, default=0.01)
     eval_problems: int = _doc("test_id / test_ood problems sampled to report pass@1 after the warm start.", ge=0, default=100)
 
@@ -105,7 +105,7 @@ class AtpSftConfig:
                                 ge=0, default=100)
     latent_steps: int = _doc("Optimiser steps with every step latent, after the curriculum.", ge=0, default=500)
     batch_size: int = _doc("Problems per step.", ge=1, default=32)
-    learning_rate: float = _doc("Peak AdamW learning rate (cosine decay, 5% warmup).", ge=0, default=1e-4)
+    learning_rate: float = _doc("Peak AdamW learning rate (cosine decay, 5% warmup).", gt=0, default=1e-4)
     weight_decay: float = _doc("AdamW weight decay.", ge=0, default=0.01)
     kl_weight: float = _doc("Weight of KL(q || N(0, I)) (mean over latents and dimensions).", ge=0, default=0.001)
     eval_problems: int = _doc("test_id problems sampled after SFT for the checks (decoded steps, stop, pass@1).",
@@ -145,7 +145,7 @@ class TrainConfig:
     temperature: float = _doc("Sampling temperature T (> 0: training samples; it has no greedy mode).", gt=0, default=0.5)
     max_prompt_tokens: int = _doc("Prompts are left-truncated to this many tokens.", ge=1, default=1024)
     max_new_tokens: int = _doc("Completion length limit.", ge=1, default=1024)
-    learning_rate: float = _doc("Policy (LoRA or full) learning rate.", ge=0, default=5e-6)
+    learning_rate: float = _doc("Policy (LoRA or full) learning rate (> 0: at 0 nothing trains).", gt=0, default=5e-6)
     compile_decode: bool = _doc(
         "Sample rollouts on a static KV cache with a torch.compile'd decode step (tarpo.decode; CUDA graphs on a "
         "GPU); false: the eager reference. Same samples for a fixed seed where the arithmetic allows.",
@@ -466,8 +466,10 @@ def to_dict(obj: Any) -> Any:
     return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else copy.deepcopy(obj)
 
 
-# Names that become path segments, wildcard values and shell words: no slashes, spaces or quotes.
+# Names that become path segments, wildcard values and shell words: no slashes, spaces or quotes, and short
+# enough for a file name with room to spare (a file name holds at most 255 bytes; job and log names add to it).
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+NAME_MAX = 64
 
 
 def validate(cfg: Config, partial: bool = False) -> Config:
@@ -481,9 +483,15 @@ def validate(cfg: Config, partial: bool = False) -> Config:
             if not NAME.fullmatch(name):
                 raise ConfigError(f"'{section}.{name}': a name may hold only letters, digits, '.', '_' and '-' "
                                   "(it becomes a path and a shell word), starting with a letter or digit")
+            if len(name) > NAME_MAX:
+                raise ConfigError(f"'{section}.{name[:20]}...': a name may be at most {NAME_MAX} characters long "
+                                  f"(it becomes a file and job name), got {len(name)}")
     for key in ("name", "results_page"):
         if not getattr(cfg, key).strip():
             raise ConfigError(f"'{key}' must not be empty")
+    if len(cfg.name) > NAME_MAX:
+        raise ConfigError(f"'name' may be at most {NAME_MAX} characters long (the MLflow experiment and run names "
+                          f"are built from it), got {len(cfg.name)}")
     for name in cfg.methods:
         if name not in METHODS:
             raise ConfigError(f"unknown method 'methods.{name}'; known methods: {', '.join(METHODS)}")
