@@ -89,7 +89,7 @@ def test_tuning_is_optional_and_its_defaults_cover_every_trained_method():
     ({"grid": {"steps": [1, 2]}}, "'tuning.grid.steps': the training budget is not tuned"),
     ({"grid": {"learning_rate": [1e-4]}}, "'tuning.grid.learning_rate' must list at least 2 values"),
     ({"grid": {"learning_rate": [1e-4, 1e-4]}}, "'tuning.grid.learning_rate' must not repeat a value"),
-    ({"grid": {"learning_rate": [1e-4, -1.0]}}, "'tuning.grid.learning_rate' must be non-negative"),
+    ({"grid": {"learning_rate": [1e-4, -1.0]}}, "'tuning.grid.learning_rate' must be positive"),
     ({"grid": {}}, "'tuning.grid' must name at least one key"),
     ({"benchmark": "synthetic_test_id"}, "'tuning.benchmark': 'synthetic_test_id' is not a validation benchmark"),
     ({"benchmark": "gsm8k"}, "'tuning.benchmark': 'gsm8k' is not a validation benchmark"),
