@@ -34,11 +34,11 @@ from conftest import slurm_workdir
 REPO = Path(__file__).resolve().parents[1]
 PARTITION, ACCOUNT = "gpu-test", "tarpo-lab"
 
+pytestmark = [pytest.mark.workflow]  # runs Snakemake through the SLURM profile (a fake SLURM)
+
 # One script, dispatching on the name it is called by (argv[1], see _install).
 FAKE_SLURM = r'''
 import fcntl, json, os, signal, subprocess, sys
-
-pytestmark = [pytest.mark.workflow]  # runs Snakemake through the SLURM profile (a fake SLURM)
 
 STATE = os.environ["FAKE_SLURM_DIR"]
 JOBS = os.path.join(STATE, "jobs")
