@@ -8,7 +8,8 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from tarpo.config import TrainConfig
-from tarpo.modes import Mode, build_mode
+from tarpo.methods import build_mode
+from tarpo.modes import Mode
 
 PRESETS = {
     # for checking a script's logic on a CPU in seconds

@@ -21,7 +21,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from tarpo import decode
 from tarpo.config import TrainConfig
-from tarpo.modes import build_mode
+from tarpo.methods import build_mode
 from tarpo.rollout import AnswerMarker, generate
 
 from common import METHODS, PRESETS, CharTokenizer, seconds, sync

@@ -19,7 +19,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from tarpo.config import TrainConfig
 from tarpo.loss import group_advantages, grpo_loss
-from tarpo.modes import build_mode
+from tarpo.methods import build_mode
 from tarpo.rollout import AnswerMarker, generate, score
 
 from common import PRESETS, CharTokenizer, sync

@@ -67,7 +67,8 @@ def test_latent_tokens_are_added_once(tiny_tokenizer, tiny_model):
 def test_vae_overfits_four_problems_until_the_decoder_reads_each_step(tiny_tokenizer, tiny_model, synthetic_records):
     """On 4 problems, SFT through the curriculum makes the latents readable: the decoder's greedy reading of
     each latent pair (z = mu) gives that step's result, and every loss term falls."""
-    from tarpo.atp_sft import Example, decode_latents, train_vae, vae_loss
+    from tarpo.atp_sft import Example, train_vae, vae_loss
+    from tarpo.methods.atp_latent import decode_latents
 
     torch.manual_seed(0)
     model, decoder, tok, mode = atp_parts(tiny_tokenizer, tiny_model, max_steps=4)

@@ -9,10 +9,10 @@ import pytest
 
 from tarpo import __version__
 from tarpo.cli import build_parser, main
-from tarpo.modes import MODES
+from tarpo.methods import method_names
 
 REPO = Path(__file__).resolve().parents[1]
-SUBCOMMANDS = ["check", "schema", "prepare", "backbone", "atp-sft", "train", "evaluate", "summarise", "tune-report"]
+SUBCOMMANDS = ["check", "methods", "schema", "prepare", "backbone", "atp-sft", "train", "evaluate", "summarise", "tune-report"]
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (INFO|WARNING|ERROR) tarpo\.[\w.]+: ")
 
 
@@ -55,7 +55,7 @@ def test_every_subcommand_has_a_description_and_an_example(capsys, name):
 
 def test_method_choices_are_listed_and_enforced(capsys):
     train = _help(capsys, "train")
-    trained = [m for m in MODES if m != "cot"]
+    trained = method_names(trained=True)
     assert "{" + ",".join(trained) + "}" in train
     assert "cot" in _help(capsys, "evaluate").split("--method", 1)[1].split("--backbone-dir")[0]
     with pytest.raises(SystemExit) as exit_:

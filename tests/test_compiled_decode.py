@@ -18,7 +18,7 @@ import torch
 from torch.testing import assert_close
 
 from tarpo import decode
-from tarpo.modes import build_mode
+from tarpo.methods import build_mode
 from tarpo.modes.base import Mode
 from tarpo.modes.tarpo import SOFT
 from tarpo.rollout import AnswerMarker, generate, score

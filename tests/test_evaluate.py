@@ -230,7 +230,7 @@ def test_a_partial_file_from_other_settings_is_not_reused(prepared, tmp_path, mo
 def _save_fresh_policy(prepared, tmp_path, method: str) -> Path:
     """A 'trained' checkpoint: the backbone with a freshly initialised mode (TARPO: bias 0, ~50% soft)."""
     from tarpo.backbone import load_backbone
-    from tarpo.modes import build_mode
+    from tarpo.methods import build_mode
     from tarpo.policy import save_policy
 
     model, _ = load_backbone(prepared / "backbone", dtype=torch.float32)

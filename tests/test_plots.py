@@ -263,7 +263,7 @@ def test_best_is_bold_only_where_it_beats_every_other_method(full3):
     expected_cols = ["Method"] + [f"{b} Pass@{j}" for b in BENCHMARKS for j in (1, K)] + \
         [f"ID avg Pass@{j}" for j in (1, K)]
     assert header == expected_cols
-    assert [r[0] for r in rows] == [plots.METHOD_LABEL[m] for m in METHODS]
+    assert [r[0] for r in rows] == [plots.method_label(m) for m in METHODS]
     for row, m in zip(rows, METHODS):
         c = {b: counts(PASS1[m][b]) for b in BENCHMARKS}
         want = [100 * pass_at_counts(c[b], j) for b in BENCHMARKS for j in (1, K)]
@@ -279,7 +279,7 @@ def test_best_is_bold_only_where_it_beats_every_other_method(full3):
         split = {"ID avg": "id", "OOD avg": "ood"}.get(group, BENCHMARKS.get(group))
         test = best[(best.benchmark == bench) & (best.split == split) & (best.metric == metric.lower())]
         assert len(test) == len(METHODS) - 1 and test.method.nunique() == 1, header[col]  # the top vs each other
-        top = plots.METHOD_LABEL[test.method.iloc[0]]
+        top = plots.method_label(test.method.iloc[0])
         beats_all = bool(test.significant.all() and (test.delta > 0).all())
         assert bold == [beats_all and r[0] == top for r in rows], header[col]
     # by hand: TARPO 45% vs HRPO 22% on synthetic_test_ood is a clear win; 55% vs 52% on synthetic_test_id is not
@@ -536,7 +536,7 @@ def test_token_efficiency_names_methods_in_a_legend_not_beside_the_points(full, 
     cfg, res, summary = figure_inputs(results)
     fig = plots.fig_token_efficiency(res, cfg, summary, tmp_path / "te.png")
     assert is_png(tmp_path / "te.png")
-    labels = [plots.METHOD_LABEL[m] for m in METHODS]
+    labels = [plots.method_label(m) for m in METHODS]
     assert len(fig.legends) == 1 and [t.get_text() for t in fig.legends[0].get_texts()] == labels
     avg = summary[summary.benchmark == plots.AVERAGE].set_index(["method", "split", "metric"])
     for ax, split in zip(fig.axes, plots.SPLITS):
@@ -601,7 +601,7 @@ def test_pass_at_k_axes_start_at_zero_and_hold_the_intervals(full, tmp_path):
         assert len(ax.containers) == len(METHODS)  # one line with error bars per method
         for container in ax.containers:  # bars are the summary's intervals
             segments = container.lines[2][0].get_segments()
-            method = next(m for m in METHODS if plots.METHOD_LABEL[m] == container.get_label())
+            method = next(m for m in METHODS if plots.method_label(m) == container.get_label())
             rows = part[part.method == method].assign(k=lambda f: f.metric.str[5:].astype(int)).sort_values("k")
             assert [s[0][1] for s in segments] == pytest.approx(list(100 * rows.ci_low))
             assert [s[1][1] for s in segments] == pytest.approx(list(100 * rows.ci_high))

@@ -14,7 +14,7 @@ import torch
 from torch.testing import assert_close
 
 from tarpo.config import TrainConfig
-from tarpo.modes import build_mode
+from tarpo.methods import build_mode
 from tarpo.modes.hrpo import init_lambda
 from tarpo.modes.lepo import concrete_log_density
 from tarpo.modes.tarpo import SOFT

@@ -15,7 +15,7 @@ import torch
 from tarpo.checkpoints import latest_checkpoint
 from tarpo.config import TrainConfig, load_config
 from tarpo.errors import NonFiniteLossError
-from tarpo.modes import build_mode
+from tarpo.methods import build_mode
 from tarpo.optim import optimizer_groups
 from tarpo.trainer import EXIT_PREEMPTED, GrpoTrainer
 

@@ -1,7 +1,8 @@
 """The package's import graph: modules, their lines, who imports whom, and the import circles.
 
 Reads every module of src/tarpo with `ast` (imports inside functions count too: a function-local import
-that closes a circle is still a circle, only a lazier one).
+that closes a circle is still a circle, only a lazier one). Imports under `if TYPE_CHECKING:` do not count:
+they never run, they only name types for annotations.
 
     python tools/import_graph.py            # modules by size, then the circles
     python tools/import_graph.py --dot      # Graphviz: python tools/import_graph.py --dot | dot -Tsvg > imports.svg
@@ -23,13 +24,27 @@ def module_name(path: Path, src: Path = SRC) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def _is_type_checking(node: ast.AST) -> bool:
+    """`if TYPE_CHECKING:` (or `typing.TYPE_CHECKING`)."""
+    if not isinstance(node, ast.If):
+        return False
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
 def import_graph(src: Path = SRC) -> tuple[dict[str, set[str]], dict[str, int]]:
     """({module: modules of the package it imports}, {module: lines})."""
     files = {module_name(p, src): p for p in sorted((src / PACKAGE).rglob("*.py"))}
     graph: dict[str, set[str]] = {}
     for name, path in files.items():
         targets: set[str] = set()
-        for node in ast.walk(ast.parse(path.read_text())):
+        tree = ast.parse(path.read_text())
+        typing_only = {id(n) for block in ast.walk(tree) if _is_type_checking(block) for b in block.body
+                       for n in ast.walk(b)}
+        for node in ast.walk(tree):
+            if id(node) in typing_only:
+                continue
             if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 candidates = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
             elif isinstance(node, ast.Import):

@@ -38,12 +38,13 @@ from transformers import DynamicCache
 
 from tarpo.data.batching import encode_prompts, load_train_records
 from tarpo.data.template import ANSWER_MARKER, build_prompt
+from tarpo.methods.atp_latent import DECODER_DIR, MODE_FILE, latent_step_texts
 from tarpo.modes.atp_latent import BEGIN_LATENT, CONTINUE, END_LATENT, SPECIAL_TOKENS, STOP, AtpLatentMode
 from tarpo.rollout import model_parts
 
 log = logging.getLogger(__name__)
 
-DECODER_DIR, MODE_FILE, SUMMARY_FILE = "decoder", "mode.safetensors", "sft.json"
+SUMMARY_FILE = "sft.json"
 
 _STEP_SPLIT = re.compile(r"(?<=\.)\s+|\n+")
 
@@ -174,29 +175,6 @@ def decoder_nll(decoder: nn.Module, items: list[tuple[list[Tensor], int, list[in
     return nll.view(len(items), width).sum(-1).mean()
 
 
-@torch.no_grad()
-def decode_latents(decoder: nn.Module, tokenizer: Any, pairs: Tensor, max_tokens: int = 24) -> list[str]:
-    """Greedy text the decoder reads from each latent group; pairs (N, c, d)."""
-    if pairs.shape[0] == 0:
-        return []
-    dec, head, embed = model_parts(decoder)
-    inputs = pairs.to(embed.weight.dtype)
-    out = torch.empty((pairs.shape[0], 0), dtype=torch.long, device=pairs.device)
-    done = torch.zeros(pairs.shape[0], dtype=torch.bool, device=pairs.device)
-    for _ in range(max_tokens):
-        mask = torch.ones(inputs.shape[:2], dtype=torch.long, device=pairs.device)
-        logits = head(dec(inputs_embeds=inputs, attention_mask=mask).last_hidden_state[:, -1])
-        nxt = logits.argmax(-1)
-        nxt = torch.where(done, torch.full_like(nxt, tokenizer.eos_token_id), nxt)
-        out = torch.cat([out, nxt[:, None]], 1)
-        done = done | (nxt == tokenizer.eos_token_id)
-        if bool(done.all()):
-            break
-        inputs = torch.cat([inputs, embed(nxt)[:, None]], 1)
-    return [tokenizer.decode([t for t in row if t != tokenizer.eos_token_id], skip_special_tokens=True).strip()
-            for row in out.tolist()]
-
-
 def curriculum(step: int, steps_per_stage: int, max_steps: int) -> int | None:
     """Latent steps at optimiser step `step`: 1 .. K for steps_per_stage steps each, then None (all latent)."""
     stage = step // max(steps_per_stage, 1) + 1
@@ -285,23 +263,6 @@ def latent_rollouts(model: nn.Module, tokenizer: Any, mode: AtpLatentMode, decod
     return out
 
 
-def latent_step_texts(decoder: nn.Module, tokenizer: Any, mode: AtpLatentMode, z: Tensor, latent: Tensor) -> list[list[str]]:
-    """Per sequence, the decoder's reading of each complete group of its latents; z (B, L, d), latent (B, L).
-    All groups of the batch are decoded together."""
-    groups, counts = [], []
-    for row_z, row_latent in zip(z, latent):
-        active = row_z[row_latent]
-        n = active.shape[0] // mode.per_step
-        groups.append(active[:n * mode.per_step].reshape(n, mode.per_step, active.shape[-1]))
-        counts.append(n)
-    texts = decode_latents(decoder, tokenizer, torch.cat(groups)) if sum(counts) else []
-    out, start = [], 0
-    for n in counts:
-        out.append(texts[start:start + n])
-        start += n
-    return out
-
-
 def sft_checks(samples: Sequence[dict[str, Any]], records: Sequence[dict[str, Any]]) -> dict[str, float]:
     """Decoded-step exact match against the gold chain, stop accuracy (as many steps as the gold), pass@1,
     coherence, mean active latents and tokens."""
@@ -374,26 +335,3 @@ def run_sft(cfg: Any, backbone: str, backbone_dir: Path, data_dir: Path, out_dir
           f"stop accuracy {checks['stop_accuracy']:.2f}, pass@1 {checks['pass_at_1']:.2f}, "
           f"{checks['active_latents']:.1f} latents, {summary['seconds']:.0f}s")
     return summary
-
-
-def load_decoder(sft_dir: Path, device: torch.device | str = "cpu") -> nn.Module:
-    """The SFT stage's decoder, frozen (eval, no grad): it reads latents back as text."""
-    from transformers import AutoModelForCausalLM
-
-    from tarpo.io import MissingInputError
-
-    sft_dir = Path(sft_dir)
-    if not (sft_dir / MODE_FILE).exists() or not (sft_dir / DECODER_DIR).is_dir():
-        raise MissingInputError(f"{sft_dir} is not an ATP-Latent SFT checkpoint ({MODE_FILE} or {DECODER_DIR}/ "
-                                f"missing): run the atp_sft stage first (`tarpo atp-sft` or `snakemake ... atp_sft`)")
-    decoder = AutoModelForCausalLM.from_pretrained(sft_dir / DECODER_DIR, dtype=torch.float32)
-    return decoder.to(device).eval().requires_grad_(False)
-
-
-def load_sft_parts(sft_dir: Path, mode: AtpLatentMode, device: torch.device | str = "cpu") -> nn.Module:
-    """Load the SFT stage's heads into `mode` (where RL starts) and return its frozen decoder."""
-    from safetensors.torch import load_file
-
-    decoder = load_decoder(sft_dir, device)
-    mode.load_state_dict(load_file(Path(sft_dir) / MODE_FILE))
-    return decoder

@@ -91,11 +91,21 @@ def cmd_backbone(args: argparse.Namespace) -> None:
     build_backbone(cfg, args.backbone, Path(args.data) if args.data else None, Path(args.out))
 
 
+def cmd_methods(args: argparse.Namespace) -> None:
+    from tarpo.methods import all_methods
+
+    for m in all_methods():
+        facts = ["trained" if m.trained else "untrained baseline", f"mode {m.mode.__name__}"]
+        facts += ["starts from its SFT stage"] * m.sft_stage + ["soft/discrete per step"] * m.soft_positions
+        defaults = ", ".join(f"{k}={v}" for k, v in m.train_defaults.items())
+        print(f"{m.name:12s} {m.label:12s} {'; '.join(facts)}" + (f"; fixes {defaults}" if defaults else ""))
+
+
 def cmd_atp_sft(args: argparse.Namespace) -> None:
     from tarpo.atp_sft import run_sft
 
     cfg = _config(args)
-    if "atp_latent" not in cfg.methods:
+    if "atp_latent" not in cfg.methods:  # the stage is ATP-Latent's (its registry entry: sft_stage)
         raise ConfigError("atp-sft prepares the method atp_latent, which the config's `methods` does not list")
     run_sft(cfg, args.backbone, Path(args.backbone_dir), Path(args.data), Path(args.out))
 
@@ -187,9 +197,9 @@ class BenchmarkChoices:
 
 def build_parser() -> argparse.ArgumentParser:
     from tarpo.data.benchmarks import EVAL_BENCHMARKS, REGISTRY
-    from tarpo.modes import MODES
+    from tarpo.methods import method_names
 
-    trained = [m for m in MODES if m != "cot"]
+    trained = method_names(trained=True)
     parser = argparse.ArgumentParser(
         prog="tarpo",
         description="TARPO reproduction pipeline. Normally driven by Snakemake (`snakemake --cores 2 all`), whose "
@@ -212,6 +222,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "benchmark names, and a YAML error's file and line.",
                     "tarpo check --config config/paper.yaml", [conf])
     p.set_defaults(func=cmd_check)
+
+    p = _subcommand(sub, "methods", "list the registered methods",
+                    "List the method registry (src/tarpo/methods/): each method's label, whether it is trained, "
+                    "its mode, whether it starts from a supervised stage, and the training defaults it fixes.",
+                    "tarpo methods")
+    p.set_defaults(func=cmd_methods)
 
     p = _subcommand(sub, "schema", "print the config's JSON schema (YAML)",
                     "Print the JSON schema of the config, generated from src/tarpo/config.py (the workflow validates "
@@ -275,8 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "results/backbones/tiny --benchmark synthetic_test_id --out /tmp/eval/synthetic_test_id.json",
                     [conf])
     p.add_argument("--backbone", required=True, help="backbone name in the config")
-    p.add_argument("--method", required=True, choices=list(MODES),
-                   help="cot (the bare backbone) or a trained method: %(choices)s")
+    p.add_argument("--method", required=True, choices=method_names(),
+                   help="an untrained baseline (cot: the bare backbone) or a trained method: %(choices)s")
     p.add_argument("--backbone-dir", required=True,
                    help="directory written by `tarpo backbone` (for atp_latent: by `tarpo atp-sft`)")
     p.add_argument("--checkpoint", help="checkpoint directory of the trained method (omit for cot)")

@@ -63,6 +63,7 @@ from tarpo.config import Config, ConfigError, TrainConfig, _merge, from_dict, to
 from tarpo.data.batching import encode_prompts
 from tarpo.data.benchmarks import Benchmark, get_benchmark, load_benchmark
 from tarpo.io import atomic_write_text, write_json, write_jsonl
+from tarpo.methods import get_method
 from tarpo.metrics import mean_pass_at_k
 from tarpo.render import token_spans, trajectories_html
 from tarpo.rewards import chain_correct, extract_answer, reward
@@ -187,11 +188,12 @@ def _reward_kwargs(record: dict[str, Any]) -> dict[str, Any]:
 @torch.no_grad()
 def sample_batch(model: Any, tokenizer: Any, mode: Any, records: list[dict[str, Any]], *, k: int, temperature: float,
                  max_new_tokens: int, max_prompt_tokens: int, seed: int, eos_ids: list[int], marker: Any,
-                 device: torch.device, decoder: Any = None, compiled: bool = False) -> list[list[dict[str, Any]]]:
+                 device: torch.device, method: str | None = None, parts: Any = None,
+                 compiled: bool = False) -> list[list[dict[str, Any]]]:
     """k scored samples for each record (rows without problem bookkeeping), sampled as one batch.
 
-    ATP-Latent: tokens are counted its way (active latents + answer tokens, not the forced `<eol>`), thinking
-    steps are its latents, and with its `decoder` each row gets the text read from every latent pair.
+    The `method`'s `sample_fields` hook adds or recounts fields (ATP-Latent: its latents, and with `parts`,
+    its decoder, the text read from every latent pair).
     """
     from tarpo.rollout import generate, model_parts
 
@@ -207,11 +209,6 @@ def sample_batch(model: Any, tokenizer: Any, mode: Any, records: list[dict[str, 
                        eos_ids=eos_ids, pad_id=pad_id, marker=marker, greedy=greedy, generator=generator,
                        compiled=compiled, repeats=k)
     _, _, embed = model_parts(model)
-    latent_texts = None
-    if decoder is not None:
-        from tarpo.atp_sft import latent_step_texts
-
-        latent_texts = latent_step_texts(decoder, tokenizer, mode, rollout.meta["z"], rollout.meta["latent"])
     cpu = rollout.to("cpu")
     soft_all = cpu.stats.get("soft")
     out: list[list[dict[str, Any]]] = [[] for _ in records]
@@ -231,18 +228,14 @@ def sample_batch(model: Any, tokenizer: Any, mode: Any, records: list[dict[str, 
             "soft": soft,
             "token_ids": tokens,
         }
-        if mode.name == "atp_latent":
-            latents = int(cpu.meta["latent"][i].sum())
-            ended = bool((cpu.meta["stop"][i] | cpu.meta["forced"][i]).any())
-            row.update(n_tokens=len(tokens) - ended, n_thinking=latents, n_latents=latents,
-                       stopped=bool(cpu.meta["stop"][i].any()))
-            if latent_texts is not None:
-                row["latent_steps"] = latent_texts[i]
         one = rollout.select(slice(i, i + 1))
         stats = mode.rollout_stats(embed, one.tokens, one.meta, one.thinking)
         if "mean_gate" in stats and row["n_thinking"]:
             row["mean_gate"] = float(stats["mean_gate"])
         out[i // k].append(row)
+    add_fields = get_method(method).sample_fields if method is not None else None
+    if add_fields is not None:
+        add_fields([row for rows in out for row in rows], rollout, mode, tokenizer, parts)
     return out
 
 
@@ -317,19 +310,10 @@ def lucky_metrics(rows_by_problem: list[list[dict[str, Any]]]) -> dict[str, Any]
 
 
 def mode_metrics(method: str, rows: list[dict[str, Any]]) -> dict[str, float]:
-    """soft_ratio (soft steps / thinking steps) for tarpo and lepo; mean gate a for hrpo."""
-    out: dict[str, float] = {}
-    thinking = sum(r["n_thinking"] for r in rows)
-    if method in ("tarpo", "lepo"):
-        out["soft_ratio"] = sum(sum(r["soft"]) for r in rows) / thinking if thinking else 0.0
-    if method == "atp_latent" and rows:
-        out["active_latents"] = sum(r.get("n_latents", 0) for r in rows) / len(rows)
-        out["stop_rate"] = sum(bool(r.get("stopped")) for r in rows) / len(rows)
-    if method == "hrpo":
-        gated = [(r["mean_gate"], r["n_thinking"]) for r in rows if "mean_gate" in r]
-        weight = sum(n for _, n in gated)
-        out["mean_gate"] = sum(g * n for g, n in gated) / weight if weight else 1.0
-    return out
+    """The method's own evaluation metrics (its `eval_metrics` hook: soft_ratio for tarpo and lepo, the mean
+    gate a for hrpo, active latents and stop rate for atp_latent)."""
+    hook = get_method(method).eval_metrics
+    return hook(rows) if hook is not None else {}
 
 
 def trajectories(tokenizer: Any, title: str, records: list[dict[str, Any]], rows: list[dict[str, Any]],
@@ -344,7 +328,7 @@ def trajectories(tokenizer: Any, title: str, records: list[dict[str, Any]], rows
             "question": record["question"], "gold": record["answer"], "answer": row["extracted"],
             "correct": row["correct"],
             "soft_ratio": (sum(row["soft"]) / row["n_thinking"] if row["n_thinking"] else 0.0)
-            if method in ("tarpo", "lepo") else None,
+            if get_method(method).soft_positions else None,
             "spans": token_spans(tokenizer, row["token_ids"], row["soft"], thinking),
             "latent_steps": row.get("latent_steps"),
         })
@@ -394,10 +378,12 @@ def evaluate(
     e = cfg.evaluate
     if e.k < 1 or e.batch_size < 1 or e.max_new_tokens < 1:
         raise ConfigError("evaluate.k, evaluate.batch_size and evaluate.max_new_tokens must be >= 1")
-    if method != "cot" and checkpoint is None:
-        raise ConfigError(f"method '{method}' is evaluated from its checkpoint: pass --checkpoint (only cot runs without)")
-    if method == "cot" and checkpoint is not None:
-        raise ConfigError("cot is the bare backbone: it takes no --checkpoint")
+    declared = get_method(method)
+    if declared.trained and checkpoint is None:
+        raise ConfigError(f"method '{method}' is evaluated from its checkpoint: pass --checkpoint (only untrained "
+                          f"baselines such as cot run without)")
+    if not declared.trained and checkpoint is not None:
+        raise ConfigError(f"{method} is the bare backbone: it takes no --checkpoint")
     bench: Benchmark = get_benchmark(benchmark, cfg.datasets)
     records = load_benchmark(benchmark, data_root, cfg.benchmarks, cfg.datasets)
     if e.max_problems:
@@ -425,11 +411,8 @@ def evaluate(
     tokenizer = None
     if todo:
         model, tokenizer, mode = load_policy(Path(backbone_dir), method, tcfg, checkpoint, device)
-        decoder = None
-        if method == "atp_latent":  # the backbone dir is the SFT stage's: its decoder reads the latents
-            from tarpo.atp_sft import load_decoder
-
-            decoder = load_decoder(Path(backbone_dir), device)
+        # e.g. ATP-Latent's decoder, which reads the latents (the backbone dir is its SFT stage's output)
+        parts = declared.frozen_parts(Path(backbone_dir), device) if declared.frozen_parts else None
         marker = AnswerMarker(tokenizer, model.config.vocab_size).to(device)
         eos_ids = eos_token_ids(tokenizer, model)
         # closed however the loop ends (an error's message, printed by the CLI, starts on a line of its own)
@@ -440,7 +423,8 @@ def evaluate(
                 samples = sample_batch(model, tokenizer, mode, chunk, k=e.k, temperature=e.temperature,
                                        max_new_tokens=e.max_new_tokens, max_prompt_tokens=tcfg.max_prompt_tokens,
                                        seed=batch_seed(cfg.seed, benchmark, b), eos_ids=eos_ids, marker=marker,
-                                       device=device, decoder=decoder, compiled=e.compile_decode)
+                                       device=device, method=method, parts=parts,
+                                       compiled=e.compile_decode)
                 new_rows = []
                 for index, (record, rows) in enumerate(zip(chunk, samples)):
                     if record["id"] in done:  # kept from the partial file (identical: same batch, same seed)

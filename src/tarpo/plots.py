@@ -44,6 +44,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import matplotlib.colors as mcolors  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -51,14 +52,13 @@ import seaborn as sns  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLocator  # noqa: E402
 from matplotlib.transforms import ScaledTranslation  # noqa: E402
 
+from tarpo import methods as registry  # noqa: E402
 from tarpo.config import Config  # noqa: E402
 from tarpo.io import atomic_write_text  # noqa: E402
 
 # (names, the soft-position helper and the table constants are also re-exported for callers of this module)
 from tarpo.summary import (  # noqa: E402,F401
     AVERAGE,
-    METHOD_LABEL,
-    METHOD_ORDER,
     N_POSITION_BINS,
     SPLIT_LABEL,
     SPLITS,
@@ -90,11 +90,10 @@ log = logging.getLogger(__name__)
 # caption workflow/report/{name}.rst (a test checks they agree).
 FIGURES = ("training_dynamics", "pass_at_k", "token_efficiency", "soft_position")
 
+# Each registered method's colour and marker come from its declaration (tarpo.methods); methods that are not
+# registered get the colour-blind palette's unused colours. Markers and sizes: methods with equal values are drawn
+# on top of each other, so each has its own shape and earlier methods are drawn larger (nested shapes stay visible).
 _CB = sns.color_palette("colorblind", 10)
-PALETTE = {"cot": _CB[7], "grpo": _CB[0], "hrpo": _CB[2], "lepo": _CB[4], "tarpo": _CB[3], "atp_latent": _CB[1]}
-# Markers and sizes: methods with equal values are drawn on top of each other,
-# so each has its own shape and earlier methods are drawn larger (nested shapes stay visible).
-MARKERS = {"cot": "o", "grpo": "s", "hrpo": "^", "lepo": "D", "tarpo": "P", "atp_latent": "X"}
 DPI = 150
 # Panels side by side share one y-range (from 0) unless their ranges differ by more than this factor.
 SHARED_SCALE = 3.0
@@ -119,15 +118,24 @@ UNIT_INTERVAL = {"reward_mean", "soft_ratio", "mean_gate", "coherence", "stop_ra
 
 
 def palette(methods: Sequence[str]) -> dict[str, Any]:
-    extra = iter(c for i, c in enumerate(_CB) if i not in (0, 1, 2, 3, 4, 7))
-    return {m: PALETTE.get(m) or next(extra, (0.3, 0.3, 0.3)) for m in method_order(methods)}
+    used = {registry.get_method(m).colour for m in registry.method_names()}
+    extra = iter(c for c in _CB if mcolors.to_hex(c) not in used)
+    return {m: _declared(m, "colour") or next(extra, (0.3, 0.3, 0.3)) for m in method_order(methods)}
+
+
+def marker(method: str) -> str:
+    return _declared(method, "marker") or "v"
+
+
+def _declared(method: str, what: str) -> Any:
+    return getattr(registry.get_method(method), what) if method in registry.method_names() else None
 
 
 def style(method: str, methods: Sequence[str]) -> dict[str, Any]:
     """Line/marker keyword arguments of `method` among the `methods` drawn in one panel."""
     rank = method_order(methods).index(method) if method in methods else 0
     shrink = rank / max(len(methods) - 1, 1)
-    return {"marker": MARKERS.get(method, "v"), "ms": 10 - 3.5 * shrink, "lw": 3.2 - 1.6 * shrink}
+    return {"marker": marker(method), "ms": 10 - 3.5 * shrink, "lw": 3.2 - 1.6 * shrink}
 
 
 # ---------------------------------------------------------------- figure helpers
@@ -161,7 +169,7 @@ def _legend(fig: Any, methods: Sequence[str], pal: dict[str, Any], markers: bool
     from matplotlib.lines import Line2D
 
     handles = [Line2D([], [], color=pal[m], label=method_label(m), lw=2 if lines else 0, ls="-" if lines else "none",
-                      **({"marker": MARKERS.get(m, "v"), "ms": 7} if markers or not lines else {})) for m in methods]
+                      **({"marker": marker(m), "ms": 7} if markers or not lines else {})) for m in methods]
     fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=len(handles), frameon=False,
                title=title, title_fontsize=9)
 
@@ -225,7 +233,7 @@ def fig_training_dynamics(res: Results, cfg: Config, path: Path) -> Any:
     """Small multiples of training metrics against step, one line per trained method; with several seeds, the
     mean over seeds of the smoothed curves and a band spanning them."""
     trained = method_order(res.training)
-    pal = palette(trained or list(METHOD_ORDER))
+    pal = palette(trained or registry.method_names())
     fig, axes = plt.subplots(3, 3, figsize=(13, 10), constrained_layout=True)
     fig.suptitle(f"Training dynamics ({_subtitle(res, cfg)})", fontsize=12)
     n_steps = max((len(f) for runs in res.training.values() for f in runs.values()), default=0)
@@ -288,7 +296,7 @@ def fig_pass_at_k(res: Results, cfg: Config, summary: pd.DataFrame, path: Path) 
     """Pass@k against k (log2 axis) with 95% intervals, one panel per benchmark, one line per method. Every
     y-axis starts at 0; panels share their range unless it differs by more than SHARED_SCALE."""
     benches = res.benchmarks
-    pal = palette(res.methods or list(METHOD_ORDER))
+    pal = palette(res.methods or registry.method_names())
     ncols = min(max(len(benches), 1), 4)
     nrows = max(1, math.ceil(len(benches) / ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.6 * nrows), squeeze=False, sharey=False,
@@ -340,7 +348,7 @@ def fig_token_efficiency(res: Results, cfg: Config, summary: pd.DataFrame, path:
     beside another method's marker), and markers that would cover each other are spread DODGE_PT points apart
     sideways on the page (`_dodges`), so that methods with equal values stay visible. Both axes start at 0;
     the two panels share their ranges unless they differ by more than SHARED_SCALE."""
-    pal = palette(res.methods or list(METHOD_ORDER))
+    pal = palette(res.methods or registry.method_names())
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), constrained_layout=True)
     fig.suptitle(f"Token efficiency ({_subtitle(res, cfg)})", fontsize=12)
     avg = summary[summary.benchmark == AVERAGE]
@@ -390,7 +398,7 @@ def fig_token_efficiency(res: Results, cfg: Config, summary: pd.DataFrame, path:
         shifts = _dodges([(r[0], r[1]) for r in rows.values()], x_top, y_top)
         for (m, (x, y, xlo, xhi, ylo, yhi)), shift in zip(rows.items(), shifts):
             ax.errorbar([x], [y], xerr=_err([x], [xlo], [xhi]), yerr=_err([y], [ylo], [yhi]), color=pal[m],
-                        marker=MARKERS.get(m, "v"), ms=8, ls="none", zorder=3, mec="white", mew=0.8, capsize=3,
+                        marker=marker(m), ms=8, ls="none", zorder=3, mec="white", mew=0.8, capsize=3,
                         elinewidth=1, clip_on=False, label=method_label(m),
                         transform=ax.transData + ScaledTranslation(shift / 72, 0, fig.dpi_scale_trans))
     how = ("up and to the left is better: higher accuracy with fewer generated tokens; bars: 95% "

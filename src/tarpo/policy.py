@@ -24,7 +24,8 @@ from torch import nn
 from tarpo.backbone import load_backbone
 from tarpo.config import ConfigError, TrainConfig, from_dict
 from tarpo.io import BadInputError, MissingInputError, verify_manifest
-from tarpo.modes import Mode, build_mode
+from tarpo.methods import build_mode
+from tarpo.modes import Mode
 
 POLICY_FILE = "policy.json"
 MODE_FILE = "mode.safetensors"

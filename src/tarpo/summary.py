@@ -37,13 +37,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tarpo import methods as registry
 from tarpo import stats
 from tarpo.config import Config
 from tarpo.io import BadInputError, read_jsonl
 from tarpo.metrics import pass_at_k
 
-METHOD_ORDER = ("cot", "grpo", "hrpo", "lepo", "tarpo", "atp_latent")
-METHOD_LABEL = {"cot": "CoT", "grpo": "GRPO", "hrpo": "HRPO", "lepo": "LEPO", "tarpo": "TARPO", "atp_latent": "ATP-Latent"}
 SPLITS = ("id", "ood")
 SPLIT_LABEL = {"id": "ID", "ood": "OOD"}
 AVERAGE = "average"  # the benchmark name of split-average rows
@@ -69,13 +68,13 @@ PerSeed = dict[int, dict[str, float]]  # seed -> problem id -> value
 
 
 def method_label(method: str) -> str:
-    return METHOD_LABEL.get(method, method)
+    """The method's label in the registry (CoT, GRPO, ..., ATP-Latent)."""
+    return registry.label(method)
 
 
-def method_order(methods: Iterable[str]) -> list[str]:
-    """Known methods in the paper's order (cot, grpo, hrpo, lepo, tarpo), any others after them by name."""
-    methods = set(methods)
-    return [m for m in METHOD_ORDER if m in methods] + sorted(methods - set(METHOD_ORDER))
+def method_order(names: Iterable[str]) -> list[str]:
+    """Registered methods in the registry's order (cot, grpo, hrpo, lepo, tarpo, atp_latent), others after by name."""
+    return registry.method_order(names)
 
 
 def configured_methods(cfg: Config) -> list[str]:
@@ -435,18 +434,22 @@ def soft_by_position(samples: Iterable[dict[str, Any]], n_bins: int = N_POSITION
     return soft_counts, step_counts
 
 
-POSITION_METHODS = ("tarpo", "lepo")
 POSITION_COLUMNS = ["split", "method", "bin", "position_from", "position_to", "soft_steps", "thinking_steps",
                     "soft_ratio", "ci_low", "ci_high", "samples", "n_seeds"]
 
 
+def position_methods() -> list[str]:
+    """The methods that choose soft or discrete inputs per step (registry: soft_positions), e.g. lepo, tarpo."""
+    return [m.name for m in registry.all_methods() if m.soft_positions]
+
+
 def soft_position_frame(res: Results) -> pd.DataFrame:
-    """Per split and method (tarpo, lepo): soft and thinking steps per relative-position bin, pooled over the
-    split's benchmarks, problems and seeds, with the soft ratio's 95% interval over problems and seeds
-    (POSITION_COLUMNS)."""
+    """Per split and method that chooses soft steps (lepo, tarpo): soft and thinking steps per relative-position
+    bin, pooled over the split's benchmarks, problems and seeds, with the soft ratio's 95% interval over problems
+    and seeds (POSITION_COLUMNS)."""
     rows = []
     for split in SPLITS:
-        for m in POSITION_METHODS:
+        for m in position_methods():
             per_seed: dict[int, dict[tuple[str, str], list[np.ndarray]]] = {}
             n_samples = 0
             for b in res.benchmarks_of(split):

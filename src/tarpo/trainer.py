@@ -44,7 +44,6 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from tarpo.atp_sft import latent_step_texts, load_sft_parts
 from tarpo.checkpoints import (
     STATE_FILE,
     CorruptCheckpointError,
@@ -72,8 +71,7 @@ from tarpo.io import (
     write_manifest,
 )
 from tarpo.loss import group_advantages, grpo_loss
-from tarpo.modes import build_mode
-from tarpo.modes.atp_latent import coherence
+from tarpo.methods import RewardInputs, get_method
 from tarpo.optim import optimizer_groups
 from tarpo.policy import add_lora, save_policy
 from tarpo.render import token_spans, trajectories_html
@@ -153,11 +151,14 @@ class GrpoTrainer:
         else:
             self.ref_model = None  # no KL term: no reference forward either
         self.model = model.to(self.device).eval()  # eval: no dropout, rollout and scoring see one function
-        self.mode = build_mode(method, self.tcfg, model.config.hidden_size).to(self.device)
+        self.spec = get_method(method)
+        self.mode = self.spec.build_mode(self.tcfg, model.config.hidden_size).to(self.device)
         self.mode.bind(self.tokenizer)
-        # ATP-Latent starts from its SFT stage (the backbone dir is that stage's output): its heads, and
-        # the frozen decoder that reads latents back for the coherence reward.
-        self.decoder = load_sft_parts(Path(backbone_dir), self.mode, self.device) if method == "atp_latent" else None
+        # A method may start its mode from the backbone dir (ATP-Latent: its SFT stage's heads) and use frozen
+        # parts loaded with it (ATP-Latent: the decoder that reads latents back for the coherence reward).
+        if self.spec.init_mode is not None:
+            self.spec.init_mode(Path(backbone_dir), self.mode)
+        self.parts = self.spec.frozen_parts(Path(backbone_dir), self.device) if self.spec.frozen_parts else None
         self.ref_mode = copy.deepcopy(self.mode).requires_grad_(False).eval()  # the initial router
 
         self.marker = AnswerMarker(self.tokenizer, model.config.vocab_size).to(self.device)
@@ -284,23 +285,12 @@ class GrpoTrainer:
     def rewards(self, rollout: Rollout, texts: list[str], records: list[dict[str, Any]]) -> tuple[Tensor, dict[str, float]]:
         """Per-completion rewards, and their parts' means for logging.
 
-        Every method: 1 for a verified answer. ATP-Latent (METHODS.md): acc_w * acc + fmt_w * fmt
-        + coh_w * coh * acc, with fmt = 1 when the latent block ended and a non-empty answer follows, and
-        coh the coherence of the steps the frozen decoder reads from the latent pairs. With acc_w = 0 (the
-        coherence-only ablation) the coherence term is not gated by accuracy.
+        Every method: 1 for a verified answer; a method's `reward` hook may mix in more (ATP-Latent).
         """
         acc = torch.tensor([reward(text, str(r["answer"])) for text, r in zip(texts, records)], device=self.device)
-        if self.decoder is None:
+        if self.spec.reward is None:
             return acc, {}
-        t, meta = self.tcfg, rollout.meta
-        steps = latent_step_texts(self.decoder, self.tokenizer, self.mode, meta["z"], meta["latent"])
-        answers = [extract_answer(text) for text in texts]
-        ended = (meta["stop"] | meta["forced"]).any(-1).tolist()
-        fmt = torch.tensor([float(e and bool(a)) for e, a in zip(ended, answers)], device=self.device)
-        coh = torch.tensor([coherence(s, a) for s, a in zip(steps, answers)], device=self.device)
-        gate = acc if t.accuracy_weight > 0 else torch.ones_like(acc)
-        total = t.accuracy_weight * acc + t.format_weight * fmt + t.coherence_weight * coh * gate
-        return total, {"accuracy": float(acc.mean()), "format": float(fmt.mean()), "coherence": float(coh.mean())}
+        return self.spec.reward(RewardInputs(acc, rollout, texts, self.tcfg, self.mode, self.tokenizer, self.parts))
 
     def _scores(self, rollout: Rollout) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """(policy log-probs, reference log-probs) of a rollout.

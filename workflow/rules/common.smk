@@ -10,6 +10,7 @@
 import json
 import os
 import re
+import tempfile
 
 from snakemake.utils import update_config, validate
 
@@ -22,8 +23,10 @@ from tarpo.config import (
     load_config,
     read_config_file,
     resolved_tuning,
+    schema_yaml,
     to_dict,
 )
+from tarpo.methods import get_method
 from tarpo.tuning import trials as grid_trials
 
 # ------------------------------------------------------------------ config
@@ -61,9 +64,16 @@ update_config(config, coerce_overrides(dict(workflow.config_settings.config)))
 # mean ...?"). It also gives the typed view (CFG) the rules and input functions read.
 CFG: Config = checked(load_config, config)
 
-# Then the JSON schema, generated from src/tarpo/config.py by `tarpo schema`
-# (a test checks it is current), as a second check of the same rules.
-validate(config, "../schemas/config.schema.yaml")
+# Then the JSON schema, as a second check of the same rules. It is generated from
+# the code that runs (src/tarpo/config.py and the method registry), so a newly
+# registered method is valid without regenerating a file; the committed copy,
+# workflow/schemas/config.schema.yaml (`tarpo schema`), is for readers and
+# editors, and a test keeps it current.
+with tempfile.TemporaryDirectory() as _schema_dir:
+    _schema_file = os.path.join(_schema_dir, "config.schema.yaml")
+    with open(_schema_file, "w") as _f:
+        _f.write(schema_yaml())
+    validate(config, _schema_file)
 
 # ------------------------------------------------------------------ software
 # The rules that run `tarpo` declare `conda: "../../envs/tarpo.yaml"`. Without
@@ -127,8 +137,9 @@ def atp_sft_dir(backbone):
 
 
 def policy_backbone_dir(backbone, method):
-    """What a method's training and evaluation load as the backbone: the SFT stage's output for atp_latent."""
-    return atp_sft_dir(backbone) if method == "atp_latent" else backbone_dir(backbone)
+    """What a method's training and evaluation load as the backbone: the supervised stage's output for a method
+    whose registry entry says it starts from one (atp_latent), else the backbone."""
+    return atp_sft_dir(backbone) if get_method(method).sft_stage else backbone_dir(backbone)
 
 
 def checkpoint_dir(backbone, method, seed):
@@ -195,7 +206,7 @@ def costly_jobs():
     train and evaluate, in that order. The paths follow the rules' `output:` and `benchmark:` patterns."""
     jobs = [(data_dir(d), f"{BENCHMARKS_DIR}/prepare/{d}.tsv") for d in DATASETS]
     jobs += [(backbone_dir(b), f"{BENCHMARKS_DIR}/backbone/{b}.tsv") for b in BACKBONES]
-    if "atp_latent" in METHODS:
+    if any(get_method(m).sft_stage for m in METHODS):
         jobs += [(atp_sft_dir(b), f"{BENCHMARKS_DIR}/atp_sft/{b}.tsv") for b in BACKBONES]
     jobs += [
         (checkpoint_dir(b, m, s), f"{BENCHMARKS_DIR}/train/{b}/{m}/seed{s}.tsv")

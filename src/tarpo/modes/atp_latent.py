@@ -24,13 +24,15 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
-from tarpo.config import TrainConfig
 from tarpo.modes.base import Mode, StepDraw, row_noise, sample_categorical, token_logprobs
+
+if TYPE_CHECKING:  # types only: the config reads the method registry, which builds modes
+    from tarpo.config import TrainConfig
 
 BEGIN_LATENT, END_LATENT, LATENT_PLACEHOLDER = "<bol>", "<eol>", "<lat>"
 SPECIAL_TOKENS = (BEGIN_LATENT, END_LATENT, LATENT_PLACEHOLDER)

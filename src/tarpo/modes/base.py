@@ -20,12 +20,14 @@ sequence has not ended.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
-from tarpo.config import TrainConfig
+if TYPE_CHECKING:  # types only: the config reads the method registry, which builds modes
+    from tarpo.config import TrainConfig
+
 
 
 @dataclass

@@ -17,13 +17,17 @@ trained with the policy.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tarpo.config import TrainConfig
 from tarpo.modes.base import Mode, StepDraw, sample_categorical
 from tarpo.modes.tarpo import mix_where
+
+if TYPE_CHECKING:  # types only: the config reads the method registry, which builds modes
+    from tarpo.config import TrainConfig
 
 
 def init_lambda(size: int, r_min: float, r_max: float, c: float, generator: torch.Generator | None = None) -> Tensor:

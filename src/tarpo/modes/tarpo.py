@@ -12,11 +12,15 @@ The action term's gradient flows into the backbone through h_t (see
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor, nn
 
-from tarpo.config import TrainConfig
 from tarpo.modes.base import Mode, StepDraw, sample_categorical, token_logprobs
+
+if TYPE_CHECKING:  # types only: the config reads the method registry, which builds modes
+    from tarpo.config import TrainConfig
 
 HARD, SOFT = 0, 1
 
