@@ -535,3 +535,135 @@ def test_compiled_decoding_reaches_the_training_rollout(prepared, tmp_path):
     torch.testing.assert_close(rollouts[True].tokens, rollouts[False].tokens, rtol=0, atol=0)
     torch.testing.assert_close(rollouts[True].valid, rollouts[False].valid, rtol=0, atol=0)
     decode.clear_cache()
+
+
+# ---------------------------------------------------------------- loss types and dynamic sampling (issue 25)
+
+
+@pytest.mark.parametrize("loss_type", ["dapo", "bnpo", "dr_grpo"])
+def test_token_sum_loss_types_give_the_same_update_in_pieces(prepared, tmp_path, loss_type):
+    """Two micro-batches scored whole or in pieces: the token-sum losses divide by a count fixed for the step
+    (dapo, dr_grpo) or the micro-batch (bnpo), never by a piece's own, so the step is the same."""
+    results = []
+    for forward_batch in (0, 1, 3):
+        trainer = make(prepared, tmp_path / str(forward_batch), "tarpo", steps=1, checkpoint_every=0, grad_accum=2,
+                       updates_per_batch=2, clip_eps=0.2, epsilon_high=0.28, forward_batch=forward_batch,
+                       loss_type=loss_type, scale_rewards="batch" if loss_type == "bnpo" else "group")
+        unequal_rewards(trainer)
+        metrics = trainer.train_step().metrics
+        assert metrics["grad_norm"] > 0
+        results.append((weights(trainer), metrics))
+    (whole, m0), *pieces = results
+    for params, metrics in pieces:
+        for name, value in whole.items():
+            torch.testing.assert_close(params[name], value, rtol=0, atol=1e-6, msg=name)
+        assert metrics["loss"] == pytest.approx(m0["loss"], rel=1e-5, abs=1e-7)
+
+
+def test_dapo_divides_by_the_whole_steps_tokens(prepared, tmp_path, monkeypatch):
+    """With 2 micro-batches every loss call gets the step's valid-token count (one big batch), and truncated
+    completions (mask_truncated_completions) leave both the loss and that count."""
+    import tarpo.trainer as trainer_module
+    from tarpo.rollout import truncated
+
+    seen = []
+    original = trainer_module.grpo_loss
+
+    def spy(*args, **kwargs):
+        seen.append((kwargs["normalizer"], args[4].clone()))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "grpo_loss", spy)
+    trainer = make(prepared, tmp_path, "grpo", steps=1, checkpoint_every=0, grad_accum=2, loss_type="dapo",
+                   mask_truncated_completions=True, max_new_tokens=6)
+    unequal_rewards(trainer)
+    collected = []
+    sample = trainer.sample
+    trainer.sample = lambda micro: collected.append(sample(micro)) or collected[-1]
+    trainer.train_step()
+    rollouts = [c[0] for c in collected]
+    cut = torch.cat([truncated(r, trainer.eos_ids) for r in rollouts])
+    assert bool(cut.any())  # 6 tokens: some completions are cut
+    kept_tokens = sum(float((r.valid & ~truncated(r, trainer.eos_ids).unsqueeze(1)).sum()) for r in rollouts)
+    assert [n for n, _ in seen] == [max(kept_tokens, 1.0)] * 2
+    for (_, valid), r in zip(seen, rollouts):  # the loss never sees a cut completion's positions
+        assert not bool(valid[truncated(r, trainer.eos_ids)].any())
+
+
+def scripted_rewards(trainer, script):
+    """Rewards handed out draw by draw from `script` (a list of lists); records every call."""
+    calls = []
+
+    def rewards(rollout, texts, records):
+        calls.append([r["question"] for r in records])
+        return torch.tensor(script[len(calls) - 1], dtype=torch.float32), {}
+
+    trainer.rewards = rewards
+    return calls
+
+
+def test_dynamic_sampling_drops_uniform_groups_and_draws_more(prepared, tmp_path):
+    from tarpo.data.batching import batch_indices
+
+    trainer = make(prepared, tmp_path, "grpo", steps=2, checkpoint_every=0, dynamic_sampling=True)
+    # draw 0: group 0 all right (dropped), group 1 mixed; draw 1: group 0 mixed, group 1 not needed
+    calls = scripted_rewards(trainer, [[1, 1, 0, 1], [1, 0, 0, 0]])
+    result = trainer.train_step()
+    m = result.metrics
+    assert (m["groups_drawn"], m["groups_kept"], m["rollouts"], m["draws"]) == (4.0, 2.0, 8.0, 2.0)
+    assert m["reward_mean"] == pytest.approx(4 / 8) and m["reward_mean_kept"] == pytest.approx(2 / 4)
+    assert trainer.draws == 2  # the stream moved on by two draws
+    # the kept groups: draw 0's second prompt, then draw 1's first, from the same seeded stream
+    first, second = (batch_indices(len(trainer.records), 0, d, 0, 1, 1, 0, 2) for d in (0, 1))
+    trainer_questions = [trainer.records[i]["question"] for i in (first[1], second[0])]
+    assert [calls[0][2], calls[1][0]] == trainer_questions
+    # each draw's kept groups form a micro-batch; the step's result shows the last one
+    assert [r["question"] for r in result.records] == [trainer_questions[1]] * 2
+    assert result.rewards.tolist() == [1.0, 0.0]
+    # the next step starts where this one stopped: draw 2
+    scripted_rewards(trainer, [[0, 1, 1, 0]])
+    trainer.train_step()
+    assert trainer.draws == 3
+
+
+def test_dynamic_sampling_cap_trains_on_what_it_kept(prepared, tmp_path, caplog):
+    trainer = make(prepared, tmp_path, "grpo", steps=2, checkpoint_every=0, dynamic_sampling=True,
+                   dynamic_sampling_max_draws=2)
+    scripted_rewards(trainer, [[1, 1, 0, 0], [0, 1, 1, 1], [1, 1, 1, 1]])  # one informative group in 3 draws
+    with caplog.at_level("WARNING", logger="tarpo.trainer"):
+        m = trainer.train_step().metrics
+    assert (m["groups_drawn"], m["groups_kept"], m["rollouts"], m["draws"]) == (6.0, 1.0, 12.0, 3.0)
+    assert m["completions"] == 2.0 and m["grad_norm"] > 0
+    assert "kept 1/2 informative groups after 3 draws" in caplog.text
+    # nothing informative at all: the last draw is trained on as it is (zero advantages)
+    equal_rewards(trainer)
+    m = trainer.train_step().metrics
+    assert (m["groups_kept"], m["draws"], m["completions"]) == (0.0, 3.0, 4.0)
+    assert trainer.draws == 6
+
+
+def content_rewards(self, rollout, texts, records):
+    """GrpoTrainer.rewards from the question alone (so a resumed run sees the same): a group is uniform when its
+    question's length is even, mixed (0, 1, ...) otherwise."""
+    even = [len(r["question"]) % 2 == 0 for r in records]
+    return torch.tensor([1.0 if e else float(i % 2) for i, e in enumerate(even)]), {}
+
+
+def test_dynamic_sampling_resumes_bitwise(prepared, tmp_path, monkeypatch):
+    monkeypatch.setattr(GrpoTrainer, "rewards", content_rewards)
+    train = {"dynamic_sampling": True, "loss_type": "dapo", "steps": 4}
+    straight = make(prepared, tmp_path / "straight", **train)
+    straight.run()
+    assert all("groups_drawn" in h for h in straight.history)
+    assert sum(h["groups_drawn"] for h in straight.history) > sum(h["groups_kept"] for h in straight.history)
+    saved = [json.loads(line) for line in (tmp_path / "straight" / "tarpo" / "checkpoint" / "metrics.jsonl").open()]
+    assert [r["groups_kept"] for r in saved] == [h["groups_kept"] for h in straight.history]
+
+    interrupt_at(prepared, tmp_path / "killed", monkeypatch, 2, **train)
+    resumed = make(prepared, tmp_path / "killed", **train)
+    assert resumed.resume() and resumed.step == 2 and resumed.draws == sum(h["draws"] for h in straight.history[:2])
+    resumed.run()
+    for name, value in weights(straight).items():
+        assert torch.equal(weights(resumed)[name], value), name
+    keys = ("reward_mean", "groups_drawn", "groups_kept", "rollouts", "draws", "loss")
+    assert [[h[k] for k in keys] for h in resumed.history] == [[h[k] for k in keys] for h in straight.history]

@@ -160,7 +160,44 @@ class TrainConfig:
     max_grad_norm: float = _doc("Gradient clipping norm.", gt=0, default=0.1)
     warmup_ratio: float = _doc("Linear warmup fraction of a cosine schedule.", ge=0, le=1, default=0.1)
     updates_per_batch: int = _doc("Policy updates per sampled batch (>1 enables PPO clipping).", ge=1, default=1)
-    clip_eps: float = _doc("PPO clip range when updates_per_batch > 1.", gt=0, default=0.2)
+    clip_eps: float = _doc("PPO clip range when updates_per_batch > 1 (epsilon_low: ratios below 1 - clip_eps are "
+                           "clipped).", gt=0, default=0.2)
+    epsilon_high: float | None = _doc(
+        "Upper clip range: ratios above 1 + epsilon_high are clipped (DAPO's clip-higher, Yu et al. 2025, uses 0.28 "
+        "with clip_eps 0.2). null (default): clip_eps, symmetric. Like all clipping it acts only when "
+        "updates_per_batch > 1 (with one update per batch every ratio is 1).", gt=0, default=None,
+    )
+    loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo"] = _doc(
+        "How the per-token terms become the loss (TRL's names; tarpo.loss). 'grpo' (default; the papers', Shao et al. "
+        "2024): mean over each completion's tokens, then over completions. 'dr_grpo' (Dr. GRPO, Liu et al. 2025): "
+        "sum over all tokens / (completions x max_new_tokens), and advantages without the std (see scale_rewards). "
+        "'dapo' (DAPO, Yu et al. 2025; TRL's default): sum over all tokens / the valid tokens of the whole step "
+        "(every micro-batch and process). 'bnpo': sum over tokens / the valid tokens of the micro-batch. TARPO's "
+        "action term and ATP-Latent's streams aggregate like the token terms.", default="grpo",
+    )
+    importance_sampling_level: Literal["token", "sequence"] = _doc(
+        "'token' (default): one importance ratio per token. 'sequence' (GSPO, Zheng et al. 2025): one ratio per "
+        "completion, exp of its mean log-ratio, clipped per completion.", default="token",
+    )
+    scale_rewards: Literal["group", "batch", "none"] = _doc(
+        "The std the advantage is divided by: 'group' (default; std within the group, GRPO), 'batch' (the std of "
+        "the step's rewards on this process; Liu et al. 2025 / TRL) or 'none' (centre only). loss_type 'dr_grpo' "
+        "always centres only, and refuses 'batch'.", default="group",
+    )
+    mask_truncated_completions: bool = _doc(
+        "Completions cut by max_new_tokens (no EOS) carry no loss (DAPO's overlong filtering, Yu et al. 2025). "
+        "Default false: they are trained on like any other.", default=False,
+    )
+    dynamic_sampling: bool = _doc(
+        "DAPO's dynamic sampling (Yu et al. 2025): groups whose rewards all agree (zero advantage) are dropped and "
+        "more prompts are drawn from the same seeded stream until the step holds prompts_per_step x grad_accum "
+        "informative groups, or dynamic_sampling_max_draws extra draws were made (then the step trains on what "
+        "it kept, and says so). Each step logs groups_drawn, groups_kept, rollouts. Default false.", default=False,
+    )
+    dynamic_sampling_max_draws: int = _doc(
+        "dynamic_sampling: the most extra draws of prompts_per_step prompts per step (0: only drop, never "
+        "redraw). Default 4.", ge=0, default=4,
+    )
     adapter: Literal["lora", "full"] = _doc("Train LoRA adapters or every weight.", default="lora")
     lora: LoraConfig = _doc("LoRA settings (adapter: lora).", default_factory=LoraConfig)
     checkpoint_every: int = _doc("Steps between periodic checkpoints (0: only the final one).", ge=0, default=50)
@@ -450,6 +487,8 @@ def _check_limits(f: dataclasses.Field, value: Any, path: str) -> Any:
     tests = {"minimum": (lambda v, b: v >= b, ">="), "exclusiveMinimum": (lambda v, b: v > b, ">"),
              "maximum": (lambda v, b: v <= b, "<="), "exclusiveMaximum": (lambda v, b: v < b, "<")}
     for item in value if isinstance(value, list) else [value]:
+        if item is None:  # an optional number left unset
+            continue
         for key, bound in f.metadata.get("bounds", {}).items():
             ok, op = tests[key]
             if not ok(item, bound):
@@ -504,6 +543,9 @@ def validate(cfg: Config, partial: bool = False) -> Config:
             _check_model(bb.model, f"backbones.{bname}.model")
         for method in cfg.methods:
             tc = cfg.train_config(bname, method)  # every merge must be valid
+            if tc.loss_type == "dr_grpo" and tc.scale_rewards == "batch":
+                raise ConfigError(f"training {bname}/{method}: loss_type 'dr_grpo' centres advantages without a std; "
+                                  "'scale_rewards: batch' contradicts it (use group, the default, or none)")
             if tc.hrpo_r_min > tc.hrpo_r_max:
                 raise ConfigError(f"training {bname}/{method}: 'hrpo_r_min' ({tc.hrpo_r_min}) exceeds 'hrpo_r_max' "
                                   f"({tc.hrpo_r_max})")

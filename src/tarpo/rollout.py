@@ -132,6 +132,15 @@ class Rollout:
         return self._map(lambda t: t.to(device))
 
 
+def truncated(rollout: Rollout, eos_ids: list[int]) -> Tensor:
+    """(B,) True for a completion cut by the length limit: a row ends (and stops being valid) only on an EOS
+    id (`decode.record_step`), so a row whose last valid token is not one never finished."""
+    last = (rollout.lengths - 1).clamp_min(0)
+    final = rollout.tokens.gather(1, last.unsqueeze(1)).squeeze(1)
+    eos = torch.tensor(eos_ids, device=final.device)
+    return ~torch.isin(final, eos) | (rollout.lengths == 0)
+
+
 class _ReservedLayer(DynamicLayer):
     """A full-attention cache layer that writes each step into a buffer reserved for the whole rollout, where
     `DynamicLayer` concatenates (a copy of the layer's whole cache every step); its keys and values are views of

@@ -70,13 +70,22 @@ from tarpo.io import (
     write_jsonl,
     write_manifest,
 )
-from tarpo.loss import group_advantages, grpo_loss
+from tarpo.loss import group_advantages, grpo_loss, loss_tokens, uniform_groups
 from tarpo.methods import RewardInputs, get_method
 from tarpo.optim import optimizer_groups
 from tarpo.policy import add_lora, save_policy
 from tarpo.render import token_spans, trajectories_html
 from tarpo.rewards import extract_answer, reward
-from tarpo.rollout import AnswerMarker, Rollout, completion_inputs, eos_token_ids, generate, model_parts, score
+from tarpo.rollout import (
+    AnswerMarker,
+    Rollout,
+    completion_inputs,
+    eos_token_ids,
+    generate,
+    model_parts,
+    score,
+    truncated,
+)
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +183,9 @@ class GrpoTrainer:
         )
         self.params = trainable_parameters(self.model, self.mode)
         self.step = 0
+        # Prompt batches drawn so far (per process): the position in the seeded prompt stream. Without dynamic
+        # sampling it is step x grad_accum; with it, a step draws as many as it needs, so it is checkpointed.
+        self.draws = 0
         self.nonfinite_in_row = 0
         self.nonfinite_total = 0
         self.run_id: str | None = None
@@ -218,6 +230,7 @@ class GrpoTrainer:
             self.scheduler.load_state_dict(state["scheduler"])
             set_rng_states(state["rng"])
             self.step = state["step"]
+            self.draws = state.get("draws", self.step * self.tcfg.grad_accum)  # older checkpoints: the fixed stream
             self.nonfinite_total = state["nonfinite_total"]
             self.run_id = state.get("run_id")
             self.history = state["history"]
@@ -251,7 +264,7 @@ class GrpoTrainer:
                 write_json(self.state_dir / RUN_FILE, {"fingerprint": self.state_dir.name, **self.identity})
             save_checkpoint(self.state_dir, self.step, self.params, {
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "rng": rng_states(), "step": self.step, "nonfinite_total": self.nonfinite_total,
+                "rng": rng_states(), "step": self.step, "draws": self.draws, "nonfinite_total": self.nonfinite_total,
                 "run_id": self.run_id, "history": self.history,
             })
         self.accelerator.wait_for_everyone()
@@ -264,9 +277,13 @@ class GrpoTrainer:
         gen.manual_seed(((self.cfg.seed * 100_003 + self.step) * 1009 + micro) * 131 + acc.process_index)
         return gen
 
-    def sample(self, micro: int) -> tuple[Rollout, list[dict[str, Any]], list[str], Tensor]:
+    def sample(self, micro: int) -> tuple[Rollout, list[dict[str, Any]], list[str], Tensor, dict[str, float]]:
+        """The step's draw number `micro`: prompts_per_step prompts from the stream's next position, G
+        completions each, and their rewards."""
         t, acc = self.tcfg, self.accelerator
-        idx = batch_indices(len(self.records), self.cfg.seed, self.step, micro, t.grad_accum,
+        # draw d of the stream starts at prompt (d x world + rank) x prompts_per_step: without dynamic sampling
+        # d = step x grad_accum + micro, the order batch_indices has always given.
+        idx = batch_indices(len(self.records), self.cfg.seed, self.draws + micro, 0, 1,
                             acc.num_processes, acc.process_index, t.prompts_per_step)
         records = [self.records[i] for i in idx for _ in range(t.group_size)]  # groups are contiguous
         # each prompt once: generate runs it once and shares its cache between the group's G completions
@@ -318,17 +335,29 @@ class GrpoTrainer:
                         ref = score(self.model, self.ref_mode, rollout, t.temperature, inputs=detached)
         return logps, ref
 
-    def _loss(self, rollout: Rollout, advantages: Tensor, old: dict[str, Tensor] | None):
+    def _loss_positions(self, rollout: Rollout) -> tuple[Tensor, dict[str, Tensor] | None]:
+        """(valid positions the loss sees, the mode's streams over them): with mask_truncated_completions a
+        completion cut by the length limit has none (DAPO's overlong filtering)."""
+        valid = rollout.valid
+        if self.tcfg.mask_truncated_completions:
+            valid = valid & ~truncated(rollout, self.eos_ids).unsqueeze(1)
+        return valid, self.mode.loss_masks(rollout.meta, valid)
+
+    def _loss(self, rollout: Rollout, advantages: Tensor, old: dict[str, Tensor] | None,
+              normalizer: float | Tensor | None = None):
         t = self.tcfg
         logps, ref = self._scores(rollout)
+        valid, streams = self._loss_positions(rollout)
         action_mask = None
         if "action" in logps:
             action_mask = rollout.thinking if t.action_loss_positions == "thinking" else rollout.valid
-        out = grpo_loss(logps, ref, old, advantages, rollout.valid, t.beta, action_mask=action_mask,
+        out = grpo_loss(logps, ref, old, advantages, valid, t.beta, action_mask=action_mask,
                         action_weight=t.action_loss_weight,
                         clip_eps=t.clip_eps if t.updates_per_batch > 1 else None,
-                        stream_masks=self.mode.loss_masks(rollout.meta, rollout.valid),
-                        log_ratio_clamp=t.log_ratio_clamp or None)
+                        stream_masks=streams, log_ratio_clamp=t.log_ratio_clamp or None,
+                        loss_type=t.loss_type, clip_eps_high=t.epsilon_high,
+                        importance_sampling_level=t.importance_sampling_level, normalizer=normalizer,
+                        max_length=t.max_new_tokens)
         return out, logps
 
     def _sync_gradients(self) -> Tensor:
@@ -344,26 +373,118 @@ class GrpoTrainer:
             offset += n
         return torch.isfinite(flat).all()
 
+    def _collect(self) -> tuple[list[tuple], dict[str, float]]:
+        """The step's micro-batches (rollout, records, texts, rewards, reward parts) and, with dynamic sampling,
+        its log (groups drawn and kept, rollouts spent, draws, the rewards of everything drawn).
+
+        Dynamic sampling (DAPO): a group whose rewards all agree has zero advantage, so it is dropped and the
+        next prompts of the same seeded stream are drawn, until the step holds prompts_per_step x grad_accum
+        informative groups or dynamic_sampling_max_draws extra draws were made. Processes draw in lockstep (the
+        stream position is shared), a process that is full just skips its draw.
+        """
+        t, acc = self.tcfg, self.accelerator
+        if not t.dynamic_sampling:
+            batches = [self.sample(micro) for micro in range(t.grad_accum)]
+            self.draws += t.grad_accum
+            return batches, {}
+        want, G = t.prompts_per_step * t.grad_accum, t.group_size
+        kept: list[tuple] = []
+        drawn_rewards: list[Tensor] = []
+        have, draw, last = 0, 0, None
+        while draw < t.grad_accum + t.dynamic_sampling_max_draws and not self._all(have >= want):
+            if have < want:
+                rollout, records, texts, rewards, parts = last = self.sample(draw)
+                drawn_rewards.append(rewards)
+                informative = (~uniform_groups(rewards, G)).nonzero().squeeze(1)[: want - have]
+                if len(informative):
+                    rows = (informative.unsqueeze(1) * G + torch.arange(G, device=informative.device)).view(-1)
+                    listed = rows.tolist()
+                    kept.append((rollout.select(rows), [records[i] for i in listed], [texts[i] for i in listed],
+                                 rewards[rows], parts))
+                    have += len(informative)
+            draw += 1
+        self.draws += draw
+        if not kept:  # every group drawn agreed: train on the last draw (zero advantages: only the KL acts)
+            kept = [last]
+        counts = torch.tensor([len(torch.cat(drawn_rewards)) // G, have, len(torch.cat(drawn_rewards))],
+                              dtype=torch.float64, device=self.device)
+        if acc.num_processes > 1:
+            counts = acc.reduce(counts, reduction="sum")
+        record = {"groups_drawn": float(counts[0]), "groups_kept": float(counts[1]), "rollouts": float(counts[2]),
+                "draws": float(draw), "reward_mean_drawn": float(acc.gather(torch.cat(drawn_rewards)).mean())}
+        if counts[1] < want * acc.num_processes and acc.is_main_process:
+            log.warning(f"{self.backbone}/{self.method} step {self.step + 1}: dynamic sampling kept "
+                        f"{int(counts[1])}/{want * acc.num_processes} informative groups after {draw} draws "
+                        f"(cap dynamic_sampling_max_draws = {t.dynamic_sampling_max_draws}); training on what was kept")
+        return kept, record
+
+    def _all(self, flag: bool) -> bool:
+        """True when `flag` holds on every process."""
+        if self.accelerator.num_processes == 1:
+            return flag
+        value = torch.tensor([0.0 if flag else 1.0], device=self.device)
+        return bool(self.accelerator.reduce(value, reduction="sum") == 0)
+
+    def _advantages(self, batches: list[tuple]) -> list[Tensor]:
+        """Each micro-batch's advantages; 'batch' scaling shares one std over the step's rewards (this process)."""
+        t = self.tcfg
+        scale = "none" if t.loss_type == "dr_grpo" else t.scale_rewards  # Dr. GRPO: no std
+        batch_std = None
+        if scale == "batch":
+            every = torch.cat([b[3] for b in batches]).float()
+            batch_std = every.std() if every.numel() > 1 else torch.zeros((), device=every.device)
+        return [group_advantages(b[3], t.group_size, t.advantage_eps, scale, batch_std) for b in batches]
+
+    def _normalizer(self, batches: list[tuple], local: bool = False) -> float | None:
+        """The denominator of the loss types that sum over the whole step (None: grpo and bnpo, whose counts
+        are per completion / per micro-batch; `local`: the loss positions of `batches`, bnpo's).
+
+        dapo: the loss positions of the whole step, over every process / the number of processes (gradients
+        are averaged over processes), as TRL's num_items_in_batch; dr_grpo: the step's completions x
+        max_new_tokens. So pieces and micro-batches add up to the loss of one big batch."""
+        t, acc = self.tcfg, self.accelerator
+        if local:
+            return max(float(sum(loss_tokens(*self._loss_positions(b[0])) for b in batches)), 1.0)
+        if t.loss_type == "dr_grpo":
+            return float(sum(len(b[3]) for b in batches) * t.max_new_tokens)
+        if t.loss_type != "dapo":
+            return None
+        tokens = sum(loss_tokens(*self._loss_positions(b[0])) for b in batches)
+        if acc.num_processes > 1:
+            tokens = acc.reduce(tokens.to(self.device), reduction="sum")
+        return max(float(tokens) / acc.num_processes, 1.0 / acc.num_processes)
+
     def train_step(self) -> StepResult:
         t, acc = self.tcfg, self.accelerator
         started = time.perf_counter()
-        batches = []
-        reward_parts: list[dict[str, float]] = []
-        for micro in range(t.grad_accum):
-            rollout, records, texts, rewards, parts = self.sample(micro)
-            reward_parts.append(parts)
-            batches.append((rollout, records, texts, rewards, group_advantages(rewards, t.group_size, t.advantage_eps)))
+        collected, sampling = self._collect()
+        reward_parts = [b[4] for b in collected]
+        batches = [(*b[:4], adv) for b, adv in zip(collected, self._advantages(collected))]
         rollout_seconds = time.perf_counter() - started
+        normalizer = self._normalizer(batches)
+        n_total = sum(len(b[3]) for b in batches)
+
+        def scaled(loss: Tensor, i: int, share: float) -> Tensor:
+            """A piece's part of the step's loss. grpo / bnpo average over micro-batches (equal ones; with
+            dynamic sampling weighted by completions); grpo's mean over completions also weights each piece
+            by its share; dapo / dr_grpo already divide by the whole step's count."""
+            if t.loss_type in ("dapo", "dr_grpo"):
+                return loss
+            piece = share if t.loss_type == "grpo" else 1.0  # bnpo divides by the micro-batch's tokens
+            if t.dynamic_sampling:
+                return loss * (piece * len(batches[i][3]) / n_total)
+            return loss * piece / len(batches)
 
         self.optimizer.zero_grad(set_to_none=True)
-        # The loss is a mean over completions, so scoring a micro-batch in pieces of forward_batch
-        # completions, each weighted by its share, gives the same loss and gradient with a fraction
-        # of the activation memory. Logged means are weighted the same way.
+        # The loss is a mean over completions (grpo) or a sum over a count fixed for the micro-batch or step
+        # (the other loss types), so scoring a micro-batch in pieces of forward_batch completions gives the same
+        # loss and gradient with a fraction of the activation memory. Logged means are weighted by share.
         pieces = [(i, part) for i, b in enumerate(batches) for part in forward_pieces(len(b[3]), t.forward_batch)]
         old_logps: dict[int, dict[str, Tensor]] = {}
         finite = True
         weighted: dict[str, float] = collections.defaultdict(float)
         weights: dict[str, float] = collections.defaultdict(float)
+        step_loss = 0.0  # the step's loss, summed over pieces (every loss type but plain grpo logs this)
 
         def log_mean(name: str, value: float, weight: float) -> None:
             weighted[name] += value * weight
@@ -377,15 +498,21 @@ class GrpoTrainer:
                 share = (part.stop - part.start) / len(adv)
                 if share < 1:
                     rollout, adv = rollout.select(part), adv[part]
-                out, logps = self._loss(rollout, adv, old_logps.get(j))
+                bnpo = normalizer is None and t.loss_type == "bnpo"
+                out, logps = self._loss(rollout, adv, old_logps.get(j),
+                                        self._normalizer([batches[i]], local=True) if bnpo else normalizer)
+                if t.dynamic_sampling:
+                    share = share * len(batches[i][3]) / n_total * len(batches)  # logged means: by completions
                 if update == 0:
                     old_logps[j] = {k: v.detach() for k, v in logps.items()}
                     log_mean("token_entropy", float(logps["token_entropy"][rollout.valid].mean()), share)
                     if "action_entropy" in logps and bool(rollout.thinking.any()):
                         log_mean("action_entropy", float(logps["action_entropy"][rollout.thinking].mean()), share)
                 finite = finite and bool(torch.isfinite(out.loss.detach()))
-                (out.loss * share / len(batches)).backward()
+                piece_loss = scaled(out.loss, i, (part.stop - part.start) / len(batches[i][4]))
+                piece_loss.backward()
                 log_mean("loss", float(out.loss.detach()), share)
+                step_loss += float(piece_loss.detach())
                 log_mean("kl", out.kl, share)
                 log_mean("action_kl", out.action_kl, share)
             finite = bool(self._sync_gradients()) and finite
@@ -416,7 +543,9 @@ class GrpoTrainer:
         metrics = {
             "reward_mean": float(all_rewards.mean()),
             "reward_std": float(all_rewards.std()) if all_rewards.numel() > 1 else 0.0,
-            "loss": weighted["loss"] / weights["loss"],
+            # plain grpo: the share-weighted mean (as ever); otherwise the step's loss, mean over its updates
+            "loss": (weighted["loss"] / weights["loss"] if t.loss_type == "grpo" and not t.dynamic_sampling
+                     else step_loss / (update + 1)),
             "kl": weighted["kl"] / weights["kl"],
             "token_entropy": weighted["token_entropy"] / max(weights["token_entropy"], 1e-12),
             "completion_length": float(lengths.mean()),
@@ -427,6 +556,10 @@ class GrpoTrainer:
             "world_size": float(acc.num_processes),
             "completions": float(all_rewards.numel()),
         }
+        if sampling:  # dynamic sampling: the reward of everything drawn (the kept groups' is biased to 0 < r < 1)
+            metrics["reward_mean_kept"] = metrics["reward_mean"]
+            metrics["reward_mean"] = sampling.pop("reward_mean_drawn")
+            metrics.update(sampling)
         if finite:
             metrics["grad_norm"] = float(grad_norm)
         if self.group_lr("head") is not None:
@@ -514,7 +647,7 @@ class GrpoTrainer:
             save_policy(self.model, self.mode, self.tcfg, self.method, tmp)
             write_json(tmp / RUN_FILE, {"fingerprint": self.state_dir.name, **self.identity})
             torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                        "step": self.step, "run_id": self.run_id}, tmp / STATE_FILE)
+                        "step": self.step, "draws": self.draws, "run_id": self.run_id}, tmp / STATE_FILE)
             write_jsonl(tmp / "metrics.jsonl", self.history)
             if last is not None:
                 (tmp / "samples.html").write_text(self.samples_html(last))
