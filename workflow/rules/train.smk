@@ -1,6 +1,6 @@
 # RL training: one job per (backbone, method, seed). The checkpoint directory
 # appears only when training has finished; periodic checkpoints live beside
-# it in train_state/{fingerprint}/, which is not a declared output, so a killed
+# it in train_state/checkpoint/{fingerprint}/, which is not a declared output, so a killed
 # or preempted job (SIGTERM: checkpoint, exit 143) resumes where it stopped
 # when rerun with the same settings, and starts over after a config change.
 
