@@ -9,13 +9,14 @@ config the job needs.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import re
 import sys
 from pathlib import Path
 
 from tarpo.config import Config, ConfigError, load_config, load_config_json
-from tarpo.io import BadInputError, DiskFullError, MissingInputError
+from tarpo.io import BadInputError, DiskFullError, MissingInputError, io_error_message
 
 log = logging.getLogger(__name__)
 
@@ -319,6 +320,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What an I/O error (a full disk, EIO, ...) leaves intact, by subcommand: every output is written atomically,
+# so an earlier one stays whole, and the resumable jobs keep their progress.
+INTACT = {
+    "prepare": "--out is replaced only once complete, so an earlier one is intact",
+    "backbone": "--out is replaced only once complete, so an earlier one is intact",
+    "atp-sft": "--out is replaced only once complete, so an earlier one is intact",
+    "train": "--out appears only once complete; the last complete periodic checkpoint is intact and a rerun "
+             "resumes from it",
+    "evaluate": "finished problems are kept in the .samples.jsonl.partial beside --out and a rerun resumes from them",
+    "summarise": "the evaluations are intact and each table is written whole or not at all; a rerun rewrites them",
+    "tune-report": "the evaluations are intact; a rerun rewrites the table",
+    "track": "the pending records are kept until they reach the store",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from tarpo.allocator import keep_freed_memory
@@ -340,6 +356,9 @@ def main(argv: list[str] | None = None) -> int:
     except DiskFullError as err:  # the message names what was being written and what a rerun resumes from
         print(f"tarpo: {err}", file=sys.stderr)
         return 5
+    except OSError as err:  # any subcommand: a full disk or another I/O error is one line, not a traceback
+        print(f"tarpo: {io_error_message(err, INTACT.get(args.command, ''))}", file=sys.stderr)
+        return 5 if err.errno in (errno.ENOSPC, errno.EDQUOT) else 6
     return 0
 
 
