@@ -12,7 +12,7 @@ from tarpo.cli import build_parser, main
 from tarpo.modes import MODES
 
 REPO = Path(__file__).resolve().parents[1]
-SUBCOMMANDS = ["check", "schema", "prepare", "backbone", "atp-sft", "train", "evaluate", "summarise", "tune-report"]
+SUBCOMMANDS = ["check", "schema", "prepare", "backbone", "atp-sft", "train", "evaluate", "summarise", "tune-report", "track"]
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (INFO|WARNING|ERROR) tarpo\.[\w.]+: ")
 
 

@@ -485,13 +485,14 @@ def evaluate(
 
         tokenizer = AutoTokenizer.from_pretrained(backbone_path(Path(backbone_dir)))
     atomic_write_text(paths["html"], trajectories(tokenizer, f"{backbone}/{method} on {benchmark}", records, rows, method))
+    metrics["wall_seconds"] = time.perf_counter() - started
+    write_json(paths["json"], metrics)
+    paths["partial"].unlink(missing_ok=True)
+    # tracked only once every file is written: a store problem never costs the result (tarpo.tracking)
     params = {"backbone": backbone, "method": method, "benchmark": benchmark, "evaluate": to_dict(e), "seed": cfg.seed}
     _log_to_mlflow(cfg, backbone=backbone, method=method, benchmark=benchmark, checkpoint=checkpoint,
                    metrics=metrics, params=params, artifacts=[paths["samples"], paths["html"]],
                    started=time.time() - (time.perf_counter() - started))
-    metrics["wall_seconds"] = time.perf_counter() - started
-    write_json(paths["json"], metrics)
-    paths["partial"].unlink(missing_ok=True)
     log.info(f"{backbone}/{method} on {benchmark}: pass@1 {metrics['pass@1']:.4f} over {len(records)} problems "
           f"x {e.k} samples, mean tokens {metrics['mean_tokens']:.1f} -> {paths['json']}")
     return metrics

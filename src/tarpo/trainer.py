@@ -530,9 +530,10 @@ class GrpoTrainer:
             write_jsonl(tmp / "metrics.jsonl", self.history)
             if last is not None:
                 (tmp / "samples.html").write_text(self.samples_html(last))
-                tracker.log_artifact(tmp / "samples.html")
             (tmp / "run_id.txt").write_text(f"{self.run_id or ''}\n")
             write_manifest(tmp)  # evaluation checks it: a damaged copy (e.g. a partial sync) is named, not loaded
+        if last is not None:  # tracked once the policy is in place
+            tracker.log_artifact(self.out_dir / "samples.html")
         tracker.log_metrics({"nonfinite_skipped": float(self.nonfinite_total)}, step=self.step)
         log.info(f"saved {self.backbone}/{self.method} policy to {self.out_dir}")
         # The final policy holds everything a resume would need; periodic checkpoints (of this and of
