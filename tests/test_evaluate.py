@@ -353,6 +353,9 @@ def test_a_damaged_store_costs_no_result_and_tracking_comes_after_the_files(prep
         metrics, out = run(prepared, tmp_path, cfg=config(max_problems=2))
     assert written_first == [True]
     assert json.loads(out.read_text())["pass@1"] == metrics["pass@1"]
+    from tarpo.provenance import source_digest
+
+    assert json.loads(out.read_text())["code"]["source_sha256"] == source_digest()  # the result knows its code
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and "is unusable (not an SQLite database (damaged); set aside as" in warnings[0]
     assert "tarpo track --replay --results results" in warnings[0]

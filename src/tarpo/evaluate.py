@@ -64,6 +64,7 @@ from tarpo.data.batching import encode_prompts
 from tarpo.data.benchmarks import Benchmark, get_benchmark, load_benchmark
 from tarpo.io import atomic_write_text, write_json, write_jsonl
 from tarpo.metrics import mean_pass_at_k
+from tarpo.provenance import code_version
 from tarpo.render import token_spans, trajectories_html
 from tarpo.rewards import chain_correct, extract_answer, reward
 from tarpo.stats import mean_ci, pass_at_k_values
@@ -467,7 +468,7 @@ def evaluate(
         "seed": cfg.seed, "max_problems": e.max_problems, "compile_decode": e.compile_decode,
         "revision": (cfg.benchmarks.get(benchmark, {}).get("revision", bench.revision)
                      if not cfg.benchmarks.get(benchmark, {}).get("path") else "local file"),
-        "resumed_problems": resumed, "machine": machine_info(device),
+        "resumed_problems": resumed, "machine": machine_info(device), "code": code_version(),
         "wall_seconds": time.perf_counter() - started,
     }
     if bench.kind == "code":  # which sandbox layers judged the programs; `weak` flags a degraded host

@@ -77,6 +77,7 @@ from tarpo.modes import build_mode
 from tarpo.modes.atp_latent import coherence
 from tarpo.optim import optimizer_groups
 from tarpo.policy import add_lora, save_policy
+from tarpo.provenance import code_version
 from tarpo.render import token_spans, trajectories_html
 from tarpo.rewards import extract_answer, reward
 from tarpo.rollout import AnswerMarker, Rollout, completion_inputs, eos_token_ids, generate, model_parts, score
@@ -524,7 +525,7 @@ class GrpoTrainer:
         kept = f"training resumes from {previous}" if previous else "no periodic checkpoint was kept"
         with disk_full_as_error(self.out_dir, "the final policy", kept), atomic_dir(self.out_dir) as tmp:
             save_policy(self.model, self.mode, self.tcfg, self.method, tmp)
-            write_json(tmp / RUN_FILE, {"fingerprint": self.state_dir.name, **self.identity})
+            write_json(tmp / RUN_FILE, {"fingerprint": self.state_dir.name, **self.identity, "code": code_version()})
             torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                         "step": self.step, "run_id": self.run_id}, tmp / STATE_FILE)
             write_jsonl(tmp / "metrics.jsonl", self.history)

@@ -24,6 +24,7 @@ from tarpo.config import (
     resolved_tuning,
     to_dict,
 )
+from tarpo.provenance import source_digest
 from tarpo.tuning import trials as grid_trials
 
 # ------------------------------------------------------------------ config
@@ -64,6 +65,13 @@ CFG: Config = checked(load_config, config)
 # Then the JSON schema, generated from src/tarpo/config.py by `tarpo schema`
 # (a test checks it is current), as a second check of the same rules.
 validate(config, "../schemas/config.schema.yaml")
+
+# ------------------------------------------------------------------ code
+# A digest of the package's sources (src/tarpo/**/*.py, tarpo.provenance): a param (`code`) of every
+# rule that runs tarpo, so a change to the code marks the outputs it made stale (Snakemake's default
+# rerun triggers include params). To keep outputs across an edit known not to change them (a comment),
+# `snakemake --touch` the targets once after the edit.
+CODE = source_digest()
 
 # ------------------------------------------------------------------ software
 # The rules that run `tarpo` declare `conda: "../../envs/tarpo.yaml"`. Without

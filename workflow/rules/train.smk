@@ -21,6 +21,7 @@ rule train:
     resources:
         **rule_resources("train"),
     params:
+        code=CODE,
         config=train_config,
         launcher=train_launcher,
     # SLURM's SIGTERM (preemption, time limit, scancel) reaches every process of the job: the shell
@@ -56,6 +57,7 @@ rule atp_sft:
     resources:
         **rule_resources("atp_sft"),
     params:
+        code=CODE,
         config=atp_sft_config,
     shell:
         "OMP_NUM_THREADS={threads} PYTHONUNBUFFERED=1 "
