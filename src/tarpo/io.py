@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -248,3 +249,36 @@ def hf_home() -> Path:
         os.environ.get("XDG_CACHE_HOME", os.path.join(os.path.expanduser("~"), ".cache")), "huggingface"
     )
     return Path(home)
+
+
+_HELD_LOCKS: dict[str, int] = {}  # lock files this process holds, by path: open descriptors, never closed
+
+
+def hold_lock(path: str | Path, owner: dict[str, Any], keep: bool = True) -> dict[str, Any] | None:
+    """Take an exclusive lock on `path` for the rest of this process, writing `owner` (who holds it) into it.
+
+    Returns None once held (also when this process already holds it), else what the holder wrote. The lock is
+    flock's: the kernel drops it when the holder exits, however it exits, so a killed run leaves none behind.
+    `keep=False` only asks: the lock is let go at once and the file left as it was.
+    """
+    path = Path(path).resolve()
+    if str(path) in _HELD_LOCKS:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        try:
+            holder = json.loads(os.pread(fd, 65536, 0) or b"{}")
+        except ValueError:  # caught between its lock and its write
+            holder = {}
+        os.close(fd)
+        return holder if isinstance(holder, dict) and holder else {"pid": "unknown"}
+    if not keep:
+        os.close(fd)
+        return None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, (json.dumps(owner) + "\n").encode(), 0)
+    _HELD_LOCKS[str(path)] = fd
+    return None
