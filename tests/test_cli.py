@@ -12,7 +12,8 @@ from tarpo.cli import build_parser, main
 from tarpo.methods import method_names
 
 REPO = Path(__file__).resolve().parents[1]
-SUBCOMMANDS = ["check", "methods", "schema", "prepare", "backbone", "atp-sft", "train", "evaluate", "summarise", "tune-report"]
+SUBCOMMANDS = ["check", "methods", "schema", "prepare", "backbone", "atp-sft", "train", "evaluate", "summarise",
+               "tune-report", "track"]
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (INFO|WARNING|ERROR) tarpo\.[\w.]+: ")
 
 
@@ -128,3 +129,76 @@ def test_check_prints_its_one_line_summary_on_stdout(capsys):
     assert main(["check", "--config", str(REPO / "config" / "smoke.yaml")]) == 0
     out = capsys.readouterr().out.strip()
     assert out.startswith(f"{REPO / 'config' / 'smoke.yaml'}: ok (") and len(out.splitlines()) == 1
+
+
+# ------------------------------------------------------------------ a full disk, from every subcommand
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """The smoke config's synthetic data and tiny backbone, once for the module."""
+    from tarpo.backbone import build_backbone
+    from tarpo.config import load_config
+    from tarpo.data.synthetic import prepare_dataset
+
+    root = tmp_path_factory.mktemp("built")
+    cfg = load_config(REPO / "config" / "smoke.yaml")
+    prepare_dataset(cfg.datasets["synthetic"], root / "data" / "synthetic")
+    build_backbone(cfg, "tiny", root / "data" / "synthetic", root / "backbone")
+    return root
+
+
+def _subcommand_argv(name: str, built: Path, out: Path) -> tuple[list[str], Path]:
+    """argv of one subcommand on the smoke fixtures, and the file or directory its first write goes to."""
+    smoke = ["--config", str(REPO / "config" / "smoke.yaml")]
+    data, backbone = built / "data" / "synthetic", built / "backbone"
+    if name == "prepare":
+        return ["prepare", *smoke, "--out", str(out / "data")], out / "data"
+    if name == "backbone":
+        return ["backbone", *smoke, "--backbone", "tiny", "--data", str(data), "--out", str(out / "bb")], out / "bb"
+    if name == "atp-sft":
+        return (["atp-sft", *smoke, "--backbone", "tiny", "--backbone-dir", str(backbone), "--data", str(data),
+                 "--out", str(out / "sft")], out / "sft")
+    if name == "evaluate":
+        return (["evaluate", *smoke, "--backbone", "tiny", "--method", "cot", "--backbone-dir", str(backbone),
+                 "--benchmark", "synthetic_test_id", "--data-root", str(built / "data"), "--out", str(out / "e.json")],
+                out / "e.samples.jsonl.partial")
+    assert name == "summarise"
+    return ["summarise", *smoke, "--results", str(out / "results"), "--out", str(out / "fig"), "--combined"], out / "fig"
+
+
+@pytest.mark.parametrize("name", ["prepare", "backbone", "atp-sft", "evaluate", "summarise"])
+def test_a_full_disk_is_one_line_naming_the_file_free_space_and_what_is_intact(name, built, tmp_path, monkeypatch,
+                                                                                capsys):
+    import errno
+    import tempfile
+
+    def full(*args, **kwargs):  # what write() says on a full disk: no file name
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    argv, written = _subcommand_argv(name, built, tmp_path)
+    monkeypatch.setenv("TARPO_TRACKING", "off")
+    monkeypatch.setattr(tempfile, "mkstemp", full)
+    monkeypatch.setattr(tempfile, "mkdtemp", full)
+    capsys.readouterr()
+    assert main(argv) == 5
+    err = capsys.readouterr().err
+    lines = [line for line in err.strip().splitlines() if "%|" not in line]  # besides the closed progress bars
+    assert len(lines) == 1, err
+    assert re.fullmatch(rf"tarpo: no space left on device writing {re.escape(str(written))}\S* \(\d+\.\d MiB free\); "
+                        r"free some space and rerun; .*(intact|resumes).*", lines[0]), lines[0]
+
+
+def test_another_io_error_is_one_line_too(tmp_path, monkeypatch, capsys):
+    import errno
+    import tempfile
+
+    def broken(*args, **kwargs):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(tempfile, "mkdtemp", broken)
+    assert main(["prepare", "--config", str(REPO / "config" / "smoke.yaml"), "--out", str(tmp_path / "d")]) == 6
+    err = capsys.readouterr().err.strip()
+    assert err == (f"tarpo: I/O error on {tmp_path / 'd'}: Input/output error ({err.split('(')[1].split(')')[0]}); "
+                   "--out is replaced only once complete, so an earlier one is intact"), err
+    assert "MiB free" in err

@@ -328,3 +328,36 @@ def test_compiled_decoding_samples_what_eager_decoding_samples(prepared, tmp_pat
     assert ([{k: r[k] for k in keys} for r in read_samples(compiled_out)]
             == [{k: r[k] for k in keys} for r in read_samples(eager_out)])
     assert compiled["pass@1"] == eager["pass@1"]
+
+
+def test_a_damaged_store_costs_no_result_and_tracking_comes_after_the_files(prepared, tmp_path, monkeypatch, caplog):
+    import logging
+
+    from tarpo import tracking
+
+    monkeypatch.chdir(tmp_path)  # the default store, results/mlflow.db, under a scratch working directory
+    monkeypatch.setenv("TARPO_TRACKING", "on")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "mlflow.db").write_bytes(b"garbage " * 64)
+    written_first = []
+    log_evaluation = tracking.log_evaluation
+
+    def spy(*args, **kwargs):  # what is on disk when the evaluation is tracked
+        json_file = Path(kwargs["artifacts"][0]).with_name("synthetic_test_id.json")
+        written_first.append(json_file.exists() and all(Path(p).exists() for p in kwargs["artifacts"]))
+        return log_evaluation(*args, **kwargs)
+
+    monkeypatch.setattr(tracking, "log_evaluation", spy)
+    with caplog.at_level(logging.WARNING, logger="tarpo.tracking"):
+        metrics, out = run(prepared, tmp_path, cfg=config(max_problems=2))
+    assert written_first == [True]
+    assert json.loads(out.read_text())["pass@1"] == metrics["pass@1"]
+    from tarpo.provenance import source_digest
+
+    assert json.loads(out.read_text())["code"]["source_sha256"] == source_digest()  # the result knows its code
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "is unusable (not an SQLite database (damaged); set aside as" in warnings[0]
+    assert "tarpo track --replay --results results" in warnings[0]
+    [record] = [json.loads(line) for line in (tmp_path / "results" / tracking.PENDING_FILE).read_text().splitlines()]
+    assert record["kind"] == "evaluation" and record["metrics"]["pass@1"] == metrics["pass@1"]

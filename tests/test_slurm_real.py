@@ -186,7 +186,7 @@ CHECKPOINT = "results/tiny/{}/seed0/checkpoint"
 
 
 def _checkpointed(wd: Path, method: str) -> bool:
-    return any((wd / CHECKPOINT.format(method)).parent.glob("train_state/*/step-*/SHA256SUMS"))
+    return any((wd / CHECKPOINT.format(method)).parent.glob("train_state/*/*/step-*/SHA256SUMS"))
 
 
 def _squeue_state(job: str) -> str:

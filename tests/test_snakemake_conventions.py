@@ -74,6 +74,7 @@ with SnakemakeApi(OutputSettings()) as api:
             "log": [str(f) for f in r.log],
             "norun": r.norun,
             "snakefile": r.snakefile,
+            "params": list(r.params.keys()),
         }
         for r in wf._workflow.rules
     }
@@ -140,6 +141,13 @@ def test_every_rule_that_runs_something_declares_the_project_conda_env(rules):
         # relative to the rule's file, as Snakemake resolves it
         env = (Path(r["snakefile"]).parent / r["conda"]).resolve()
         assert env.relative_to(Path(r["snakefile"]).parents[2].resolve()) == Path("envs/tarpo.yaml"), name
+
+
+def test_every_rule_that_runs_tarpo_has_the_code_digest_as_a_param(rules):
+    """A change to src/tarpo reruns what the old code made (a changed param reruns a job)."""
+    tarpo = [name for name, r in rules.items() if not r["norun"] and _runs_tarpo(r)]
+    assert set(COSTLY_RULES) <= set(tarpo)
+    assert [name for name in tarpo if "code" not in rules[name]["params"]] == []
 
 
 def test_env_file_installs_the_project_with_pyprojects_pins():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -338,3 +340,78 @@ def test_retry_waits_out_a_locked_database():
     with pytest.raises(RuntimeError, match="locked"):
         tracking._retry(always_locked, attempts=2)
     assert len(calls) == 2
+
+
+# ------------------------------------------------------------------ an unusable store
+
+
+def _warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_a_damaged_store_is_set_aside_the_job_goes_on_and_replay_fills_a_fresh_store(store, tmp_path, caplog):
+    from tarpo.cli import main
+
+    store.mkdir(parents=True)
+    db = store / "mlflow.db"
+    db.write_bytes(b"not a database " * 100)  # what sqlite calls "file is not a database"
+    samples = tmp_path / "synthetic_test_id.html"
+    samples.write_text("<p>samples</p>")
+    with caplog.at_level(logging.WARNING, logger="tarpo.tracking"):
+        with tracking.start_run("exp-d", "tiny/tarpo/seed0/train", params={"train": {"lr": 1e-4}},
+                                tags={"stage": "train"}, results_dir=store) as run:
+            run.log_metrics({"loss": 2.5}, step=1)
+            run.log_metrics({"loss": 1.5}, step=2)
+            (tmp_path / "policy.json").write_text("{}")  # the job's output
+        child = tracking.log_evaluation("exp-d", backbone="tiny", method="cot", seed=0, benchmark="synthetic_test_id",
+                                        metrics={"pass_at_1": 0.5}, artifacts=[samples], results_dir=store)
+    assert run.run_id is None and child is None and (tmp_path / "policy.json").exists()
+    [aside] = store.glob("mlflow.db.damaged-*")
+    assert aside.read_bytes().startswith(b"not a database") and not db.exists()  # history kept, never overwritten
+    assert _warnings(caplog) == [  # once, for both records
+        f"MLflow store {db} is unusable (not an SQLite database (damaged); set aside as {aside}); this job writes "
+        f"its outputs as usual and saves its tracking records to {store / tracking.PENDING_FILE}: put a good copy "
+        f"back as {db} or leave it out for a fresh store, then run `tarpo track --replay --results {store}`"]
+    pending = store / tracking.PENDING_FILE
+    assert [json.loads(line)["kind"] for line in pending.read_text().splitlines()] == ["run", "evaluation"]
+
+    assert main(["track", "--replay", "--results", str(store)]) == 0
+    assert not pending.exists()
+    runs = {r.info.run_name: r for r in _runs(store, "exp-d")}
+    train = runs["tiny/tarpo/seed0/train"]
+    assert train.info.status == "FINISHED" and train.data.params["train.lr"] == "0.0001"
+    assert [m.value for m in _client(store).get_metric_history(train.info.run_id, "loss")] == [2.5, 1.5]
+    evaluation = runs["tiny/cot/seed0/evaluate/synthetic_test_id"]
+    assert evaluation.data.metrics["pass_at_1"] == 0.5
+    assert [a.path for a in _client(store).list_artifacts(evaluation.info.run_id)] == ["synthetic_test_id.html"]
+    assert main(["track", "--replay", "--results", str(store)]) == 0  # nothing left: a no-op
+
+
+def test_an_empty_store_is_said_so_and_used(store, caplog):
+    store.mkdir(parents=True)
+    (store / "mlflow.db").write_bytes(b"")
+    with caplog.at_level(logging.WARNING, logger="tarpo.tracking"):
+        with tracking.start_run("exp-e", "tiny/grpo/seed0/train", results_dir=store) as run:
+            run.log_metrics({"loss": 1.0}, step=1)
+    assert run.run_id is not None and not (store / tracking.PENDING_FILE).exists()
+    assert _warnings(caplog) == [f"MLflow store {store / 'mlflow.db'} is empty (0 bytes): it holds no runs, so MLflow "
+                                 "starts a fresh store in it; if it held runs before, restore it from a backup"]
+
+
+def test_a_store_that_fails_mid_run_keeps_the_rest_for_replay(store, caplog, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    with caplog.at_level(logging.WARNING, logger="tarpo.tracking"):
+        with tracking.start_run("exp-f", "tiny/hrpo/seed0/train", results_dir=store) as run:
+            run.log_metrics({"loss": 3.0}, step=1)
+
+            def full(*args, **kwargs):
+                raise OSError(28, "database or disk is full")
+
+            monkeypatch.setattr(MlflowClient, "log_batch", full)
+            run.log_metrics({"loss": 2.0}, step=2)
+            monkeypatch.undo()
+    assert len(_warnings(caplog)) == 1 and "database or disk is full" in _warnings(caplog)[0]
+    assert tracking.replay_pending(store) == (1, 0)
+    history = _client(store).get_metric_history(run.run_id, "loss")  # the same run, now complete
+    assert [m.value for m in history] == [3.0, 2.0]

@@ -667,3 +667,36 @@ def test_dynamic_sampling_resumes_bitwise(prepared, tmp_path, monkeypatch):
         assert torch.equal(weights(resumed)[name], value), name
     keys = ("reward_mean", "groups_drawn", "groups_kept", "rollouts", "draws", "loss")
     assert [[h[k] for k in keys] for h in resumed.history] == [[h[k] for k in keys] for h in straight.history]
+
+
+@pytest.mark.slow
+def test_two_runs_whose_outputs_share_a_parent_keep_their_own_state(prepared, tmp_path, monkeypatch, capsys):
+    """Hand-run trainings with --out shared/a and --out shared/b: b finishing never deletes a's checkpoints."""
+    cfg = load_config(json.loads(json.dumps(SMOKE)))
+
+    def trainer(name: str) -> GrpoTrainer:
+        return GrpoTrainer(cfg, "tiny", "tarpo", prepared / "backbone", prepared / "data", tmp_path / "shared" / name)
+
+    original = GrpoTrainer.train_step
+
+    def step_then_sigterm(self):
+        result = original(self)
+        if self.step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return result
+
+    monkeypatch.setattr(GrpoTrainer, "train_step", step_then_sigterm)
+    killed = trainer("a")
+    with pytest.raises(SystemExit):
+        killed.run()
+    monkeypatch.setattr(GrpoTrainer, "train_step", original)
+    b = trainer("b")
+    assert b.state_dir != killed.state_dir and b.resume() is False  # same configuration, yet not a's state
+    b.run()
+    assert not b.state_root.exists()
+    assert latest_checkpoint(killed.state_dir).name == "step-000002"  # a's state survived b's cleanup
+    assert killed.state_root == tmp_path / "shared" / "train_state" / "a"
+    resumed = trainer("a")
+    assert resumed.resume() and resumed.step == 2
+    resumed.run()
+    assert not (tmp_path / "shared" / "train_state").exists()  # the last run to finish removes train_state/ too

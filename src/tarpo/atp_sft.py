@@ -296,6 +296,7 @@ def run_sft(cfg: Any, backbone: str, backbone_dir: Path, data_dir: Path, out_dir
 
     from tarpo.backbone import demonstration, set_cpu_threads
     from tarpo.io import atomic_dir, read_jsonl, write_json
+    from tarpo.provenance import code_version
     from tarpo.tracking import run_name, start_run
 
     if not torch.cuda.is_available():
@@ -324,7 +325,7 @@ def run_sft(cfg: Any, backbone: str, backbone_dir: Path, data_dir: Path, out_dir
         checks = sft_checks(samples, test)
         tracker.log_metrics(checks, step=len(history))
         summary = {"checks": checks, "first": history[0], "last": history[-1], "steps": len(history),
-                   "seconds": time.perf_counter() - started, "examples": samples[:8]}
+                   "seconds": time.perf_counter() - started, "examples": samples[:8], "code": code_version()}
         with atomic_dir(out_dir) as tmp:
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)

@@ -42,6 +42,7 @@ from transformers import (
 from tarpo.config import BackboneConfig, Config, ConfigError, TinyModelConfig, WarmStartConfig
 from tarpo.data.template import ANSWER_MARKER, build_prompt, user_message
 from tarpo.io import MissingInputError, atomic_dir, env_flag, hf_home, read_jsonl, write_json
+from tarpo.provenance import code_version
 
 log = logging.getLogger(__name__)
 
@@ -365,6 +366,7 @@ def _snapshot_hub(bb: BackboneConfig, out_dir: Path) -> None:
             tmp / HUB_FILE,
             {
                 "kind": "hub",
+                "code": code_version(),
                 "repo_id": bb.repo_id,
                 "revision": bb.revision,
                 "commit": path.name,  # snapshot folders are named by commit sha
@@ -431,6 +433,7 @@ def build_backbone(cfg: Config, name: str, data_dir: Path | None, out_dir: Path)
                              "warm_start/seconds": train_s}, step=bb.warm_start.steps)
         summary = {
             "backbone": name,
+            "code": code_version(),
             "n_params": n_params,
             "vocab_size": len(tokenizer),
             "threads": threads,

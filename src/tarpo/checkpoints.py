@@ -1,7 +1,7 @@
 """The checkpoint store of a training run: periodic checkpoints saved, verified and resumed, the run's
 fingerprint, RNG states, and SIGTERM (preemption) turned into a checkpoint at the end of the step.
 
-    train_state/{fingerprint}/step-NNNNNN/    trainable weights, optimiser, scheduler, RNG states, step,
+    train_state/{out name}/{fingerprint}/step-NNNNNN/    trainable weights, optimiser, scheduler, RNG states, step,
                                               with its SHA256SUMS
 """
 

@@ -1,4 +1,4 @@
-"""One entry point: `tarpo prepare | backbone | atp-sft | train | evaluate | summarise | tune-report | check | schema`.
+"""One entry point: `tarpo prepare | backbone | atp-sft | train | evaluate | summarise | tune-report | track | check | schema`.
 
 Every workflow rule calls one of these subcommands; each can also be run by
 hand. The configuration comes from a YAML file (`--config`) or, as the
@@ -9,13 +9,14 @@ config the job needs.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import re
 import sys
 from pathlib import Path
 
 from tarpo.config import Config, ConfigError, load_config, load_config_json
-from tarpo.io import BadInputError, DiskFullError, MissingInputError
+from tarpo.io import BadInputError, DiskFullError, MissingInputError, io_error_message
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +160,22 @@ def cmd_tune_report(args: argparse.Namespace) -> None:
     for r in rows:
         if r.chosen:
             log.info(f"tune-report {args.backbone}/{r.method}: chose {r.trial} (validation pass@1 {r.score.mean:.3f})")
+
+
+def cmd_track(args: argparse.Namespace) -> int | None:
+    """--replay: the records jobs saved while the store was unusable, into the store; else the store's UI addresses."""
+    from tarpo import tracking
+
+    if not args.replay:
+        return tracking.main(["--results-dir", args.results])
+    replayed, left = tracking.replay_pending(args.results)
+    pending = Path(args.results) / tracking.PENDING_FILE
+    if not replayed and not left:
+        print(f"nothing to replay: no {pending}")
+    else:
+        print(f"replayed {replayed} record(s) into {tracking.tracking_uri(args.results)}"
+              + (f"; {left} left in {pending} (see the warnings above)" if left else ""))
+    return 1 if left else None
 
 
 def _version() -> str:
@@ -332,7 +349,34 @@ def build_parser() -> argparse.ArgumentParser:
                    "high, n_seeds, n_problems, chosen)")
     p.add_argument("--out-md", required=True, help="the same table in Markdown, with the procedure and budget")
     p.set_defaults(func=cmd_tune_report)
+
+    p = _subcommand(sub, "track", "the MLflow store: replay the records jobs saved while it was unusable",
+                    "A job whose MLflow store (results/mlflow.db, or MLFLOW_TRACKING_URI) cannot be opened or "
+                    "written warns once, writes its outputs all the same and saves its tracking records to "
+                    "RESULTS/mlflow-pending.jsonl; a damaged SQLite store is set aside as mlflow.db.damaged-TIME. "
+                    "Once the store is repaired, moved back or left out for a fresh one, --replay logs those "
+                    "records into it (those that fail again stay in the file). Without --replay: the store's "
+                    "`mlflow ui` addresses.",
+                    "tarpo track --replay --results results")
+    p.add_argument("--replay", action="store_true", help="log RESULTS/mlflow-pending.jsonl into the store")
+    p.add_argument("--results", default="results", help="results root holding the store (default: %(default)s)")
+    p.set_defaults(func=cmd_track)
     return parser
+
+
+# What an I/O error (a full disk, EIO, ...) leaves intact, by subcommand: every output is written atomically,
+# so an earlier one stays whole, and the resumable jobs keep their progress.
+INTACT = {
+    "prepare": "--out is replaced only once complete, so an earlier one is intact",
+    "backbone": "--out is replaced only once complete, so an earlier one is intact",
+    "atp-sft": "--out is replaced only once complete, so an earlier one is intact",
+    "train": "--out appears only once complete; the last complete periodic checkpoint is intact and a rerun "
+             "resumes from it",
+    "evaluate": "finished problems are kept in the .samples.jsonl.partial beside --out and a rerun resumes from them",
+    "summarise": "the evaluations are intact and each table is written whole or not at all; a rerun rewrites them",
+    "tune-report": "the evaluations are intact; a rerun rewrites the table",
+    "track": "the pending records are kept until they reach the store",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -343,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     keep_freed_memory()  # CPU steps stop re-faulting their activations in (tarpo.allocator)
     try:
-        args.func(args)
+        code = args.func(args)
     except ConfigError as err:
         print(f"tarpo: config error: {err}", file=sys.stderr)
         return 2
@@ -356,7 +400,10 @@ def main(argv: list[str] | None = None) -> int:
     except DiskFullError as err:  # the message names what was being written and what a rerun resumes from
         print(f"tarpo: {err}", file=sys.stderr)
         return 5
-    return 0
+    except OSError as err:  # any subcommand: a full disk or another I/O error is one line, not a traceback
+        print(f"tarpo: {io_error_message(err, INTACT.get(args.command, ''))}", file=sys.stderr)
+        return 5 if err.errno in (errno.ENOSPC, errno.EDQUOT) else 6
+    return code or 0
 
 
 if __name__ == "__main__":

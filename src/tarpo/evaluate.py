@@ -65,6 +65,7 @@ from tarpo.data.benchmarks import Benchmark, get_benchmark, load_benchmark
 from tarpo.io import atomic_write_text, write_json, write_jsonl
 from tarpo.methods import get_method
 from tarpo.metrics import mean_pass_at_k
+from tarpo.provenance import code_version
 from tarpo.render import token_spans, trajectories_html
 from tarpo.rewards import chain_correct, extract_answer, reward
 from tarpo.stats import mean_ci, pass_at_k_values
@@ -451,7 +452,7 @@ def evaluate(
         "seed": cfg.seed, "max_problems": e.max_problems, "compile_decode": e.compile_decode,
         "revision": (cfg.benchmarks.get(benchmark, {}).get("revision", bench.revision)
                      if not cfg.benchmarks.get(benchmark, {}).get("path") else "local file"),
-        "resumed_problems": resumed, "machine": machine_info(device),
+        "resumed_problems": resumed, "machine": machine_info(device), "code": code_version(),
         "wall_seconds": time.perf_counter() - started,
     }
     if bench.kind == "code":  # which sandbox layers judged the programs; `weak` flags a degraded host
@@ -469,13 +470,14 @@ def evaluate(
 
         tokenizer = AutoTokenizer.from_pretrained(backbone_path(Path(backbone_dir)))
     atomic_write_text(paths["html"], trajectories(tokenizer, f"{backbone}/{method} on {benchmark}", records, rows, method))
+    metrics["wall_seconds"] = time.perf_counter() - started
+    write_json(paths["json"], metrics)
+    paths["partial"].unlink(missing_ok=True)
+    # tracked only once every file is written: a store problem never costs the result (tarpo.tracking)
     params = {"backbone": backbone, "method": method, "benchmark": benchmark, "evaluate": to_dict(e), "seed": cfg.seed}
     _log_to_mlflow(cfg, backbone=backbone, method=method, benchmark=benchmark, checkpoint=checkpoint,
                    metrics=metrics, params=params, artifacts=[paths["samples"], paths["html"]],
                    started=time.time() - (time.perf_counter() - started))
-    metrics["wall_seconds"] = time.perf_counter() - started
-    write_json(paths["json"], metrics)
-    paths["partial"].unlink(missing_ok=True)
     log.info(f"{backbone}/{method} on {benchmark}: pass@1 {metrics['pass@1']:.4f} over {len(records)} problems "
           f"x {e.k} samples, mean tokens {metrics['mean_tokens']:.1f} -> {paths['json']}")
     return metrics

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -19,12 +20,17 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling directory that replaces `target` only if the block succeeds."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    except OSError as err:
+        _name_the_file(err, target)
+        raise
     os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it owner-only; outputs are shared like any directory
     try:
         yield tmp
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        _name_the_file(err, target)
         raise
     if target.exists():
         old = target.with_name(f".{target.name}.old-{os.getpid()}")
@@ -38,18 +44,27 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
 def atomic_write_text(path: str | Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
         os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes it 0600; honour the umask like open() does
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    except BaseException as err:
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        _name_the_file(err, path)
         raise
+
+
+def _name_the_file(err: BaseException, path: Path) -> None:
+    # a failed write() names no file; the one-line message of an I/O error (io_error_message) needs it
+    if isinstance(err, OSError) and not err.filename:
+        err.filename = str(path)
 
 
 def current_umask() -> int:
@@ -86,18 +101,44 @@ def disk_full_as_error(path: str | Path, what: str, kept: str = "") -> Iterator[
     except DiskFullError:
         raise
     except (OSError, RuntimeError) as err:
-        try:
-            free_bytes: int | None = shutil.disk_usage(_existing_parent(Path(path))).free
-        except OSError:
-            free_bytes = None
+        free_bytes = free_space(path)
         reported = isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
         if not (reported or (free_bytes is not None and free_bytes < _NEARLY_FULL_BYTES)):
             raise
-        free = f"{free_bytes / 2**20:.1f} MiB free" if free_bytes is not None else "free space unknown"
-        full_error = DiskFullError(f"no space left on device writing {what} to {path} ({free}); "
+        full_error = DiskFullError(f"no space left on device writing {what} to {path} ({_free_text(free_bytes)}); "
                                    f"free some space and rerun{'; ' + kept if kept else ''}")
         full_error.errno = errno.ENOSPC  # set after: OSError(errno, text) would prefix "[Errno 28]"
         raise full_error from err
+
+
+def free_space(path: str | Path) -> int | None:
+    """Free bytes on the file system holding `path` (or its nearest existing parent); None if unknown."""
+    try:
+        return shutil.disk_usage(_existing_parent(Path(path))).free
+    except OSError:
+        return None
+
+
+def _free_text(free_bytes: int | None) -> str:
+    return f"{free_bytes / 2**20:.1f} MiB free" if free_bytes is not None else "free space unknown"
+
+
+def io_error_message(err: OSError, kept: str = "") -> str:
+    """One line for an OSError that escaped a job: the file, the free space beside it and `kept` (what is intact).
+
+    The message a full disk gives is the one `disk_full_as_error` gives; any other I/O error (EIO, a read-only
+    file system, a permission) names its cause the same way, without a traceback.
+    """
+    if isinstance(err, DiskFullError):
+        return str(err)
+    path = err.filename or "an output"
+    where = f"{path}{' -> ' + str(err.filename2) if err.filename2 else ''}"
+    free = _free_text(free_space(err.filename)) if err.filename else "free space unknown"
+    tail = f"; {kept}" if kept else ""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"no space left on device writing {where} ({free}); free some space and rerun{tail}"
+    reason = err.strerror or str(err) or type(err).__name__
+    return f"I/O error on {where}: {reason} ({free}){tail}"
 
 
 def _existing_parent(path: Path) -> Path:
@@ -208,3 +249,36 @@ def hf_home() -> Path:
         os.environ.get("XDG_CACHE_HOME", os.path.join(os.path.expanduser("~"), ".cache")), "huggingface"
     )
     return Path(home)
+
+
+_HELD_LOCKS: dict[str, int] = {}  # lock files this process holds, by path: open descriptors, never closed
+
+
+def hold_lock(path: str | Path, owner: dict[str, Any], keep: bool = True) -> dict[str, Any] | None:
+    """Take an exclusive lock on `path` for the rest of this process, writing `owner` (who holds it) into it.
+
+    Returns None once held (also when this process already holds it), else what the holder wrote. The lock is
+    flock's: the kernel drops it when the holder exits, however it exits, so a killed run leaves none behind.
+    `keep=False` only asks: the lock is let go at once and the file left as it was.
+    """
+    path = Path(path).resolve()
+    if str(path) in _HELD_LOCKS:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        try:
+            holder = json.loads(os.pread(fd, 65536, 0) or b"{}")
+        except ValueError:  # caught between its lock and its write
+            holder = {}
+        os.close(fd)
+        return holder if isinstance(holder, dict) and holder else {"pid": "unknown"}
+    if not keep:
+        os.close(fd)
+        return None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, (json.dumps(owner) + "\n").encode(), 0)
+    _HELD_LOCKS[str(path)] = fd
+    return None

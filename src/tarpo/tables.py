@@ -43,6 +43,7 @@ import pandas as pd
 from tarpo import stats
 from tarpo.config import Config
 from tarpo.io import atomic_write_text
+from tarpo.provenance import code_version, describe
 from tarpo.summary import (
     AVERAGE,
     PAIRED_BASELINES,
@@ -669,6 +670,12 @@ def _machines(cfg: Config, results: Path) -> list[str]:
     return lines
 
 
+def _eval_codes(cfg: Config, results: Path) -> list[dict]:
+    """The code each evaluation was made with (its JSON's `code`; older ones have none)."""
+    return [metrics["code"] for backbone in cfg.backbones for runs in Results(cfg, results, backbone).evals.values()
+            for metrics in runs.values() if isinstance(metrics.get("code"), dict)]
+
+
 def results_page(cfg: Config, results: Path, path: Path) -> str:
     """The Markdown results page of a run (README, "Results"): main table with CIs, paired comparisons,
     lucky share / tokens / soft ratio, precision, and the machine. Written to `path`; returns the text."""
@@ -707,7 +714,9 @@ def results_page(cfg: Config, results: Path, path: Path) -> str:
     lines += [f"- Evaluations ran on: {m}." for m in machines] or ["- Evaluations ran on: no record (older results)."]
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     lines += [f"- This page was generated on {platform.platform()}, {cpus} CPUs, Python "
-              f"{platform.python_version()}, torch {torch_version}, {today}."]
+              f"{platform.python_version()}, torch {torch_version}, {today}, from {describe(code_version())}."]
+    made_with = sorted({describe(code) for code in _eval_codes(cfg, results)})
+    lines += [f"- Evaluations were made with: {'; '.join(made_with) or 'no record (older results)'}."]
     if missing:
         lines.append(f"- No summary yet for: {', '.join(missing)}.")
     lines += ["", "## Main results", ""]

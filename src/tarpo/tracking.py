@@ -31,6 +31,13 @@ tracking into a no-op, for tests and for processes that must not write a store.
         run.log_metrics({"reward_mean": 0.4}, step=3)
         run.log_artifact(checkpoint / "samples.html")
 
+Tracking is never on the critical path of a result. A store that cannot be
+opened or written (a damaged SQLite file is first set aside as
+`mlflow.db.damaged-{time}`, never recreated over) gives one warning per job;
+the job goes on, and what it would have logged is appended to
+`results/mlflow-pending.jsonl`, which `replay_pending` (`tarpo track
+--replay`) logs into the store later.
+
 Browse the default store with
 `mlflow ui --backend-store-uri sqlite:///results/mlflow.db`. MLflow 3 opens in
 its GenAI mode (an experiment lands on Overview/Traces); `ui_url` gives the
@@ -67,6 +74,11 @@ PARENT_TAG = "mlflow.parentRunId"  # MLflow nests a run under the run this tag n
 UI_WORKFLOW = "machine_learning"  # `workflowType` value of the UI's "Model training" mode
 LOCK_TIMEOUT_S = 300
 RETRY_ATTEMPTS = 6
+PENDING_FILE = "mlflow-pending.jsonl"  # under the results directory: records that missed the store
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+log = logging.getLogger(__name__)
+_warned: set[str] = set()  # stores this process has warned about (once each)
 
 
 def tracking_enabled() -> bool:
@@ -149,20 +161,192 @@ def _store_lock(uri: str) -> Iterator[None]:
         yield
 
 
-class Tracker:
-    """Logs into one MLflow run. Obtain it from `start_run`."""
+class StoreError(RuntimeError):
+    """The tracking store is unusable (e.g. a damaged SQLite file, now set aside)."""
 
-    def __init__(self, client: Any, run_id: str) -> None:
+
+def _sqlite_path(uri: str) -> Path | None:
+    return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
+
+
+def check_store(uri: str) -> None:
+    """Before MLflow opens an SQLite store: a file that is not SQLite (damaged) is set aside as
+    `mlflow.db.damaged-{time}` (never recreated over) and StoreError raised; an empty one is said so
+    (it holds no runs: MLflow creates its tables in it). Call it under the store lock."""
+    if f"failed:{_sqlite_path(uri) or uri}" in _warned:  # a job's records all go to one place
+        raise StoreError("it failed earlier in this job")
+    db = _sqlite_path(uri)
+    if db is None or not db.is_file():
+        return
+    if db.stat().st_size == 0:
+        if str(db) not in _warned:
+            _warned.add(str(db))
+            log.warning(f"MLflow store {db} is empty (0 bytes): it holds no runs, so MLflow starts a fresh store "
+                        f"in it; if it held runs before, restore it from a backup")
+        return
+    with open(db, "rb") as fh:
+        header = fh.read(len(SQLITE_HEADER))
+    if header == SQLITE_HEADER:
+        return
+    aside = db.with_name(f"{db.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.replace(db, aside)
+    for suffix in ("-wal", "-shm", "-journal"):  # SQLite's side files belong to the damaged database
+        side = db.with_name(db.name + suffix)
+        if side.exists():
+            os.replace(side, aside.with_name(aside.name + suffix))
+    raise StoreError(f"not an SQLite database (damaged); set aside as {aside}")
+
+
+def store_failed(uri: str, results_dir: str | Path, err: BaseException) -> None:
+    """Warn, once per store and process, that the store is unusable and where its records go instead."""
+    store = _sqlite_path(uri) or uri
+    if f"failed:{store}" in _warned:
+        return
+    _warned.add(f"failed:{store}")
+    reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+    fix = (f"put a good copy back as {store} or leave it out for a fresh store" if "set aside" in reason
+           else "repair or move the store (or leave it out for a fresh one)")
+    log.warning(f"MLflow store {store} is unusable ({reason}); this job writes its outputs as usual and saves its "
+                f"tracking records to {Path(results_dir) / PENDING_FILE}: {fix}, then run "
+                f"`tarpo track --replay --results {results_dir}`")
+
+
+def save_pending(results_dir: str | Path, record: Mapping[str, Any]) -> None:
+    """Append one record that missed the store to `results_dir/mlflow-pending.jsonl` (never raises)."""
+    from filelock import FileLock
+
+    path = Path(results_dir) / PENDING_FILE
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(path.with_name(path.name + ".lock"), timeout=LOCK_TIMEOUT_S), open(path, "a") as fh:
+            fh.write(json.dumps(record, default=str) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+    except Exception as err:  # noqa: BLE001 - the outputs matter more than their tracking
+        log.warning(f"could not save the tracking record of {record.get('run_name') or record.get('benchmark')} "
+                    f"to {path} either ({err}); it is lost, the job's outputs are not")
+
+
+def _replay_run(client: Any, rec: Mapping[str, Any], results_dir: Path) -> str:
+    """Log a pending run record into the store: into its run if the store has it, else into a new run."""
+    from mlflow.entities import Metric
+
+    run_id = rec.get("run_id")
+    if run_id:
+        try:
+            _retry(lambda: client.get_run(run_id))
+        except Exception:  # noqa: BLE001 - e.g. the store it was opened in was set aside
+            run_id = None
+    if not run_id:
+        exp_id = _experiment_id(client, rec["experiment"], results_dir)
+        run_id = _retry(lambda: client.create_run(exp_id, run_name=rec["run_name"], tags=rec["tags"],
+                                                  start_time=rec.get("start_ms"))).info.run_id
+    elif rec["tags"]:
+        Tracker(client, run_id).set_tags(rec["tags"])
+    tracker = Tracker(client, run_id)
+    if rec["params"]:
+        tracker.log_params(rec["params"])
+    rows = [Metric(key, value, stamp, step) for key, value, stamp, step in rec["metrics"]]
+    for i in range(0, len(rows), 1000):
+        chunk = rows[i : i + 1000]
+        _retry(lambda: client.log_batch(run_id, metrics=chunk))
+    for path, artifact_path in rec["artifacts"]:
+        if Path(path).exists():
+            tracker.log_artifact(path, artifact_path)
+        else:
+            log.warning(f"replay: artifact {path} of {rec['run_name']} is gone; replayed without it")
+    for text, name in rec["texts"]:
+        tracker.log_text(text, name)
+    if rec.get("status"):
+        _retry(lambda: client.set_terminated(run_id, rec["status"], end_time=rec.get("end_ms")))
+    return run_id
+
+
+def replay_pending(results_dir: str | Path = RESULTS_DIR) -> tuple[int, int]:
+    """Log the records in `results_dir/mlflow-pending.jsonl` into the store (`tarpo track --replay`);
+    returns (replayed, left). Records that fail again stay in the file, the others leave it."""
+    from filelock import FileLock
+
+    from tarpo.io import atomic_write_text, read_jsonl
+
+    results_dir = Path(results_dir)
+    path = results_dir / PENDING_FILE
+    if not path.exists():
+        return 0, 0
+    uri = tracking_uri(results_dir)
+    _warned.discard(f"failed:{_sqlite_path(uri) or uri}")  # a replay tries the store afresh
+    with FileLock(path.with_name(path.name + ".lock"), timeout=LOCK_TIMEOUT_S):
+        left = []
+        records = read_jsonl(path)
+        for rec in records:
+            try:
+                if rec["kind"] == "run":
+                    with _store_lock(uri):
+                        check_store(uri)
+                        client = _client(uri)
+                        run_id = _replay_run(client, rec, results_dir)
+                    log.info(f"replayed {rec['run_name']} into {uri} (run {run_id})")
+                else:
+                    fields = {k: v for k, v in rec.items() if k != "kind"}
+                    run_id = _log_evaluation(**fields, results_dir=results_dir)
+                    log.info(f"replayed the evaluation {rec['backbone']}/{rec['method']}/seed{rec['seed']} on "
+                             f"{rec['benchmark']} into {uri} (run {run_id})")
+            except Exception as err:  # noqa: BLE001 - kept for the next replay
+                log.warning(f"replay: {rec.get('run_name') or rec.get('benchmark')} did not reach {uri} ({err}); "
+                            f"kept in {path}")
+                left.append(rec)
+        if left:
+            atomic_write_text(path, "".join(json.dumps(r, default=str) + "\n" for r in left))
+        else:
+            path.unlink()
+    return len(records) - len(left), len(left)
+
+
+class Tracker:
+    """Logs into one MLflow run. Obtain it from `start_run`.
+
+    Once the store fails (`pending` is set), every later call goes into the run's pending record instead,
+    saved to `results/mlflow-pending.jsonl` when the run ends (see `replay_pending`). A tracker made
+    without `fallback` (replay) lets a store error raise.
+    """
+
+    def __init__(self, client: Any, run_id: str | None, fallback: dict[str, Any] | None = None) -> None:
         self._client = client
         self.run_id: str | None = run_id
+        self._fallback = fallback  # what a pending record needs: experiment, run_name, tags, uri, results_dir
+        self.pending: dict[str, Any] | None = None
+
+    def _store(self, call: Callable[[], Any], record: Callable[[dict[str, Any]], None]) -> None:
+        """`call` the store; if it fails (or failed before), `record` what it would have written."""
+        if self.pending is None:
+            try:
+                call()
+                return
+            except Exception as err:  # noqa: BLE001 - tracking is never on the critical path of a result
+                if self._fallback is None:
+                    raise
+                self.fail(err)
+        record(self.pending)
+
+    def fail(self, err: BaseException) -> None:
+        """Switch to the pending record (warning once that the store is unusable)."""
+        fb = self._fallback or {}
+        store_failed(fb.get("uri", "?"), fb.get("results_dir", RESULTS_DIR), err)
+        self.pending = {"kind": "run", "experiment": fb.get("experiment"), "run_name": fb.get("run_name"),
+                        "tags": dict(fb.get("tags") or {}), "run_id": self.run_id,
+                        "start_ms": fb.get("start_ms"), "params": {}, "metrics": [], "artifacts": [], "texts": []}
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
 
         flat = list(flatten_params(params).items())
-        for i in range(0, len(flat), _BATCH):
-            chunk = [Param(k, v) for k, v in flat[i : i + _BATCH]]
-            _retry(lambda: self._client.log_batch(self.run_id, params=chunk))
+
+        def call() -> None:
+            for i in range(0, len(flat), _BATCH):
+                chunk = [Param(k, v) for k, v in flat[i : i + _BATCH]]
+                _retry(lambda: self._client.log_batch(self.run_id, params=chunk))
+
+        self._store(call, lambda rec: rec["params"].update(flat))
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         from mlflow.entities import Metric
@@ -174,25 +358,36 @@ class Tracker:
                 continue
             value = float(value)
             rows.append(Metric(metric_key(key), value if math.isfinite(value) else float("nan"), now, int(step or 0)))
-        for i in range(0, len(rows), 1000):
-            chunk = rows[i : i + 1000]
-            _retry(lambda: self._client.log_batch(self.run_id, metrics=chunk))
+
+        def call() -> None:
+            for i in range(0, len(rows), 1000):
+                chunk = rows[i : i + 1000]
+                _retry(lambda: self._client.log_batch(self.run_id, metrics=chunk))
+
+        self._store(call, lambda rec: rec["metrics"].extend([m.key, m.value, m.timestamp, m.step] for m in rows))
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         """Copy a file (or a directory's files) into the run's artifacts."""
         path = Path(path)
-        if path.is_dir():
-            self._client.log_artifacts(self.run_id, str(path), artifact_path)
-        else:
-            self._client.log_artifact(self.run_id, str(path), artifact_path)
+
+        def call() -> None:
+            if path.is_dir():
+                self._client.log_artifacts(self.run_id, str(path), artifact_path)
+            else:
+                self._client.log_artifact(self.run_id, str(path), artifact_path)
+
+        self._store(call, lambda rec: rec["artifacts"].append([str(path.resolve()), artifact_path]))
 
     def log_text(self, text: str, name: str) -> None:
         """Store `text` as the artifact file `name` (e.g. 'samples.md')."""
-        self._client.log_text(self.run_id, text, name)
+        self._store(lambda: self._client.log_text(self.run_id, text, name), lambda rec: rec["texts"].append([text, name]))
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        for key, value in tags.items():
-            _retry(lambda: self._client.set_tag(self.run_id, metric_key(str(key)), str(value)))
+        def call() -> None:
+            for key, value in tags.items():
+                _retry(lambda: self._client.set_tag(self.run_id, metric_key(str(key)), str(value)))
+
+        self._store(call, lambda rec: rec["tags"].update({metric_key(str(k)): str(v) for k, v in tags.items()}))
 
 
 class NullTracker(Tracker):
@@ -201,6 +396,8 @@ class NullTracker(Tracker):
     def __init__(self) -> None:
         self._client = None
         self.run_id = None
+        self._fallback = None
+        self.pending = None
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         pass
@@ -256,9 +453,10 @@ def _client(uri: str) -> Any:
 
 
 @contextlib.contextmanager
-def _running(client: Any, uri: str, run_id: str) -> Iterator[Tracker]:
+def _running(tracker: Tracker, uri: str) -> Iterator[Tracker]:
     """Yield the run's tracker with the run as MLflow's active run (unless one is); end it FINISHED,
-    FAILED (the block raised) or KILLED (Ctrl-C, SystemExit) with the current time as its end time."""
+    FAILED (the block raised) or KILLED (Ctrl-C, SystemExit) with the current time as its end time.
+    A tracker whose store failed saves its pending record instead."""
     import mlflow
 
     # mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI; both are put back afterwards
@@ -267,27 +465,65 @@ def _running(client: Any, uri: str, run_id: str) -> Iterator[Tracker]:
 
     previous_uri = getattr(_mlflow_uri, "_tracking_uri", None)
     previous_env = os.environ.get("MLFLOW_TRACKING_URI")
-    activated = mlflow.active_run() is None
-    if activated:
-        mlflow.set_tracking_uri(uri)
-        mlflow.start_run(run_id=run_id)
+    activated = False
+
+    def restore_uri() -> None:
+        mlflow.set_tracking_uri(previous_uri)
+        if previous_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous_env
+
+    if tracker.pending is None and mlflow.active_run() is None:
+        try:
+            mlflow.set_tracking_uri(uri)
+            mlflow.start_run(run_id=tracker.run_id)
+            activated = True
+        except Exception as err:  # noqa: BLE001 - the store broke between creating the run and starting it
+            restore_uri()
+            if tracker._fallback is None:
+                raise
+            tracker.fail(err)
     status = "FAILED"
     try:
-        yield Tracker(client, run_id)
+        yield tracker
         status = "FINISHED"
     except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or a preempted job exiting to be resumed
         status = "KILLED"
         raise
     finally:
+        if tracker.pending is None:
+            try:
+                if activated:
+                    _retry(lambda: mlflow.end_run(status))
+                else:
+                    _retry(lambda: tracker._client.set_terminated(tracker.run_id, status))
+            except Exception as err:  # noqa: BLE001
+                if tracker._fallback is None:
+                    raise
+                tracker.fail(err)
         if activated:
-            _retry(lambda: mlflow.end_run(status))
-            mlflow.set_tracking_uri(previous_uri)
-            if previous_env is None:
-                os.environ.pop("MLFLOW_TRACKING_URI", None)
-            else:
-                os.environ["MLFLOW_TRACKING_URI"] = previous_env
+            restore_uri()
+        if tracker.pending is not None:
+            save_pending(tracker._fallback["results_dir"],
+                         {**tracker.pending, "status": status, "end_ms": int(time.time() * 1000)})
+
+
+def _open_run(uri: str, experiment: str, run_name: str, tags: Mapping[str, Any] | None, run_id: str | None,
+              results_dir: Path) -> tuple[Any, str]:
+    """The store's client and the id of the run created (or reopened, `run_id`) in `experiment`."""
+    with _store_lock(uri):
+        check_store(uri)
+        client = _client(uri)
+        if run_id is None:
+            exp_id = _experiment_id(client, experiment, results_dir)
+            run_tags = {metric_key(str(k)): str(v) for k, v in (tags or {}).items()}
+            run_id = _retry(lambda: client.create_run(exp_id, run_name=run_name, tags=run_tags)).info.run_id
         else:
-            _retry(lambda: client.set_terminated(run_id, status))
+            _retry(lambda: client.update_run(run_id, status="RUNNING"))
+            if tags:
+                Tracker(client, run_id).set_tags(tags)
+    return client, run_id
 
 
 @contextlib.contextmanager
@@ -312,6 +548,10 @@ def start_run(
     themselves log into it too. Prefer the yielded tracker in project code:
     with TARPO_TRACKING=off there is no run, and a bare `mlflow.log_*` call
     would start one in ./mlflow.db.
+
+    A store that cannot be opened or written stops nothing: one warning, the
+    tracker's `run_id` is None (or the reopened one), and what the run logs is
+    saved for `tarpo track --replay` (`save_pending`).
     """
     if not tracking_enabled():
         yield NullTracker()
@@ -319,20 +559,17 @@ def start_run(
     if not isinstance(experiment, str):
         raise TypeError(f"start_run: experiment must be the experiment name (cfg.name), got {type(experiment).__name__}")
     uri = tracking_uri(results_dir)
-    with _store_lock(uri):
-        client = _client(uri)
-        if run_id is None:
-            exp_id = _experiment_id(client, experiment, Path(results_dir))
-            run_tags = {metric_key(str(k)): str(v) for k, v in (tags or {}).items()}
-            run_id = _retry(lambda: client.create_run(exp_id, run_name=run_name, tags=run_tags)).info.run_id
-        else:
-            _retry(lambda: client.update_run(run_id, status="RUNNING"))
-            if tags:
-                Tracker(client, run_id).set_tags(tags)
-    tracker = Tracker(client, run_id)
+    fallback = {"experiment": experiment, "run_name": run_name, "tags": dict(tags or {}), "uri": uri,
+                "results_dir": str(results_dir), "start_ms": int(time.time() * 1000)}
+    try:
+        client, run_id = _open_run(uri, experiment, run_name, tags, run_id, Path(results_dir))
+        tracker = Tracker(client, run_id, fallback)
+    except Exception as err:  # noqa: BLE001 - tracking is never on the critical path of a result
+        tracker = Tracker(None, run_id, fallback)
+        tracker.fail(err)
     if params:
         tracker.log_params(params)
-    with _running(client, uri, run_id) as tracker:
+    with _running(tracker, uri) as tracker:
         yield tracker
 
 
@@ -380,14 +617,46 @@ def log_evaluation(
     a metric write, which leaves a training run's status and end time alone.
     An earlier child of the same parent and benchmark (a re-run) is deleted
     (MLflow keeps it under the runs table's "State: Deleted").
+
+    Call it once the evaluation's files are written. A store that cannot be
+    opened or written stops nothing: one warning, None, and the record is
+    saved for `tarpo track --replay` (`save_pending`).
     """
     if not tracking_enabled():
         return None
+    record = {"kind": "evaluation", "experiment": experiment, "backbone": backbone, "method": method, "seed": seed,
+              "benchmark": benchmark, "metrics": dict(metrics), "params": dict(params or {}),
+              "artifacts": [str(Path(a).resolve()) for a in artifacts], "training_run_id": training_run_id,
+              "started": time.time() if started is None else started}
+    try:
+        return _log_evaluation(**{k: v for k, v in record.items() if k != "kind"}, results_dir=results_dir)
+    except Exception as err:  # noqa: BLE001 - tracking is never on the critical path of a result
+        store_failed(tracking_uri(results_dir), results_dir, err)
+        save_pending(results_dir, record)
+        return None
+
+
+def _log_evaluation(
+    experiment: str,
+    *,
+    backbone: str,
+    method: str,
+    seed: int,
+    benchmark: str,
+    metrics: Mapping[str, float],
+    params: Mapping[str, Any] | None = None,
+    artifacts: Iterable[str | Path] = (),
+    training_run_id: str | None = None,
+    started: float | None = None,
+    results_dir: str | Path = RESULTS_DIR,
+) -> str | None:
+    """`log_evaluation` without its fallback: a store error raises (replay)."""
     uri = tracking_uri(results_dir)
     start_ms = int((time.time() if started is None else started) * 1000)
     base = run_name(backbone, method, "evaluate", seed=seed)
     tags = {"backbone": backbone, "method": method, "seed": str(seed)}
     with _store_lock(uri):
+        check_store(uri)
         client = _client(uri)
         parent = None
         if training_run_id:
@@ -414,7 +683,7 @@ def log_evaluation(
         tracker = Tracker(client, child_id)
         if params:
             tracker.log_params(params)
-        with _running(client, uri, child_id) as tracker:
+        with _running(Tracker(client, child_id), uri) as tracker:
             tracker.log_metrics(metrics)
             for path in artifacts:
                 tracker.log_artifact(path)

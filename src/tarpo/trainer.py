@@ -7,7 +7,7 @@ and the training forward on the plain, unwrapped modules).
 Outputs of `train(..., out_dir)`:
 
     out_dir/                  the finished policy (see tarpo.policy) + metrics.jsonl, samples.html
-    out_dir/../train_state/{fingerprint}/
+    out_dir/../train_state/{out_dir's name}/{fingerprint}/
                               periodic checkpoints step-NNNNNN/ (trainable weights, optimiser,
                               scheduler, RNG states, step, with its SHA256SUMS) and run.json,
                               what the fingerprint was computed from
@@ -22,8 +22,9 @@ backbone weights, training data, seed, steps, world size), so after a config
 change the job starts over and says which keys differ. A checkpoint that fails
 verification (checksum, loadable, expected tensors) is set aside as
 `corrupt-step-NNNNNN/` and the next older one is tried. Once the final policy
-is saved, `train_state/` is deleted: out_dir holds the weights, optimiser and
-scheduler state, and the periodic checkpoints only served a killed run.
+is saved, the run's `train_state/{name}/` is deleted: out_dir holds the weights, optimiser and
+scheduler state, and the periodic checkpoints only served a killed run. The state is keyed by
+out_dir's name, so two runs whose out_dirs share a parent never resume or delete each other's.
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ from tarpo.loss import group_advantages, grpo_loss, loss_tokens, uniform_groups
 from tarpo.methods import RewardInputs, get_method
 from tarpo.optim import optimizer_groups
 from tarpo.policy import add_lora, save_policy
+from tarpo.provenance import code_version
 from tarpo.render import token_spans, trajectories_html
 from tarpo.rewards import extract_answer, reward
 from tarpo.rollout import (
@@ -139,7 +141,8 @@ class GrpoTrainer:
         self.tcfg = cfg.train_config(backbone, method)
         self.backbone, self.method = backbone, method
         self.out_dir = Path(out_dir)
-        self.state_root = self.out_dir.parent / "train_state"
+        # keyed by the output's name: hand-run trainings whose --out share a parent keep apart
+        self.state_root = self.out_dir.parent / "train_state" / self.out_dir.name
         self.records = load_train_records(data_dir)
         self.data_digest = file_digest(Path(data_dir) / "train.jsonl")
         self.backbone_digest = tree_digest(backbone_dir)
@@ -645,26 +648,29 @@ class GrpoTrainer:
         kept = f"training resumes from {previous}" if previous else "no periodic checkpoint was kept"
         with disk_full_as_error(self.out_dir, "the final policy", kept), atomic_dir(self.out_dir) as tmp:
             save_policy(self.model, self.mode, self.tcfg, self.method, tmp)
-            write_json(tmp / RUN_FILE, {"fingerprint": self.state_dir.name, **self.identity})
+            write_json(tmp / RUN_FILE, {"fingerprint": self.state_dir.name, **self.identity, "code": code_version()})
             torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                         "step": self.step, "draws": self.draws, "run_id": self.run_id}, tmp / STATE_FILE)
             write_jsonl(tmp / "metrics.jsonl", self.history)
             if last is not None:
                 (tmp / "samples.html").write_text(self.samples_html(last))
-                tracker.log_artifact(tmp / "samples.html")
             (tmp / "run_id.txt").write_text(f"{self.run_id or ''}\n")
             write_manifest(tmp)  # evaluation checks it: a damaged copy (e.g. a partial sync) is named, not loaded
+        if last is not None:  # tracked once the policy is in place
+            tracker.log_artifact(self.out_dir / "samples.html")
         tracker.log_metrics({"nonfinite_skipped": float(self.nonfinite_total)}, step=self.step)
         log.info(f"saved {self.backbone}/{self.method} policy to {self.out_dir}")
         # The final policy holds everything a resume would need; periodic checkpoints (of this and of
         # superseded configurations) only served killed runs, and cost most of the results' size.
         if self.state_root.exists():
             shutil.rmtree(self.state_root, ignore_errors=True)
+            with contextlib.suppress(OSError):  # train_state/ itself, once no other run keeps state there
+                self.state_root.parent.rmdir()
             log.info(f"removed {self.state_root} (periodic checkpoints of a finished run)")
 
 
 def train(cfg: Config, backbone: str, method: str, backbone_dir: Path, data_dir: Path, out_dir: Path) -> dict[str, float]:
-    """Train `method` on `backbone`; resumes from the newest checkpoint under out_dir/../train_state."""
+    """Train `method` on `backbone`; resumes from the newest checkpoint under out_dir/../train_state/{name}."""
     from tarpo.backbone import set_cpu_threads
 
     if not torch.cuda.is_available():

@@ -17,6 +17,7 @@ rule backbone:
     resources:
         **rule_resources("backbone"),
     params:
+        code=CODE,
         config=backbone_config,
         data=backbone_data_arg,
     shell:

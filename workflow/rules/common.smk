@@ -10,7 +10,10 @@
 import json
 import os
 import re
+import socket
+import sys
 import tempfile
+import time
 
 from snakemake.utils import update_config, validate
 
@@ -26,7 +29,9 @@ from tarpo.config import (
     schema_yaml,
     to_dict,
 )
+from tarpo.io import hold_lock
 from tarpo.methods import get_method
+from tarpo.provenance import source_digest
 from tarpo.tuning import trials as grid_trials
 
 # ------------------------------------------------------------------ config
@@ -75,6 +80,13 @@ with tempfile.TemporaryDirectory() as _schema_dir:
         _f.write(schema_yaml())
     validate(config, _schema_file)
 
+# ------------------------------------------------------------------ code
+# A digest of the package's sources (src/tarpo/**/*.py, tarpo.provenance): a param (`code`) of every
+# rule that runs tarpo, so a change to the code marks the outputs it made stale (Snakemake's default
+# rerun triggers include params). To keep outputs across an edit known not to change them (a comment),
+# `snakemake --touch` the targets once after the edit.
+CODE = source_digest()
+
 # ------------------------------------------------------------------ software
 # The rules that run `tarpo` declare `conda: "../../envs/tarpo.yaml"`. Without
 # `--sdm conda` Snakemake ignores it and the jobs run the `tarpo` on PATH (the
@@ -95,6 +107,39 @@ RESULTS = "results"
 LOGS = f"{RESULTS}/logs"
 BENCHMARKS_DIR = f"{RESULTS}/benchmarks"
 FIGURES_DIR = f"{RESULTS}/figures"  # tables and figures (figures.smk)
+
+# ------------------------------------------------------------------ one run per results tree
+# Two pipelines writing one results tree would race on its outputs, train_state and MLflow store. The
+# first takes a lock (results/.tarpo-run.lock, held until its Snakemake exits, however it exits) while
+# the Snakefile is read, before any planning; a second is refused, naming the running one. A dry run
+# (-n) writes nothing: it is not refused, and says a run is in progress. Processes that re-read the
+# Snakefile for a job (a cluster executor's job steps) belong to the holder's run and take no lock.
+RUN_LOCK = f"{RESULTS}/.tarpo-run.lock"
+_DRY_RUN = any(a in ("--dry-run", "--dryrun") or re.fullmatch(r"-[A-Za-z]*n[A-Za-z]*", a) for a in sys.argv[1:])
+if workflow.is_main_process:
+    _me = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "command": " ".join(["snakemake", *sys.argv[1:]]),
+        "cwd": os.getcwd(),
+    }
+    _holder = hold_lock(RUN_LOCK, _me, keep=not _DRY_RUN)
+    if _holder is not None:
+        _running = (
+            f"pid {_holder.get('pid')} on {_holder.get('host', '?')}, started {_holder.get('started', '?')}, "
+            f"command `{_holder.get('command', '?')}` in {_holder.get('cwd', '?')}"
+        )
+        if not _DRY_RUN:
+            raise WorkflowError(
+                f"another run is using {os.path.abspath(RESULTS)}: {_running}; wait for it to "
+                "finish (or stop it), then rerun; a dry run (-n) is allowed meanwhile"
+            )
+        print(
+            f"note: a run is in progress on {os.path.abspath(RESULTS)} ({_running}); "
+            "this dry run plans against outputs it may still be writing",
+            file=sys.stderr,
+        )
 
 BACKBONES = sorted(CFG.backbones)
 METHODS = sorted(CFG.methods)

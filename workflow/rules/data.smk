@@ -14,6 +14,7 @@ rule prepare:
     resources:
         **rule_resources("prepare"),
     params:
+        code=CODE,
         config=prepare_config,
     shell:
         "OMP_NUM_THREADS={threads} PYTHONUNBUFFERED=1 "

@@ -21,6 +21,7 @@ rule evaluate:
     resources:
         **rule_resources("evaluate"),
     params:
+        code=CODE,
         config=evaluate_config,
         checkpoint=evaluate_checkpoint_arg,
         data_root=evaluate_data_root,

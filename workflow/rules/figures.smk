@@ -47,6 +47,7 @@ rule summarise:
     resources:
         **SUMMARISE_RESOURCES,
     params:
+        code=CODE,
         config=summarise_config,
         results=results_root,
         figures=figures_root,
@@ -85,6 +86,7 @@ rule tables:
     resources:
         **SUMMARISE_RESOURCES,
     params:
+        code=CODE,
         config=summarise_config,
         results=results_root,
         figures=figures_root,
@@ -111,6 +113,7 @@ rule results_page:
     resources:
         **SUMMARISE_RESOURCES,
     params:
+        code=CODE,
         config=results_page_config,
         results=results_root,
     shell:

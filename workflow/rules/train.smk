@@ -1,6 +1,6 @@
 # RL training: one job per (backbone, method, seed). The checkpoint directory
 # appears only when training has finished; periodic checkpoints live beside
-# it in train_state/{fingerprint}/, which is not a declared output, so a killed
+# it in train_state/checkpoint/{fingerprint}/, which is not a declared output, so a killed
 # or preempted job (SIGTERM: checkpoint, exit 143) resumes where it stopped
 # when rerun with the same settings, and starts over after a config change.
 
@@ -21,6 +21,7 @@ rule train:
     resources:
         **rule_resources("train"),
     params:
+        code=CODE,
         config=train_config,
         launcher=train_launcher,
     # SLURM's SIGTERM (preemption, time limit, scancel) reaches every process of the job: the shell
@@ -56,6 +57,7 @@ rule atp_sft:
     resources:
         **rule_resources("atp_sft"),
     params:
+        code=CODE,
         config=atp_sft_config,
     shell:
         "OMP_NUM_THREADS={threads} PYTHONUNBUFFERED=1 "

@@ -46,6 +46,7 @@ rule tune_train:
     resources:
         **rule_resources("train"),
     params:
+        code=CODE,
         config=tune_train_config,
         launcher=train_launcher,
     # as rule train: SIGTERM checkpoints, a rerun with the same settings resumes
@@ -79,6 +80,7 @@ rule tune_evaluate:
     resources:
         **rule_resources("evaluate"),
     params:
+        code=CODE,
         config=tune_evaluate_config,
         data_root=evaluate_data_root,
     shell:
@@ -103,6 +105,7 @@ rule tune_report:
     resources:
         **SUMMARISE_RESOURCES,
     params:
+        code=CODE,
         config=tune_report_config,
         results=results_root,
     shell:
