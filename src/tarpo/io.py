@@ -259,11 +259,14 @@ def hold_lock(path: str | Path, owner: dict[str, Any], keep: bool = True) -> dic
 
     Returns None once held (also when this process already holds it), else what the holder wrote. The lock is
     flock's: the kernel drops it when the holder exits, however it exits, so a killed run leaves none behind.
-    `keep=False` only asks: the lock is let go at once and the file left as it was.
+    `keep=False` only asks: the lock is let go at once and nothing is created or changed (a dry run writes
+    nothing).
     """
     path = Path(path).resolve()
     if str(path) in _HELD_LOCKS:
         return None
+    if not keep and not path.exists():
+        return None  # no lock file: nobody holds it
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
