@@ -227,16 +227,13 @@ def test_zero_advantage_moves_only_what_weight_decay_moves(prepared, tmp_path, m
         assert float((after["mode.log_lambda"] - before["mode.log_lambda"]).abs().max()) > 0.02
 
 
-@pytest.mark.parametrize("method,updates", [("grpo", 1), ("tarpo", 2)])
-def test_scoring_in_pieces_gives_the_same_update(prepared, tmp_path, method, updates):
-    """forward_batch splits the training forward; the loss is a mean over completions, so the step is the same."""
-    from tarpo.trainer import forward_pieces
-
-    assert forward_pieces(5, 2) == [slice(0, 2), slice(2, 4), slice(4, 5)] and forward_pieces(5, 0) == [slice(0, 5)]
+def assert_same_step_in_pieces(prepared, tmp_path, method, keys, **train):
+    """One step with the training forward whole (forward_batch 0), in singles and in uneven pieces of 3: the
+    weights agree to 1e-6 and the step metrics `keys` to rel 1e-5."""
     results = []
-    for forward_batch in (0, 1, 3):  # 4 completions a step: whole, singles, uneven pieces
+    for forward_batch in (0, 1, 3):
         trainer = make(prepared, tmp_path / str(forward_batch), method, steps=1, checkpoint_every=0,
-                       updates_per_batch=updates, clip_eps=0.2, forward_batch=forward_batch)
+                       forward_batch=forward_batch, **train)
         unequal_rewards(trainer)
         metrics = trainer.train_step().metrics
         assert metrics["grad_norm"] > 0
@@ -245,8 +242,19 @@ def test_scoring_in_pieces_gives_the_same_update(prepared, tmp_path, method, upd
     for params, metrics in pieces:
         for name, value in whole.items():
             torch.testing.assert_close(params[name], value, rtol=0, atol=1e-6, msg=name)
-        for key in ("loss", "kl", "reward_mean", "grad_norm"):
+        for key in keys:
             assert metrics[key] == pytest.approx(m0[key], rel=1e-5, abs=1e-7), key
+
+
+@pytest.mark.parametrize("method,updates", [("grpo", 1), ("tarpo", 2)])
+def test_scoring_in_pieces_gives_the_same_update(prepared, tmp_path, method, updates):
+    """forward_batch splits the training forward; the loss is a mean over completions, so the step is the same."""
+    from tarpo.trainer import forward_pieces
+
+    assert forward_pieces(5, 2) == [slice(0, 2), slice(2, 4), slice(4, 5)] and forward_pieces(5, 0) == [slice(0, 5)]
+    # 4 completions a step: whole, singles, uneven pieces
+    assert_same_step_in_pieces(prepared, tmp_path, method, ("loss", "kl", "reward_mean", "grad_norm"),
+                               updates_per_batch=updates, clip_eps=0.2)
 
 
 def test_resume_after_sigterm_gives_the_same_weights(prepared, tmp_path, monkeypatch):
@@ -544,20 +552,9 @@ def test_compiled_decoding_reaches_the_training_rollout(prepared, tmp_path):
 def test_token_sum_loss_types_give_the_same_update_in_pieces(prepared, tmp_path, loss_type):
     """Two micro-batches scored whole or in pieces: the token-sum losses divide by a count fixed for the step
     (dapo, dr_grpo) or the micro-batch (bnpo), never by a piece's own, so the step is the same."""
-    results = []
-    for forward_batch in (0, 1, 3):
-        trainer = make(prepared, tmp_path / str(forward_batch), "tarpo", steps=1, checkpoint_every=0, grad_accum=2,
-                       updates_per_batch=2, clip_eps=0.2, epsilon_high=0.28, forward_batch=forward_batch,
-                       loss_type=loss_type, scale_rewards="batch" if loss_type == "bnpo" else "group")
-        unequal_rewards(trainer)
-        metrics = trainer.train_step().metrics
-        assert metrics["grad_norm"] > 0
-        results.append((weights(trainer), metrics))
-    (whole, m0), *pieces = results
-    for params, metrics in pieces:
-        for name, value in whole.items():
-            torch.testing.assert_close(params[name], value, rtol=0, atol=1e-6, msg=name)
-        assert metrics["loss"] == pytest.approx(m0["loss"], rel=1e-5, abs=1e-7)
+    assert_same_step_in_pieces(prepared, tmp_path, "tarpo", ("loss",), grad_accum=2, updates_per_batch=2,
+                               clip_eps=0.2, epsilon_high=0.28, loss_type=loss_type,
+                               scale_rewards="batch" if loss_type == "bnpo" else "group")
 
 
 def test_dapo_divides_by_the_whole_steps_tokens(prepared, tmp_path, monkeypatch):
