@@ -129,16 +129,20 @@ def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
 
 @pytest.fixture(scope="module")
 def format_model(tiny_tokenizer):
-    """A tiny Qwen2 trained for 100 steps on `format_corpus` (about 2 s).
+    """A tiny Qwen2 trained for 100 steps on `format_corpus`'s raw prompts (about 2 s).
 
     It has learnt the format, not the arithmetic: sampled and greedy
     completions write a few steps, then `####`, a number and EOS.
     """
-    tok = tiny_tokenizer
+    return train_format_model(tiny_tokenizer, lambda prompt: tiny_tokenizer(prompt)["input_ids"])
+
+
+def train_format_model(tok, prompt_ids) -> torch.nn.Module:
+    """`format_model`'s training, each prompt encoded by `prompt_ids(prompt) -> ids`."""
     torch.manual_seed(0)
     model = build_tiny_model(TinyModelConfig(hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
                                              intermediate_size=64), tok)
-    pairs = [(tok(prompt)["input_ids"], tok(completion, add_special_tokens=False)["input_ids"] + [tok.eos_token_id])
+    pairs = [(prompt_ids(prompt), tok(completion, add_special_tokens=False)["input_ids"] + [tok.eos_token_id])
              for prompt, completion in format_corpus(200)]
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     gen = torch.Generator().manual_seed(0)

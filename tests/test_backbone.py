@@ -16,7 +16,6 @@ from tarpo.backbone import (
     build_tiny_model,
     build_tokenizer,
     load_backbone,
-    quick_answer_correct,
     tokenizer_corpus,
 )
 from tarpo.config import SyntheticDataConfig, TinyModelConfig, load_config
@@ -122,15 +121,6 @@ def test_chat_template(tokenizer):
         "<|im_start|>user\nAnn has 1 apple.\nThink step by step, then write #### and the final answer.<|im_end|>\n"
         "<|im_start|>assistant\n"
     )
-
-
-def test_quick_answer_check():
-    assert quick_answer_correct("2 + 3 = 5. #### 5", "5")
-    assert quick_answer_correct("#### 12 ", "12")
-    assert not quick_answer_correct("2 + 3 = 5. #### 6", "5")
-    assert not quick_answer_correct("#### 5 #### 5", "5")
-    assert not quick_answer_correct("5", "5")
-    assert not quick_answer_correct("#### five", "5")
 
 
 # ---------------------------------------------------------------- embedded backbone

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import tarpo.evaluate as ev
+import tarpo.sampling as sampling
 from tarpo.config import ConfigError, TinyModelConfig, TrainConfig, load_config
 from tarpo.metrics import mean_pass_at_k
 from tarpo.rewards import extract_answer
@@ -72,7 +73,7 @@ def fake_reward(completion, gold, kind="math", **kw):
 
 
 def test_smoke_evaluation_json_agrees_with_its_samples(prepared, tmp_path, monkeypatch):
-    monkeypatch.setattr(ev, "reward", fake_reward)
+    monkeypatch.setattr(sampling, "reward", fake_reward)
     metrics, out = run(prepared, tmp_path)
     written = json.loads(out.read_text())
     assert stable(written) == stable(json.loads(json.dumps(metrics)))

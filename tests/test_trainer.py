@@ -119,12 +119,12 @@ def test_trainer_optimiser_uses_the_decay_groups(prepared, tmp_path):
 
 def unequal_rewards(trainer):
     """Fixed, unequal rewards (0, 1, 2, 0, ...): non-zero advantages whatever the tiny model answers."""
-    trainer.rewards = lambda rollout, texts, records: (torch.arange(len(texts), dtype=torch.float32) % 3, {})
+    trainer.rewards = lambda rollout, texts, records, checked: (torch.arange(len(texts), dtype=torch.float32) % 3, {})
 
 
 def equal_rewards(trainer):
     """Every completion rewarded alike: every advantage is exactly 0."""
-    trainer.rewards = lambda rollout, texts, records: (torch.ones(len(texts)), {})
+    trainer.rewards = lambda rollout, texts, records, checked: (torch.ones(len(texts)), {})
 
 
 def assert_reference_is_the_initial_policy(trainer, before):
@@ -591,7 +591,7 @@ def scripted_rewards(trainer, script):
     """Rewards handed out draw by draw from `script` (a list of lists); records every call."""
     calls = []
 
-    def rewards(rollout, texts, records):
+    def rewards(rollout, texts, records, checked):
         calls.append([r["question"] for r in records])
         return torch.tensor(script[len(calls) - 1], dtype=torch.float32), {}
 
@@ -639,7 +639,7 @@ def test_dynamic_sampling_cap_trains_on_what_it_kept(prepared, tmp_path, caplog)
     assert trainer.draws == 6
 
 
-def content_rewards(self, rollout, texts, records):
+def content_rewards(self, rollout, texts, records, checked):
     """GrpoTrainer.rewards from the question alone (so a resumed run sees the same): a group is uniform when its
     question's length is even, mixed (0, 1, ...) otherwise."""
     even = [len(r["question"]) % 2 == 0 for r in records]

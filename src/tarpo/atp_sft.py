@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 from transformers import DynamicCache
 
-from tarpo.data.batching import encode_prompts, load_train_records
+from tarpo.data.batching import load_train_records
 from tarpo.data.template import ANSWER_MARKER, build_prompt
 from tarpo.methods.atp_latent import DECODER_DIR, MODE_FILE, latent_step_texts
 from tarpo.modes.atp_latent import BEGIN_LATENT, CONTINUE, END_LATENT, SPECIAL_TOKENS, STOP, AtpLatentMode
@@ -239,25 +239,23 @@ def latent_rollouts(model: nn.Module, tokenizer: Any, mode: AtpLatentMode, decod
                     records: Sequence[dict[str, Any]], *, temperature: float, max_new_tokens: int, seed: int,
                     batch_size: int = 64, greedy: bool = False) -> list[dict[str, Any]]:
     """Sample each record once, fully latent: the text, the decoded latent steps, the answer, correctness."""
-    from tarpo.rewards import extract_answer, reward
-    from tarpo.rollout import AnswerMarker, eos_token_ids, generate
+    from tarpo.rewards import extract_answer
+    from tarpo.sampling import engine_defaults, sample_and_score
 
     dev = next(model.parameters()).device
-    marker = AnswerMarker(tokenizer, model.config.vocab_size).to(dev)
+    eos_ids, marker, pad_id = engine_defaults(model, tokenizer)
     out = []
     gen = torch.Generator(device=dev).manual_seed(seed)
     for start in range(0, len(records), batch_size):
         chunk = records[start:start + batch_size]
-        ids, mask = encode_prompts(tokenizer, [r["question"] for r in chunk], 10_000, dev, mode.prompt_suffix)
-        rollout = generate(model, mode, ids, mask, max_new_tokens=max_new_tokens, temperature=temperature,
-                           eos_ids=eos_token_ids(tokenizer, model), pad_id=tokenizer.pad_token_id, marker=marker,
-                           greedy=greedy, generator=gen)
+        drawn = sample_and_score(model, tokenizer, mode, chunk, repeats=1, temperature=temperature,
+                                 max_new_tokens=max_new_tokens, max_prompt_tokens=10_000, generator=gen,
+                                 greedy=greedy, eos_ids=eos_ids, marker=marker, pad_id=pad_id)
+        rollout = drawn.rollout
         all_steps = latent_step_texts(decoder, tokenizer, mode, rollout.meta["z"], rollout.meta["latent"])
-        for b, (record, steps) in enumerate(zip(chunk, all_steps)):
+        for b, (text, score, steps) in enumerate(zip(drawn.texts, drawn.rewards, all_steps)):
             valid = rollout.valid[b]
-            text = tokenizer.decode(rollout.tokens[b][valid], skip_special_tokens=True)
-            out.append({"text": text, "steps": steps, "answer": extract_answer(text),
-                        "correct": reward(text, str(record["answer"])) > 0,
+            out.append({"text": text, "steps": steps, "answer": extract_answer(text), "correct": score > 0,
                         "tokens": int(valid.sum()) - int(rollout.meta["stop"][b].any() or rollout.meta["forced"][b].any()),
                         "latents": int(rollout.meta["latent"][b].sum())})
     return out

@@ -22,7 +22,6 @@ import logging
 import math
 import os
 import random
-import re
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -39,8 +38,8 @@ from transformers import (
     get_cosine_schedule_with_warmup,
 )
 
-from tarpo.config import BackboneConfig, Config, ConfigError, TinyModelConfig, WarmStartConfig
-from tarpo.data.template import ANSWER_MARKER, build_prompt, user_message
+from tarpo.config import BackboneConfig, Config, ConfigError, TinyModelConfig, TrainConfig, WarmStartConfig
+from tarpo.data.template import build_prompt, user_message
 from tarpo.io import MissingInputError, atomic_dir, env_flag, hf_home, read_jsonl, write_json
 from tarpo.provenance import code_version
 
@@ -263,18 +262,6 @@ def warm_start(
 # ---------------------------------------------------------------- quick check
 
 
-_INT_RE = re.compile(r"-?\d+")
-
-
-def quick_answer_correct(completion: str, answer: str) -> bool:
-    """Exactly one '####' and the text after it is the gold integer."""
-    if completion.count(ANSWER_MARKER) != 1:
-        return False
-    tail = completion.split(ANSWER_MARKER, 1)[1].strip()
-    return bool(_INT_RE.fullmatch(tail)) and int(tail) == int(answer)
-
-
-@torch.no_grad()
 def quick_pass_at_1(
     model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerFast,
@@ -284,38 +271,26 @@ def quick_pass_at_1(
     batch_size: int = 64,
     seed: int = 0,
 ) -> float:
-    """Fraction of `records` solved by one sample each at `temperature` (HF `generate`, left padding).
+    """Fraction of `records` solved by one explicit sample each at `temperature`.
 
-    A temporary sanity check of the warm start only: the answer is the integer
-    after the single '####'. The evaluation module (rollout engine + reward
-    checker) replaces it for every reported number; keep this small.
+    A sanity check of the warm start, not a reported result: the one sampling path (`sample_and_score`,
+    the rollout engine and the answer checker of every reported number) on a few problems.
     """
+    from tarpo.modes.base import Mode
+    from tarpo.sampling import engine_defaults, sample_and_score
+
     if not records:
         return 0.0
-    torch.manual_seed(seed)
-    tokenizer.padding_side = "left"
     model.eval()
+    mode = Mode(TrainConfig(), model.config.hidden_size)
+    eos_ids, marker, pad_id = engine_defaults(model, tokenizer)
+    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
     correct = 0
     for start in range(0, len(records), batch_size):
-        chunk = records[start : start + batch_size]
-        enc = tokenizer(
-            [build_prompt(tokenizer, r["question"]) for r in chunk],
-            add_special_tokens=False,
-            padding=True,
-            return_tensors="pt",
-        )
-        out = model.generate(
-            **enc,
-            do_sample=True,
-            temperature=temperature,
-            top_k=0,
-            top_p=1.0,
-            max_new_tokens=max_new_tokens,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        )
-        texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-        correct += sum(quick_answer_correct(t, r["answer"]) for t, r in zip(texts, chunk, strict=True))
+        drawn = sample_and_score(model, tokenizer, mode, records[start:start + batch_size], repeats=1,
+                                 temperature=temperature, max_new_tokens=max_new_tokens, max_prompt_tokens=10_000,
+                                 generator=generator, eos_ids=eos_ids, marker=marker, pad_id=pad_id)
+        correct += sum(drawn.correct)
     return correct / len(records)
 
 

@@ -60,14 +60,13 @@ import torch
 from tqdm import tqdm
 
 from tarpo.config import Config, ConfigError, TrainConfig, _merge, from_dict, to_dict
-from tarpo.data.batching import encode_prompts
 from tarpo.data.benchmarks import Benchmark, get_benchmark, load_benchmark
 from tarpo.io import atomic_write_text, write_json, write_jsonl
 from tarpo.methods import get_method
 from tarpo.metrics import mean_pass_at_k
 from tarpo.provenance import code_version
 from tarpo.render import token_spans, trajectories_html
-from tarpo.rewards import chain_correct, extract_answer, reward
+from tarpo.rewards import chain_correct, extract_answer
 from tarpo.stats import mean_ci, pass_at_k_values
 
 log = logging.getLogger(__name__)
@@ -180,12 +179,6 @@ def _append(path: Path, rows: list[dict[str, Any]]) -> None:
 # ---------------------------------------------------------------- sampling
 
 
-def _reward_kwargs(record: dict[str, Any]) -> dict[str, Any]:
-    if record["kind"] == "code":
-        return {"prompt": record["prompt"], "entry_point": record["entry_point"], "test": record["test"]}
-    return {}
-
-
 @torch.no_grad()
 def sample_batch(model: Any, tokenizer: Any, mode: Any, records: list[dict[str, Any]], *, k: int, temperature: float,
                  max_new_tokens: int, max_prompt_tokens: int, seed: int, eos_ids: list[int], marker: Any,
@@ -196,34 +189,29 @@ def sample_batch(model: Any, tokenizer: Any, mode: Any, records: list[dict[str, 
     The `method`'s `sample_fields` hook adds or recounts fields (ATP-Latent: its latents, and with `parts`,
     its decoder, the text read from every latent pair).
     """
-    from tarpo.rollout import generate, model_parts
+    from tarpo.rollout import model_parts
+    from tarpo.sampling import sample_and_score
 
-    # the k samples of a problem are contiguous rows; its prompt is run once (generate's `repeats`)
-    ids, mask = encode_prompts(tokenizer, [r["question"] for r in records], max_prompt_tokens, device,
-                               mode.prompt_suffix)
-    n_rows = len(records) * k
     generator = torch.Generator(device=device)
     generator.manual_seed(seed)
-    greedy = temperature <= 0
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
-    rollout = generate(model, mode, ids, mask, max_new_tokens=max_new_tokens, temperature=1.0 if greedy else temperature,
-                       eos_ids=eos_ids, pad_id=pad_id, marker=marker, greedy=greedy, generator=generator,
-                       compiled=compiled, repeats=k)
+    drawn = sample_and_score(model, tokenizer, mode, records, repeats=k, temperature=temperature,
+                             max_new_tokens=max_new_tokens, max_prompt_tokens=max_prompt_tokens, generator=generator,
+                             compiled=compiled, eos_ids=eos_ids, marker=marker)
+    rollout, n_rows = drawn.rollout, len(records) * k
     _, _, embed = model_parts(model)
     cpu = rollout.to("cpu")
     soft_all = cpu.stats.get("soft")
     out: list[list[dict[str, Any]]] = [[] for _ in records]
     for i in range(n_rows):
-        record = records[i // k]
         valid = cpu.valid[i]
         tokens = cpu.tokens[i][valid].tolist()
-        text = tokenizer.decode(tokens, skip_special_tokens=True)
+        text = drawn.texts[i]
         soft = [int(x) for x in soft_all[i][valid].tolist()] if soft_all is not None else [0] * len(tokens)
         row = {
             "sample": i % k,
             "completion": text,
             "extracted": extract_answer(text),
-            "correct": bool(reward(text, str(record["answer"]), record["kind"], **_reward_kwargs(record)) > 0),
+            "correct": drawn.rewards[i] > 0,
             "n_tokens": len(tokens),
             "n_thinking": int(cpu.thinking[i].sum()),  # thinking steps are a prefix of the completion
             "soft": soft,

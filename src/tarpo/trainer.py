@@ -60,7 +60,7 @@ from tarpo.checkpoints import (
     trainable_parameters,
 )
 from tarpo.config import Config, TrainConfig
-from tarpo.data.batching import batch_indices, encode_prompts, load_train_records
+from tarpo.data.batching import batch_indices, load_train_records
 from tarpo.errors import NonFiniteLossError
 from tarpo.io import (
     atomic_dir,
@@ -77,17 +77,17 @@ from tarpo.optim import optimizer_groups
 from tarpo.policy import add_lora, save_policy
 from tarpo.provenance import code_version
 from tarpo.render import token_spans, trajectories_html
-from tarpo.rewards import extract_answer, reward
+from tarpo.rewards import extract_answer
 from tarpo.rollout import (
     AnswerMarker,
     Rollout,
     completion_inputs,
     eos_token_ids,
-    generate,
     model_parts,
     score,
     truncated,
 )
+from tarpo.sampling import sample_and_score
 
 log = logging.getLogger(__name__)
 
@@ -288,26 +288,26 @@ class GrpoTrainer:
         # d = step x grad_accum + micro, the order batch_indices has always given.
         idx = batch_indices(len(self.records), self.cfg.seed, self.draws + micro, 0, 1,
                             acc.num_processes, acc.process_index, t.prompts_per_step)
-        records = [self.records[i] for i in idx for _ in range(t.group_size)]  # groups are contiguous
-        # each prompt once: generate runs it once and shares its cache between the group's G completions
-        ids, mask = encode_prompts(self.tokenizer, [self.records[i]["question"] for i in idx], t.max_prompt_tokens,
-                                   self.device, self.mode.prompt_suffix)
+        prompts = [self.records[i] for i in idx]
+        records = [r for r in prompts for _ in range(t.group_size)]  # groups are contiguous
         with acc.autocast():
-            rollout = generate(self.model, self.mode, ids, mask, max_new_tokens=t.max_new_tokens,
-                               temperature=t.temperature, eos_ids=self.eos_ids, pad_id=self.tokenizer.pad_token_id,
-                               marker=self.marker, generator=self._generator(micro), compiled=t.compile_decode,
-                               repeats=t.group_size)
-        texts = [self.tokenizer.decode(tok[v], skip_special_tokens=True)
-                 for tok, v in zip(rollout.tokens.cpu(), rollout.valid.cpu())]
-        rewards, parts = self.rewards(rollout, texts, records)
+            drawn = sample_and_score(self.model, self.tokenizer, self.mode, prompts, repeats=t.group_size,
+                                     temperature=t.temperature, max_new_tokens=t.max_new_tokens,
+                                     max_prompt_tokens=t.max_prompt_tokens, generator=self._generator(micro),
+                                     compiled=t.compile_decode, eos_ids=self.eos_ids, marker=self.marker,
+                                     pad_id=self.tokenizer.pad_token_id)
+        rollout, texts = drawn.rollout, drawn.texts
+        rewards, parts = self.rewards(rollout, texts, records, drawn.rewards)
         return rollout, records, texts, rewards, parts
 
-    def rewards(self, rollout: Rollout, texts: list[str], records: list[dict[str, Any]]) -> tuple[Tensor, dict[str, float]]:
+    def rewards(self, rollout: Rollout, texts: list[str], records: list[dict[str, Any]],
+                checked: list[float]) -> tuple[Tensor, dict[str, float]]:
         """Per-completion rewards, and their parts' means for logging.
 
-        Every method: 1 for a verified answer; a method's `reward` hook may mix in more (ATP-Latent).
+        Every method: the answer checker's score (`checked`, 1 for a verified answer); a method's `reward`
+        hook may mix in more (ATP-Latent).
         """
-        acc = torch.tensor([reward(text, str(r["answer"])) for text, r in zip(texts, records)], device=self.device)
+        acc = torch.tensor(checked, device=self.device)
         if self.spec.reward is None:
             return acc, {}
         return self.spec.reward(RewardInputs(acc, rollout, texts, self.tcfg, self.mode, self.tokenizer, self.parts))
