@@ -40,6 +40,7 @@ from tarpo.data.batching import load_train_records
 from tarpo.data.template import ANSWER_MARKER, build_prompt
 from tarpo.methods.atp_latent import DECODER_DIR, MODE_FILE, latent_step_texts
 from tarpo.modes.atp_latent import BEGIN_LATENT, CONTINUE, END_LATENT, SPECIAL_TOKENS, STOP, AtpLatentMode
+from tarpo.optim import decay_groups
 from tarpo.rollout import model_parts
 
 log = logging.getLogger(__name__)
@@ -188,8 +189,13 @@ def train_vae(model: nn.Module, decoder: nn.Module, mode: AtpLatentMode, example
     """The curriculum: AdamW, cosine decay with 5% warmup, clip 1.0. Returns the per-step losses."""
     K = mode.max_latents // mode.per_step
     total = K * steps_per_stage + latent_steps
+    # the one no-decay rule of every optimiser here (`optim.decay_groups`): biases, norms, embeddings and the
+    # mode's heads exempt
+    groups = (decay_groups(model, learning_rate, weight_decay, "backbone")
+              + decay_groups(decoder, learning_rate, weight_decay, "decoder")
+              + decay_groups(mode, learning_rate, weight_decay, "heads", exempt_all=True))
+    optimizer = torch.optim.AdamW(groups, lr=learning_rate, weight_decay=weight_decay)
     params = [p for m in (model, decoder, mode) for p in m.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
     warmup = max(1, int(0.05 * total))
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))

@@ -41,6 +41,7 @@ from transformers import (
 from tarpo.config import BackboneConfig, Config, ConfigError, TinyModelConfig, TrainConfig, WarmStartConfig
 from tarpo.data.template import build_prompt, user_message
 from tarpo.io import MissingInputError, atomic_dir, env_flag, hf_home, read_jsonl, write_json
+from tarpo.optim import decay_groups
 from tarpo.provenance import code_version
 
 log = logging.getLogger(__name__)
@@ -212,13 +213,9 @@ def warm_start(
     data = _encode_sft(tokenizer, records)
     if not data:
         raise ValueError("warm_start needs at least one record")
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.learning_rate,
-        betas=(0.9, 0.95),
-    )
+    # the one no-decay rule (biases, norms and the embeddings exempt), as in RL and ATP-Latent's SFT
+    optimizer = torch.optim.AdamW(decay_groups(model, cfg.learning_rate, cfg.weight_decay, "backbone"),
+                                  lr=cfg.learning_rate, betas=(0.9, 0.95))
     scheduler = get_cosine_schedule_with_warmup(optimizer, max(1, math.ceil(0.05 * cfg.steps)), max(1, cfg.steps))
     model.train()
     order: list[int] = []

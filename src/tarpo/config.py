@@ -42,6 +42,10 @@ def _doc(text: str, schema: str = "", *, ge: float | None = None, gt: float | No
     return field(metadata={"doc": text, "schema": schema, "bounds": bounds, "lists": lists}, **kw)
 
 
+WEIGHT_DECAY_DOC = ("AdamW weight decay of matrices; biases, norm weights, embeddings and a mode's heads are never "
+                    "decayed (one rule for every optimiser: tarpo.optim.decay_groups).")
+
+
 @dataclass
 class SyntheticDataConfig:
     """Multi-step arithmetic word problems in GSM8K format, generated from a seed."""
@@ -94,7 +98,7 @@ class WarmStartConfig:
     steps: int = _doc("Optimiser steps of supervised training.", ge=0, default=1000)
     batch_size: int = _doc("Sequences per step.", ge=1, default=32)
     learning_rate: float = _doc("Peak AdamW learning rate (cosine decay, 5% warmup).", gt=0, default=3e-3)
-    weight_decay: float = _doc("AdamW weight decay.", ge=0, default=0.01)
+    weight_decay: float = _doc(WEIGHT_DECAY_DOC, ge=0, default=0.01)
     eval_problems: int = _doc("test_id / test_ood problems sampled to report pass@1 after the warm start.", ge=0, default=100)
 
 
@@ -107,7 +111,7 @@ class AtpSftConfig:
     latent_steps: int = _doc("Optimiser steps with every step latent, after the curriculum.", ge=0, default=500)
     batch_size: int = _doc("Problems per step.", ge=1, default=32)
     learning_rate: float = _doc("Peak AdamW learning rate (cosine decay, 5% warmup).", gt=0, default=1e-4)
-    weight_decay: float = _doc("AdamW weight decay.", ge=0, default=0.01)
+    weight_decay: float = _doc(WEIGHT_DECAY_DOC, ge=0, default=0.01)
     kl_weight: float = _doc("Weight of KL(q || N(0, I)) (mean over latents and dimensions).", ge=0, default=0.001)
     eval_problems: int = _doc("test_id problems sampled after SFT for the checks (decoded steps, stop, pass@1).",
                               ge=0, default=100)
@@ -154,7 +158,7 @@ class TrainConfig:
     )
     head_learning_rate: float = _doc("Learning rate of the action head / HRPO gate.", ge=0, default=1e-4)
     beta: float = _doc("KL coefficient against the reference policy.", ge=0, default=0.005)
-    weight_decay: float = _doc("AdamW weight decay.", ge=0, default=0.1)
+    weight_decay: float = _doc(WEIGHT_DECAY_DOC, ge=0, default=0.1)
     adam_beta1: float = _doc("AdamW beta1.", ge=0, lt=1, default=0.9)
     adam_beta2: float = _doc("AdamW beta2.", ge=0, lt=1, default=0.99)
     max_grad_norm: float = _doc("Gradient clipping norm.", gt=0, default=0.1)

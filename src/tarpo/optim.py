@@ -31,6 +31,23 @@ def no_decay_names(module: nn.Module) -> set[str]:
             if NO_DECAY_NAME.search(name.lower()) or id(p) in embeddings or id(p) in norms}
 
 
+def decay_groups(module: nn.Module, lr: float, weight_decay: float, name: str,
+                 exempt_all: bool = False) -> list[dict[str, Any]]:
+    """AdamW groups of `module`'s trainable parameters at `lr`: those `no_decay_names` exempts (all of them with
+    `exempt_all`) at weight decay 0, the rest at `weight_decay`; empty groups are left out.
+
+    The one no-decay rule of every optimiser here: the warm start, ATP-Latent's SFT and RL.
+    """
+    named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+    exempt = {n for n, _ in named} if exempt_all else no_decay_names(module)
+    groups = []
+    for suffix, params, decay in (("", [p for n, p in named if n not in exempt], weight_decay),
+                                  ("_no_decay", [p for n, p in named if n in exempt], 0.0)):
+        if params:
+            groups.append({"params": params, "lr": lr, "weight_decay": decay, "name": name + suffix})
+    return groups
+
+
 def optimizer_groups(model: nn.Module, mode: Mode, cfg: TrainConfig) -> list[dict[str, Any]]:
     """AdamW groups: policy parameters split into weight-decayed and exempt ones (see `no_decay_names`),
     and the mode's parameters, none of them decayed; empty groups are left out.
@@ -38,17 +55,8 @@ def optimizer_groups(model: nn.Module, mode: Mode, cfg: TrainConfig) -> list[dic
     The mode's parameters train at `head_learning_rate`: TARPO's action head as METHODS.md
     says, and, our choice where it is silent, HRPO's gate (W_r, W_i, their biases, Lambda) too.
     """
-    groups = []
-    for prefix, module, lr in (("policy", model, cfg.learning_rate), ("head", mode, cfg.head_learning_rate)):
-        named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
-        # The mode's heads are never decayed: the authors train them at lr <= 1e-4, where decay is
-        # negligible; at this project's scaled head lr (3e-3 .. 3e-2) the decay step lr * wd * w is of the
-        # size of Adam's own step and moved HRPO's gate with zero advantage (perf/head_decay_control.py).
-        exempt = {n for n, _ in named} if module is mode else no_decay_names(module)
-        for suffix, params, decay in (("", [p for n, p in named if n not in exempt], cfg.weight_decay),
-                                      ("_no_decay", [p for n, p in named if n in exempt], 0.0)):
-            if params:
-                groups.append({"params": params, "lr": lr, "weight_decay": decay, "name": prefix + suffix})
-    return groups
-
-
+    # The mode's heads are never decayed: the authors train them at lr <= 1e-4, where decay is
+    # negligible; at this project's scaled head lr (3e-3 .. 3e-2) the decay step lr * wd * w is of the
+    # size of Adam's own step and moved HRPO's gate with zero advantage (perf/head_decay_control.py).
+    return (decay_groups(model, cfg.learning_rate, cfg.weight_decay, "policy")
+            + decay_groups(mode, cfg.head_learning_rate, cfg.weight_decay, "head", exempt_all=True))
