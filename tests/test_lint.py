@@ -20,7 +20,8 @@ def test_ruff_checks_the_perf_scripts_and_the_tests_too():
     proc = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "--show-files", "."], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
     files = {Path(line).relative_to(REPO).as_posix() for line in proc.stdout.splitlines() if line.endswith(".py")}
-    assert {"src/tarpo/rollout.py", "tests/test_lint.py", "perf/gpu_check.py", "tools/results.py"} <= files
+    assert {"src/tarpo/rollout.py", "tests/test_lint.py", "perf/gpu_check.py", "tools/results.py",
+            "src/tarpo/sandbox_programs/runner.py", "src/tarpo/sandbox_programs/checker.py"} <= files
 
 
 def test_the_package_has_no_import_circles():

