@@ -20,6 +20,9 @@ PAPER = {
     "gpqa_diamond": ("choice", "ood"), "arc_challenge": ("choice", "ood"), "humaneval": ("code", "ood"),
     "synthetic_test_id": ("math", "id"), "synthetic_test_ood": ("math", "ood"),
     "gsm8k_train": ("math", "train"), "math_train": ("math", "train"), "dapo_math_17k": ("math", "train"),
+    # ATP-Latent's data: GSM8K-Aug to train on, GSM-Hard, SVAMP and MultiArith out of distribution
+    "gsm_hard": ("math", "ood"), "svamp": ("math", "ood"), "multiarith": ("math", "ood"),
+    "gsm8k_aug": ("math", "train"),
 }
 
 
@@ -38,7 +41,7 @@ def test_registry_lists_the_papers_benchmarks_with_kinds_and_flags():
         assert (entry.kind, entry.distribution) == (kind, distribution), name
         assert entry.ood == (distribution == "ood")
     assert set(bm.EVAL_BENCHMARKS) == {n for n, (_, d) in PAPER.items() if d != "train"}
-    assert set(bm.TRAIN_SETS) == {"gsm8k_train", "math_train", "dapo_math_17k"}
+    assert set(bm.TRAIN_SETS) == {"gsm8k_train", "math_train", "dapo_math_17k", "gsm8k_aug"}
     for entry in bm.REGISTRY.values():
         if entry.source == "hub":
             assert entry.repo and entry.split
@@ -47,6 +50,8 @@ def test_registry_lists_the_papers_benchmarks_with_kinds_and_flags():
             else:
                 assert entry.note, f"{entry.name}: say why the revision is not pinned"
     assert bm.REGISTRY["gpqa_diamond"].gated
+    # every entry is pinned to a commit but GSM8K-Aug's (no public source states one)
+    assert [b.name for b in bm.REGISTRY.values() if b.source == "hub" and not b.pinned] == ["gsm8k_aug"]
     table = bm.registry_table()
     assert [row["name"] for row in table] == list(bm.REGISTRY)
 
@@ -111,6 +116,118 @@ def test_math_local_parquet_takes_the_last_boxed_answer(tmp_path):
     (oly,) = load("olympiadbench", write_jsonl(tmp_path / "oly.jsonl", [
         {"id": 2231, "question": "Find all x.", "final_answer": ["$1$", "$-2$"], "solution": ["..."]}]))
     assert oly["answer"] == "1, -2"
+
+
+def test_numeric_golds_are_written_canonically():
+    cases = {3.0: "3", "3.0": "3", -5.5: "-5.5", "-5.50": "-5.5", "1,234": "1234", -0.0: "0", 12: "12",
+             3244047.0999999996: "3244047.1", 1500.0000000000002: "1500", 14053029.666666666: "14053029.6666667",
+             0.0016791648: "0.0016791648", 1e20: "100000000000000000000", 12345678901234567: "12345678901234567",
+             ".5": "0.5"}
+    assert {value: bm.numeric_gold(value) for value in cases} == cases
+    for bad in (None, "", "n/a", float("nan"), float("inf"), True):
+        assert bm.numeric_gold(bad) is None, bad
+
+
+def test_atp_latent_eval_sets_from_local_files_and_their_float_golds(tmp_path):
+    # rows as the hub serves them (reasoning-machines/gsm-hard, ChilleD/SVAMP, ChilleD/MultiArith)
+    hard = load("gsm_hard", write_jsonl(tmp_path / "gsm_hard.jsonl", [
+        {"input": "Janet's ducks lay 16 eggs per day. She eats 3 and bakes with 4933828. How much does she make?",
+         "code": "def solution():\n    return (16 - 3 - 4933828) * 2", "target": -9867630.0},
+        {"input": "A robe takes 2 bolts of blue fiber and half that much white fiber. How many bolts?",
+         "code": "def solution():\n    return 2 + 2 / 2", "target": 3.0},
+        {"input": "531811 downloads, then three times as many, then 30% fewer. How many in total?",
+         "code": "def solution():\n    ...", "target": 3244047.0999999996},
+    ]))
+    assert hard == [
+        {"id": "gsm_hard-00000", "question": "Janet's ducks lay 16 eggs per day. She eats 3 and bakes with 4933828. "
+         "How much does she make?", "answer": "-9867630", "kind": "math"},
+        {"id": "gsm_hard-00001", "question": "A robe takes 2 bolts of blue fiber and half that much white fiber. "
+         "How many bolts?", "answer": "3", "kind": "math"},
+        {"id": "gsm_hard-00002", "question": "531811 downloads, then three times as many, then 30% fewer. "
+         "How many in total?", "answer": "3244047.1", "kind": "math"},
+    ]
+    svamp = load("svamp", write_jsonl(tmp_path / "svamp.jsonl", [
+        {"ID": "chal-777", "Body": "There are 87 oranges and 290 bananas in Philip's collection. If the bananas "
+         "are organized into 2 groups and oranges are organized into 93 groups", "Question": "How big is each "
+         "group of bananas?", "Equation": "( 290.0 / 2.0 )", "Answer": 145.0, "Type": "Common-Division"},
+        {"ID": "chal-12", "Body": "Jack had 9 action figures.", "Question": "How many more did he need to have 12?",
+         "Equation": "( 12.0 - 9.0 )", "Answer": 3.0, "Type": "Subtraction"},
+    ]))
+    assert svamp == [
+        {"id": "chal-777", "question": "There are 87 oranges and 290 bananas in Philip's collection. If the bananas "
+         "are organized into 2 groups and oranges are organized into 93 groups How big is each group of bananas?",
+         "answer": "145", "kind": "math"},
+        {"id": "chal-12", "question": "Jack had 9 action figures. How many more did he need to have 12?",
+         "answer": "3", "kind": "math"},
+    ]
+    multi = load("multiarith", write_jsonl(tmp_path / "multiarith.jsonl", [
+        {"question": " Paige had 11 songs on her mp3 player. If she deleted 9 old songs from it and then added 8 "
+         "new songs, how many songs does she have on her mp3 player? ", "final_ans": "10"},
+        {"question": " Wendy uploaded 79 pictures. She put 44 into one album and the rest into 5 albums. How many "
+         "pictures were in each album? ", "final_ans": "7"},
+    ]))
+    assert multi == [
+        {"id": "multiarith-00000", "question": "Paige had 11 songs on her mp3 player. If she deleted 9 old songs from "
+         "it and then added 8 new songs, how many songs does she have on her mp3 player?", "answer": "10",
+         "kind": "math"},
+        {"id": "multiarith-00001", "question": "Wendy uploaded 79 pictures. She put 44 into one album and the rest "
+         "into 5 albums. How many pictures were in each album?", "answer": "7", "kind": "math"},
+    ]
+    # the verifier compares numbers: target 3.0 takes "3" and "3.0"; negative and non-integer golds work
+    robe, ducks, downloads = hard[1]["answer"], hard[0]["answer"], hard[2]["answer"]
+    assert reward("2 + 1 = 3 #### 3", robe) == reward("#### 3.0", robe) == 1.0
+    assert reward("#### 4", robe) == 0.0
+    assert reward("#### -9867630", ducks) == reward("#### -9,867,630", ducks) == 1.0
+    assert reward("#### 9867630", ducks) == 0.0
+    assert reward("#### 3244047.1", downloads) == 1.0 and reward("#### 3244047", downloads) == 0.0
+    assert reward("#### 145", svamp[0]["answer"]) == reward("#### 10", multi[0]["answer"]) == 1.0
+
+
+def test_atp_latent_eval_rows_missing_a_field_are_an_error_naming_them(tmp_path):
+    with pytest.raises(bm.BadRowsError, match=r"gsm_hard.*1 of 2 rows .*line 2, .*its keys: input, code\)"):
+        load("gsm_hard", write_jsonl(tmp_path / "h.jsonl", [{"input": "Q?", "target": 1.0}, {"input": "Q?", "code": "x"}]))
+    with pytest.raises(bm.BadRowsError, match=r"svamp.*1 of 1 rows .*its keys: ID, Body, Answer\)"):
+        load("svamp", write_jsonl(tmp_path / "s.jsonl", [{"ID": "a", "Body": "B.", "Answer": 2.0}]))
+    with pytest.raises(bm.BadRowsError, match=r"multiarith.*1 of 1 rows .*its keys: question, final_ans\)"):
+        load("multiarith", write_jsonl(tmp_path / "m.jsonl", [{"question": "Q?", "final_ans": "n/a"}]))  # not a number
+    with pytest.raises(bm.BadRowsError, match=r"gsm8k_aug.*1 of 1 rows .*its keys: question, answer\)"):
+        load("gsm8k_aug", write_jsonl(tmp_path / "a.jsonl", [{"question": "Q?", "answer": "5"}]))  # no steps
+
+
+def test_gsm8k_aug_steps_become_the_solution_atp_latent_splits(tmp_path):
+    from tarpo.atp_sft import cot_steps
+    from tarpo.rewards import gold_chain
+
+    rows = [
+        {"question": "Out of 600 employees, 30% got a raise and 10% a promotion. How many got either?",
+         "steps": ["<<600*30/100=180>>", "<<600*10/100=60>>", "<<180+60=240>>"], "answer": "240"},
+        # a mirror's `cot` as one string, a result written '.5', a thousands separator in the answer
+        {"question": "Half of 2 apples, times 2500?", "cot": "<<2/2=1>> <<1/2=.5>> <<.5*2500=1250>>",
+         "answer": "1,250"},
+    ]
+    aug, mirror = load("gsm8k_aug", write_jsonl(tmp_path / "aug.jsonl", rows))
+    assert aug == {"id": "gsm8k_aug-00000", "question": rows[0]["question"], "answer": "240", "kind": "math",
+                   "solution": "600*30/100 = 180. 600*10/100 = 60. 180+60 = 240. #### 240"}
+    assert mirror["solution"] == "2/2 = 1. 1/2 = 0.5. .5*2500 = 1250. #### 1250" and mirror["answer"] == "1250"
+    # ATP-Latent's SFT reads one CoT step per calculation; the chain is each step's result
+    assert cot_steps(aug["solution"]) == (["600*30/100 = 180.", "600*10/100 = 60.", "180+60 = 240."], "#### 240")
+    assert cot_steps(mirror["solution"]) == (["2/2 = 1.", "1/2 = 0.5.", ".5*2500 = 1250."], "#### 1250")
+    assert gold_chain(aug["solution"]) == ["180", "60", "240"]
+    assert gold_chain(mirror["solution"]) == ["1", "0.5", "1250"]
+    assert reward("600*30/100 = 180. 600*10/100 = 60. 180+60 = 240. #### 240", aug["answer"]) == 1.0
+
+
+def test_prepare_exports_gsm8k_aug_for_the_atp_latent_stages(tmp_path):
+    from tarpo import cli
+
+    path = write_jsonl(tmp_path / "aug.jsonl", [
+        {"question": "Q1?", "steps": ["<<2*3=6>>"], "answer": "6"},
+        {"question": "Q2?", "steps": ["<<6-1=5>>", "<<5*2=10>>"], "answer": "10"},
+    ])
+    config = json.dumps({"benchmarks": {"gsm8k_aug": {"path": str(path)}}})
+    assert cli.main(["prepare", "--config-json", config, "--dataset", "gsm8k_aug", "--out", str(tmp_path / "o")]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "o" / "train.jsonl").read_text().splitlines()]
+    assert [r["solution"] for r in rows] == ["2*3 = 6. #### 6", "6-1 = 5. 5*2 = 10. #### 10"]
 
 
 def test_arc_local_file_letters_the_options(tmp_path):
@@ -180,7 +297,8 @@ def test_revision_and_split_overrides_reach_load_dataset(tmp_path, monkeypatch):
     assert kwargs["cache_dir"] == str(tmp_path / "hf" / "datasets")
 
 
-@pytest.mark.parametrize("name", ["gsm8k", "gpqa_diamond", "dapo_math_17k"])
+@pytest.mark.parametrize("name", ["gsm8k", "gpqa_diamond", "dapo_math_17k", "gsm_hard", "svamp", "multiarith",
+                                  "gsm8k_aug"])
 def test_offline_without_a_local_copy_fails_fast_naming_the_dataset(tmp_path, monkeypatch, name):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")

