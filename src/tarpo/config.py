@@ -217,6 +217,16 @@ class TrainConfig:
     )
     action_bias_hard: float = _doc("TARPO: initial bias of the hard action (4.6 ~ 1% soft).", default=4.6)
     action_init_std: float = _doc("TARPO: std of the action head's initial weights.", ge=0, default=0.001)
+    action_detach_hidden: bool = _doc(
+        "TARPO: detach h_t before the action head, so the action term trains the head only (false: its gradient "
+        "also reaches the backbone through h_t; METHODS.md does not say which).", default=False)
+    action_router: Literal["learned", "random"] = _doc(
+        "TARPO: 'random' is the control for the router's choices: each thinking step goes soft with probability "
+        "`random_soft_ratio`, whatever h_t, and the action head is frozen (its action term is constant).",
+        default="learned")
+    random_soft_ratio: float = _doc(
+        "TARPO with action_router 'random': the probability of a soft step (set it to the trained router's mean "
+        "soft ratio).", gt=0, lt=1, default=0.1)
     hrpo_r_min: float = _doc("HRPO: lower end of the initial gate a at r = 1.", gt=0, lt=1, default=0.98)
     hrpo_r_max: float = _doc("HRPO: upper end of the initial gate a at r = 1.", gt=0, lt=1, default=0.999)
     hrpo_c: float = _doc("HRPO: gate sharpness c.", gt=0, default=8.0)

@@ -7,11 +7,14 @@ in the rollout too (the authors mix un-normalised weights there), so rollout
 and training see the same inputs.
 
 The action term's gradient flows into the backbone through h_t (see
-`action_logits`); the head trains at `head_learning_rate`.
+`action_logits`; `action_detach_hidden` stops it there); the head trains at
+`head_learning_rate`. `action_router: random` replaces the router by a coin
+of fixed bias (the control that asks whether the router's choices matter).
 """
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import torch
@@ -58,10 +61,21 @@ class TarpoMode(Mode):
         with torch.no_grad():
             self.action_head.weight.normal_(0.0, cfg.action_init_std)
             self.action_head.bias.copy_(torch.tensor([cfg.action_bias_hard, 0.0]))
+        if cfg.action_router == "random":  # the control: no learned routing, nothing for the head to learn
+            self.action_head.requires_grad_(False)
 
     def action_logits(self, hidden: Tensor) -> Tensor:
-        # `hidden` is not detached: in training, the action term's gradient (policy gradient and
-        # action KL) reaches the backbone through h_t, not only the head. METHODS.md does not say.
+        if self.cfg.action_router == "random":
+            # the same (hard, soft) probabilities at every step, independent of h_t: log-probs are constants,
+            # so the action term has no gradient; sampling still makes one draw per step (RowNoise)
+            p = self.cfg.random_soft_ratio
+            logits = torch.tensor([math.log1p(-p), math.log(p)], device=hidden.device)
+            return logits.expand(*hidden.shape[:-1], 2)
+        # By default `hidden` is not detached: in training, the action term's gradient (policy gradient and
+        # action KL) reaches the backbone through h_t, not only the head. METHODS.md does not say which;
+        # `action_detach_hidden` is the other choice (an ablation).
+        if self.cfg.action_detach_hidden:
+            hidden = hidden.detach()
         head = self.action_head
         return head(hidden.to(head.weight.dtype)).float() / self.cfg.tau_a
 
