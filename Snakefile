@@ -6,6 +6,8 @@
 #   snakemake --cores 2 all_tiny                         one backbone's chain only
 #   snakemake --cores 2 -n all                           dry run: what would run, and why
 #   snakemake --cores 2 tune                             choose hyperparameters on validation (not in `all`)
+#
+# Each config writes under its own root, results/{name}/ (its `name`): configs coexist (common.smk).
 
 
 # The config (config/config.yaml, or the file given with --configfile), read and

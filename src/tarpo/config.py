@@ -25,6 +25,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from tarpo.errors import ConfigError
+from tarpo.layout import RESULTS_DIR, check_root_name, default_results_page, results_root
 from tarpo.methods import get_method, method_names
 
 # Numeric bounds of a field, by their JSON-schema names: they go into the generated schema and
@@ -324,7 +325,11 @@ class TuningConfig:
 class Config:
     """The whole pipeline configuration (the workflow's config file)."""
 
-    name: str = _doc("Experiment name (the MLflow experiment).", default="default")
+    name: str = _doc(
+        "The config's name: its results root results/{name}/ (each config's outputs side by side; another config "
+        "file with the same name is refused) and its MLflow experiment. Letters, digits, '.', '_', '-'.",
+        default="default",
+    )
     seed: int = _doc("Seed of the embedded backbone's warm start (the synthetic data has its own, datasets.NAME.seed).",
                      ge=0, default=0)
     seeds: list[int] = _doc(
@@ -335,8 +340,10 @@ class Config:
     )
     results_page: str = _doc(
         "Markdown page `snakemake all` writes from the summaries (main table with 95% CIs, paired comparisons, "
-        "lucky share, tokens, machine); config/config.yaml sends the default run's to the tracked docs/results.md.",
-        default="results/figures/tables/results.md",
+        "lucky share, tokens, machine); empty: results/{name}/figures/tables/results.md, under the config's root. "
+        "config/config.yaml sends the default run's to the tracked docs/results.md. A page under results/ must lie "
+        "under the config's own root.",
+        default="",
     )
     datasets: dict[str, SyntheticDataConfig] = _doc(
         "Generated datasets by name.", default_factory=lambda: {"synthetic": SyntheticDataConfig()}
@@ -360,6 +367,11 @@ class Config:
         "Choosing hyperparameters on validation (`snakemake tune`; not part of `all`). Absent: `tune` uses the "
         "defaults.", default=None,
     )
+
+    @property
+    def results_root(self) -> str:
+        """Where this config's outputs go: results/{name} (tarpo.layout)."""
+        return results_root(self.name)
 
     def train_config(self, backbone: str, method: str) -> TrainConfig:
         """The effective training config: defaults <- train <- backbone.train <- methods[m] <- backbone.method_overrides[m]."""
@@ -525,12 +537,21 @@ def validate(cfg: Config, partial: bool = False) -> Config:
             if len(name) > NAME_MAX:
                 raise ConfigError(f"'{section}.{name[:20]}...': a name may be at most {NAME_MAX} characters long "
                                   f"(it becomes a file and job name), got {len(name)}")
-    for key in ("name", "results_page"):
-        if not getattr(cfg, key).strip():
-            raise ConfigError(f"'{key}' must not be empty")
+    if not NAME.fullmatch(cfg.name):
+        raise ConfigError(f"'name': {cfg.name!r} may hold only letters, digits, '.', '_' and '-', starting with a "
+                          f"letter or digit (it names the results root {RESULTS_DIR}/NAME/ and the MLflow experiment)")
     if len(cfg.name) > NAME_MAX:
         raise ConfigError(f"'name' may be at most {NAME_MAX} characters long (the MLflow experiment and run names "
                           f"are built from it), got {len(cfg.name)}")
+    check_root_name(cfg.name)
+    if not cfg.results_page.strip():
+        cfg.results_page = default_results_page(cfg.name)
+    page = Path(cfg.results_page)
+    if not page.is_absolute() and page.parts[:1] == (RESULTS_DIR,) and page.parts[:2] != (RESULTS_DIR, cfg.name):
+        raise ConfigError(f"'results_page': {cfg.results_page} lies under {RESULTS_DIR}/ but outside this config's "
+                          f"root {cfg.results_root}/ (another config's results); leave it out for "
+                          f"{default_results_page(cfg.name)}, or put it under {cfg.results_root}/ or outside "
+                          f"{RESULTS_DIR}/ (e.g. docs/)")
     trained, baselines = method_names(trained=True), method_names(trained=False)
     for name in cfg.methods:
         if name not in trained:

@@ -2,7 +2,7 @@
 
 One call evaluates one policy (a trained checkpoint, or the bare backbone for
 `cot`) on one benchmark and writes, beside `out_json`
-(`results/{backbone}/{method}/eval/{benchmark}.json`):
+(`{root}/{backbone}/{method}/eval/{benchmark}.json`):
 
     {benchmark}.json            metrics: n_problems, k, pass@1 (mean accuracy over the k samples), pass@j
                                 for j in 1, 2, 4, ... <= k (unbiased estimator) and its 95%

@@ -1,11 +1,12 @@
 """Reading a run's results and turning them into statistics: means with 95% CIs, paired comparisons.
 
-Reads, for one backbone and every configured seed (a missing file is skipped
-with a note, never an error):
+Reads, for one backbone and every configured seed, under the config's results
+root ({root}: results/{name}, tarpo.layout; a missing file is skipped with a
+note, never an error):
 
-    results/{backbone}/{method}/seed{seed}/eval/{benchmark}.json           metrics, per-problem counts
-    results/{backbone}/{method}/seed{seed}/eval/{benchmark}.samples.jsonl  per-sample soft flags
-    results/{backbone}/{method}/seed{seed}/checkpoint/metrics.jsonl        training metrics per step
+    {root}/{backbone}/{method}/seed{seed}/eval/{benchmark}.json           metrics, per-problem counts
+    {root}/{backbone}/{method}/seed{seed}/eval/{benchmark}.samples.jsonl  per-sample soft flags
+    {root}/{backbone}/{method}/seed{seed}/checkpoint/metrics.jsonl        training metrics per step
 
 and computes (`tarpo.stats` holds the statistics and their choices):
 

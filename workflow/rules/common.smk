@@ -30,6 +30,8 @@ from tarpo.config import (
     to_dict,
 )
 from tarpo.io import hold_lock
+from tarpo.layout import RUN_LOCK as ROOT_RUN_LOCK
+from tarpo.layout import claim_root, config_file_id, old_layout
 from tarpo.methods import get_method
 from tarpo.provenance import source_digest
 from tarpo.tuning import trials as grid_trials
@@ -100,29 +102,45 @@ CODE = source_digest()
 os.environ.setdefault("TARPO_REPO", workflow.basedir)
 
 # ------------------------------------------------------------------ layout
-# Outputs under results/; per job, its log at results/logs/{rule}/JOB.log and
-# its runtime and memory (Snakemake's `benchmark:` record, a one-row TSV) at
-# results/benchmarks/{rule}/JOB.tsv. Neither is versioned by DVC.
-RESULTS = "results"
+# Each config's outputs live under a root of their own, results/{name}/ (tarpo.layout), so the default,
+# smoke, objectives and paper configs coexist. Per job, its log at {root}/logs/{rule}/JOB.log and its
+# runtime and memory (Snakemake's `benchmark:` record, a one-row TSV) at {root}/benchmarks/{rule}/JOB.tsv;
+# neither is versioned by DVC. The MLflow store (results/mlflow.db, mlruns/) is shared: one experiment per
+# config name.
+RESULTS = CFG.results_root
 LOGS = f"{RESULTS}/logs"
 BENCHMARKS_DIR = f"{RESULTS}/benchmarks"
 FIGURES_DIR = f"{RESULTS}/figures"  # tables and figures (figures.smk)
 
-# ------------------------------------------------------------------ one run per results tree
-# Two pipelines writing one results tree would race on its outputs, train_state and MLflow store. The
-# first takes a lock (results/.tarpo-run.lock, held until its Snakemake exits, however it exits) while
-# the Snakefile is read, before any planning; a second is refused, naming the running one. A dry run
-# (-n) writes nothing: it is not refused, and says a run is in progress. Processes that re-read the
-# Snakefile for a job (a cluster executor's job steps) belong to the holder's run and take no lock.
-RUN_LOCK = f"{RESULTS}/.tarpo-run.lock"
+# ------------------------------------------------------------------ one config per root, one run per root
+# The config file that owns the root is named in its marker ({root}/.tarpo-config.json), written by its
+# first run: another config file with the same `name` would overwrite its results, and is refused before
+# anything is planned (a dry run too), naming both files and the fix. Two pipelines writing one root would
+# race on its outputs and train_state: the first takes a lock ({root}/.tarpo-run.lock, held until its
+# Snakemake exits, however it exits) while the Snakefile is read; a second is refused, naming the running
+# one. A dry run (-n) writes nothing: it is not refused, and says a run is in progress. Two configs (two
+# roots) may run at once. Processes that re-read the Snakefile for a job (a cluster executor's job steps)
+# belong to the holder's run: they neither check nor take anything.
+CONFIG_FILE = " + ".join(config_file_id(f) for f in workflow.overwrite_configfiles or ["config/config.yaml"])
+RUN_LOCK = f"{RESULTS}/{ROOT_RUN_LOCK}"
 _DRY_RUN = any(a in ("--dry-run", "--dryrun") or re.fullmatch(r"-[A-Za-z]*n[A-Za-z]*", a) for a in sys.argv[1:])
 if workflow.is_main_process:
+    _old = old_layout()
+    if _old:
+        raise WorkflowError(
+            f"{', '.join(_old)}: results of the layout before per-config roots; move them, with each backbone's "
+            'directory, under the root of the config that made them, results/NAME/ (README, "Moving an old '
+            'results/ tree"), e.g. for config/config.yaml: `mkdir -p results/default && mv results/{data,backbones,'
+            "figures,logs,benchmarks,tiny} results/default/`"
+        )
+    checked(claim_root, RESULTS, CONFIG_FILE, CFG.name, False)
     _me = {
         "pid": os.getpid(),
         "host": socket.gethostname(),
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         "command": " ".join(["snakemake", *sys.argv[1:]]),
         "cwd": os.getcwd(),
+        "config": CONFIG_FILE,
     }
     _holder = hold_lock(RUN_LOCK, _me, keep=not _DRY_RUN)
     if _holder is not None:
@@ -140,10 +158,12 @@ if workflow.is_main_process:
             "this dry run plans against outputs it may still be writing",
             file=sys.stderr,
         )
+    elif not _DRY_RUN:
+        checked(claim_root, RESULTS, CONFIG_FILE, CFG.name, True)  # under the lock: one first run writes it
 
 BACKBONES = sorted(CFG.backbones)
 METHODS = sorted(CFG.methods)
-# What `prepare` writes under results/data/: the configured synthetic datasets,
+# What `prepare` writes under {root}/data/: the configured synthetic datasets,
 # plus each registry training set (gsm8k_train, math_train, ...) a training job
 # reads, exported to train.jsonl (a paper-scale config has no synthetic data).
 TRAIN_SETS_USED = sorted({CFG.train_config(b, m).dataset for b in BACKBONES for m in METHODS} - set(CFG.datasets))

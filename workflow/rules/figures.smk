@@ -1,21 +1,22 @@
 # Tables and figures (`tarpo summarise`). One job per backbone reads that
-# backbone's evaluations (JSON + samples, every seed) and training metrics and writes
+# backbone's evaluations (JSON + samples, every seed) and training metrics and writes,
+# under the config's root ({root} = results/{name}, common.smk),
 #
-#   results/{backbone}/summary.csv                      long format, every eval metric with its 95% CI
+#   {root}/{backbone}/summary.csv                      long format, every eval metric with its 95% CI
 #                                                       (over problems and seeds) + split averages
-#   results/{backbone}/paired.csv                       paired comparisons (vs CoT, vs GRPO, best vs runner-up)
-#   results/figures/{backbone}/tables/main.{csv,md,tex,html}
+#   {root}/{backbone}/paired.csv                       paired comparisons (vs CoT, vs GRPO, best vs runner-up)
+#   {root}/figures/{backbone}/tables/main.{csv,md,tex,html}
 #                                                       method x benchmark Pass@1 / Pass@k ± CI (split averages
 #                                                       where a split has several benchmarks); bold only where
 #                                                       the best is significantly above the runner-up
-#   results/figures/{backbone}/tables/paired.{md,tex,html}
+#   {root}/figures/{backbone}/tables/paired.{md,tex,html}
 #                                                       method - CoT / - GRPO: delta, 95% CI, p-value
-#   results/figures/{backbone}/{figure}.png             the figures below (in the --report)
+#   {root}/figures/{backbone}/{figure}.png             the figures below (in the --report)
 #
-# `tables` puts every backbone into results/figures/tables/main.* and paired.*,
+# `tables` puts every backbone into {root}/figures/tables/main.* and paired.*,
 # and `results_page` writes the Markdown results page to the config's
 # `results_page` (config/config.yaml: the tracked docs/results.md; other
-# configs: results/figures/tables/results.md). All are cheap: they only read results. `snakemake --report report.html`
+# configs: {root}/figures/tables/results.md). All are cheap: they only read results. `snakemake --report FILE.html`
 # collects the figures and the tables with their captions (workflow/report/*.rst;
 # the report's front page, workflow.rst, is set in the Snakefile). The tables
 # enter the report as HTML pages (main.html, paired.html), which it displays;
