@@ -1,4 +1,5 @@
-"""One entry point: `tarpo prepare | backbone | atp-sft | train | evaluate | summarise | tune-report | track | check | schema`.
+"""One entry point: `tarpo prepare | backbone | atp-sft | train | evaluate | summarise | ablations | tune-report | track |
+check | schema | methods`.
 
 Every workflow rule calls one of these subcommands; each can also be run by
 hand. The configuration comes from a YAML file (`--config`) or, as the
@@ -111,11 +112,24 @@ def cmd_atp_sft(args: argparse.Namespace) -> None:
     run_sft(cfg, args.backbone, Path(args.backbone_dir), Path(args.data), Path(args.out))
 
 
+def _arm(cfg: Config, args: argparse.Namespace) -> str:
+    """What runs: `--method`, or with `--arm` that ablation arm of the config (an arm of `--method`)."""
+    if not args.arm:
+        return args.method
+    if args.arm not in cfg.ablations:
+        raise ConfigError(f"--arm {args.arm}: the config's `ablations` has no such arm"
+                          + (f" ({', '.join(cfg.ablations)})" if cfg.ablations else " (it has none)"))
+    if cfg.ablations[args.arm].method != args.method:
+        raise ConfigError(f"--arm {args.arm} is an arm of '{cfg.ablations[args.arm].method}', not of --method "
+                          f"{args.method}")
+    return args.arm
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from tarpo.trainer import train
 
     cfg = _seeded(_config(args), args.seed)
-    train(cfg, args.backbone, args.method, Path(args.backbone_dir), Path(args.data), Path(args.out))
+    train(cfg, args.backbone, _arm(cfg, args), Path(args.backbone_dir), Path(args.data), Path(args.out))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -125,7 +139,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     evaluate(
         cfg,
         backbone=args.backbone,
-        method=args.method,
+        method=_arm(cfg, args),
         backbone_dir=Path(args.backbone_dir),
         checkpoint=Path(args.checkpoint) if args.checkpoint else None,
         benchmark=args.benchmark,
@@ -152,6 +166,18 @@ def cmd_summarise(args: argparse.Namespace) -> None:
         combined_table(cfg, results, Path(args.out))
     else:
         summarise(cfg, results, Path(args.out), backbones=args.backbone)
+
+
+def cmd_ablations(args: argparse.Namespace) -> None:
+    from tarpo.ablations import write_ablations
+
+    cfg = _config(args)
+    if args.backbone not in cfg.backbones:
+        raise ConfigError(f"unknown backbone '{args.backbone}'; configured: {sorted(cfg.backbones)}")
+    results = Path(args.results or cfg.results_root)
+    frame = write_ablations(cfg, results, args.backbone, Path(args.out_csv), Path(args.out_dir))
+    log.info(f"ablations {args.backbone}: {frame.method.nunique()} arm(s), {len(frame)} comparison(s) -> "
+             f"{args.out_csv}, {Path(args.out_dir) / 'ablations.md'}")
 
 
 def cmd_tune_report(args: argparse.Namespace) -> None:
@@ -298,6 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
                     [conf])
     p.add_argument("--backbone", required=True, help="backbone name in the config")
     p.add_argument("--method", required=True, choices=trained, help="one of: %(choices)s")
+    p.add_argument("--arm", help="train this ablation arm of the config (`ablations`; an arm of --method): the "
+                   "method with the arm's overrides, named by the arm")
     p.add_argument("--backbone-dir", required=True,
                    help="directory written by `tarpo backbone` (for atp_latent: by `tarpo atp-sft`)")
     p.add_argument("--data", required=True, help="prepared training dataset directory")
@@ -316,6 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an untrained baseline (cot: the bare backbone) or a trained method: %(choices)s")
     p.add_argument("--backbone-dir", required=True,
                    help="directory written by `tarpo backbone` (for atp_latent: by `tarpo atp-sft`)")
+    p.add_argument("--arm", help="an ablation arm of the config (`ablations`; an arm of --method), evaluated from "
+                   "its checkpoint and named by the arm")
     p.add_argument("--checkpoint", help="checkpoint directory of the trained method (omit for cot)")
     p.add_argument("--benchmark", required=True, choices=BenchmarkChoices(EVAL_BENCHMARKS), metavar="BENCHMARK",
                    help="one of: %(choices)s (DATASET: a synthetic dataset of the config)")
@@ -340,6 +370,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--page", help="only the Markdown results page, written to PAGE (from each "
                    "RESULTS/{backbone}/summary.csv, paired.csv and the evaluations)")
     p.set_defaults(func=cmd_summarise)
+
+    p = _subcommand(sub, "ablations", "table each ablation arm minus its method (paired by seed and problem)",
+                    "Read every ablation arm's and its method's evaluations (the config's `ablations`, "
+                    "RESULTS/{backbone}/{arm}/seed{seed}/eval/...) and write the ablation table: arm minus method, "
+                    "Pass@1 in points per benchmark and split average, with the seed-level 95% interval, p-value "
+                    "and Holm's adjusted p over the backbone's arms.",
+                    "tarpo ablations --config config/smoke.yaml --backbone tiny "
+                    "--out-csv results/smoke/tiny/ablations.csv --out-dir results/smoke/figures/tiny/tables", [conf])
+    p.add_argument("--backbone", required=True, help="backbone name in the config")
+    p.add_argument("--results", help="results root (default: the config's, results/NAME)")
+    p.add_argument("--out-csv", required=True, help="one row per arm and benchmark / split average (paired.csv's "
+                   "columns, comparison 'ablation')")
+    p.add_argument("--out-dir", required=True, help="ablations.md, .tex and .html go here")
+    p.set_defaults(func=cmd_ablations)
 
     p = _subcommand(sub, "tune-report", "table the tuning trials' validation pass@1 and choose each method's",
                     "Read every tuned method x trial x seed evaluation on the config's validation benchmark "
@@ -381,6 +425,7 @@ INTACT = {
     "evaluate": "finished problems are kept in the .samples.jsonl.partial beside --out and a rerun resumes from them",
     "summarise": "the evaluations are intact and each table is written whole or not at all; a rerun rewrites them",
     "tune-report": "the evaluations are intact; a rerun rewrites the table",
+    "ablations": "the evaluations are intact and each table is written whole or not at all; a rerun rewrites them",
     "track": "the pending records are kept until they reach the store",
 }
 
