@@ -277,6 +277,44 @@ def test_every_seed_trains_and_evaluates_every_method(workdir):
     assert "results/smoke/figures/tables/results.md" in out  # not the default config: the page stays under its root
 
 
+def test_an_ablation_arm_is_trained_and_evaluated_per_seed_and_tabled(workdir):
+    cfg = yaml.safe_load((workdir / "config" / "smoke.yaml").read_text())
+    cfg["seeds"] = [0, 1]
+    (workdir / "config" / "seeds.yaml").write_text(yaml.safe_dump(cfg))
+    cfg["ablations"] = {"tarpo_flat": {"method": "tarpo", "train": {"action_loss_weight": 0.0}}}
+    (workdir / "config" / "arm.yaml").write_text(yaml.safe_dump(cfg))
+    without = snakemake(workdir, "-n", "-p", "all", "--configfile", "config/seeds.yaml")
+    proc = snakemake(workdir, "-n", "-p", "all", "--configfile", "config/arm.yaml")
+    out = _out(proc)
+    assert proc.returncode == 0 and without.returncode == 0, out
+    counts = _job_counts(out)
+    assert counts["train"] == (5 + 1) * 2 and counts["evaluate"] == (6 + 1) * 2 * 2  # methods + the arm (+ cot)
+    assert counts["ablations_table"] == 1 and counts["summarise"] == 1
+    for seed in (0, 1):
+        train = next(ln for ln in proc.stdout.splitlines() if "tarpo train" in ln and "tarpo_flat" in ln
+                     and f"--seed {seed}" in ln)
+        assert f"--method tarpo --arm tarpo_flat --seed {seed} --backbone-dir results/smoke/backbones/tiny " in train
+        assert f"--out results/smoke/tiny/tarpo_flat/seed{seed}/checkpoint" in train
+        sliced = tconfig.load_config_json(train.split("--config-json '", 1)[1].split("' --", 1)[0])
+        assert sliced.train_config("tiny", "tarpo_flat").action_loss_weight == 0.0 and sliced.seeds == [seed]
+        for bench in ("synthetic_test_id", "synthetic_test_ood"):
+            assert (f"--method tarpo --arm tarpo_flat --seed {seed} --backbone-dir results/smoke/backbones/tiny "
+                    f"--checkpoint results/smoke/tiny/tarpo_flat/seed{seed}/checkpoint --benchmark {bench}") in out
+    assert ("tarpo ablations --config-json" in out and "--out-csv results/smoke/tiny/ablations.csv --out-dir "
+            "results/smoke/figures/tiny/tables") in out
+    # adding an arm reruns no method's job: every other job's slice is unchanged
+    page = [s for s in _config_jsons(proc.stdout) if "results_page" in s]
+    assert page and page[0]["ablations"]["tarpo_flat"]["method"] == "tarpo"  # the page lists the arm
+    others = [s for s in _config_jsons(proc.stdout) if "ablations" not in s]
+    assert sorted(map(json.dumps, others)) == sorted(
+        json.dumps(s) for s in _config_jsons(without.stdout) if "results_page" not in s)
+    # `snakemake ablations`: the arms, their methods and the tables, nothing else
+    counts = _job_counts(_out(snakemake(workdir, "-n", "ablations", "--configfile", "config/arm.yaml")))
+    assert counts["train"] == 2 * 2 and counts["evaluate"] == 2 * 2 * 2 and "summarise" not in counts
+    proc = snakemake(workdir, "-n", "ablations", "--configfile", "config/seeds.yaml")
+    assert proc.returncode != 0 and "config error: the config has no `ablations`" in _out(proc)
+
+
 def test_seeds_must_be_a_non_empty_list_of_distinct_seeds():
     for bad, match in (([], "at least one"), ([1, 1], "repeat"), ([-1], "non-negative")):
         with pytest.raises(tconfig.ConfigError, match=match):

@@ -163,12 +163,18 @@ if workflow.is_main_process:
 
 BACKBONES = sorted(CFG.backbones)
 METHODS = sorted(CFG.methods)
+# Ablation arms (`ablations`): each a trained method with training overrides, trained and evaluated per seed
+# like a method under {root}/{backbone}/{arm}/, and compared with its method in the ablation table only
+# (figures.smk, rule ablations_table); the summaries, figures and main tables hold the methods.
+ARMS = sorted(CFG.ablations)
+TRAINED = METHODS + ARMS  # what rule train trains
 # What `prepare` writes under {root}/data/: the configured synthetic datasets,
 # plus each registry training set (gsm8k_train, math_train, ...) a training job
 # reads, exported to train.jsonl (a paper-scale config has no synthetic data).
-TRAIN_SETS_USED = sorted({CFG.train_config(b, m).dataset for b in BACKBONES for m in METHODS} - set(CFG.datasets))
+TRAIN_SETS_USED = sorted({CFG.train_config(b, m).dataset for b in BACKBONES for m in TRAINED} - set(CFG.datasets))
 DATASETS = sorted(CFG.datasets) + TRAIN_SETS_USED
-EVAL_METHODS = sorted(CFG.baselines) + METHODS  # what gets evaluated: untrained baselines and trained methods
+EVAL_METHODS = sorted(CFG.baselines) + METHODS  # what the summaries read: untrained baselines and trained methods
+EVALUATED = EVAL_METHODS + ARMS  # what rule evaluate evaluates
 BENCHMARKS = list(CFG.evaluate.benchmarks)
 # Every trained method is trained and evaluated once per seed, and every baseline evaluated once per seed
 # (its sampling seed), so that comparisons pair by seed: paths carry a {seed} wildcard.
@@ -202,9 +208,9 @@ def atp_sft_dir(backbone):
 
 
 def policy_backbone_dir(backbone, method):
-    """What a method's training and evaluation load as the backbone: the supervised stage's output for a method
-    whose registry entry says it starts from one (atp_latent), else the backbone."""
-    return atp_sft_dir(backbone) if get_method(method).sft_stage else backbone_dir(backbone)
+    """What a method's (or an arm's) training and evaluation load as the backbone: the supervised stage's output
+    for a method whose registry entry says it starts from one (atp_latent), else the backbone."""
+    return atp_sft_dir(backbone) if get_method(CFG.method_of(method)).sft_stage else backbone_dir(backbone)
 
 
 def checkpoint_dir(backbone, method, seed):
@@ -221,18 +227,40 @@ def warm_start_dataset(backbone):
     return bb.warm_start_dataset if bb.kind == "embedded" else None
 
 
+def ablations_csv(backbone):
+    return f"{RESULTS}/{backbone}/ablations.csv"
+
+
 def backbone_targets(backbone):
     """Everything `all` builds for one backbone (its `all_<backbone>` target): the backbone (and its
-    warm-start data), a checkpoint per trained method and seed, every method's evaluation per seed on every
-    benchmark, and the backbone's summary (tables, paired comparisons, figures). `all` is the union over
-    backbones plus the datasets, the all-backbone table, the results page and the runtime table."""
+    warm-start data), a checkpoint per trained method (and ablation arm) and seed, every method's (and arm's)
+    evaluation per seed on every benchmark, the backbone's summary (tables, paired comparisons, figures) and,
+    with arms, its ablation table. `all` is the union over backbones plus the datasets, the all-backbone
+    table, the results page and the runtime table."""
     targets = [backbone_dir(backbone)]
     ds = warm_start_dataset(backbone)
     if ds:
         targets.append(data_dir(ds))
-    targets += [checkpoint_dir(backbone, m, s) for m in METHODS for s in SEEDS]
-    targets += [eval_json(backbone, m, s, b) for m in EVAL_METHODS for s in SEEDS for b in BENCHMARKS]
+    targets += [checkpoint_dir(backbone, m, s) for m in TRAINED for s in SEEDS]
+    targets += [eval_json(backbone, m, s, b) for m in EVALUATED for s in SEEDS for b in BENCHMARKS]
     targets += [f"{RESULTS}/{backbone}/summary.csv", f"{RESULTS}/{backbone}/paired.csv"]
+    if ARMS:
+        targets.append(ablations_csv(backbone))
+    return targets
+
+
+def ablation_targets(backbones):
+    """The ablation tables of `backbones` (targets `ablations`, `ablations_<backbone>`), as an input function,
+    so that only those targets meet a config without arms."""
+
+    def targets(wildcards):
+        if not ARMS:
+            raise WorkflowError(
+                "config error: the config has no `ablations`: add arms (ablations: {NAME: {method: tarpo, "
+                "train: {...}}}) to build ablation tables"
+            )
+        return [ablations_csv(b) for b in backbones]
+
     return targets
 
 
@@ -276,13 +304,13 @@ def costly_jobs():
     jobs += [
         (checkpoint_dir(b, m, s), f"{BENCHMARKS_DIR}/train/{b}/{m}/seed{s}.tsv")
         for b in BACKBONES
-        for m in METHODS
+        for m in TRAINED
         for s in SEEDS
     ]
     jobs += [
         (eval_json(b, m, s, x), f"{BENCHMARKS_DIR}/evaluate/{b}/{m}/seed{s}/{x}.tsv")
         for b in BACKBONES
-        for m in EVAL_METHODS
+        for m in EVALUATED
         for s in SEEDS
         for x in BENCHMARKS
     ]
@@ -292,14 +320,15 @@ def costly_jobs():
 # ------------------------------------------------------------------ config slices
 
 
-def _slice(datasets=(), backbones=None, methods=(), sections=(), seeds=None):
-    """A complete, valid config holding only the named parts: `datasets` and
-    `methods` by name, `backbones` as given, whole top-level `sections` (e.g.
-    "train", "evaluate"), `seeds` when given (a per-seed job gets its own seed
-    only, so adding a seed reruns no existing job); every other collection empty,
-    so its defaults do not leak in. `name` (the MLflow experiment) and `seed`
-    always travel along. A registry training set in `datasets` brings its
-    `benchmarks` override, if any."""
+def _slice(datasets=(), backbones=None, methods=(), sections=(), seeds=None, arms=()):
+    """A complete, valid config holding only the named parts: `datasets`,
+    `methods` and ablation `arms` by name, `backbones` as given, whole top-level
+    `sections` (e.g. "train", "evaluate"), `seeds` when given (a per-seed job
+    gets its own seed only, so adding a seed reruns no existing job); every other
+    collection empty, so its defaults do not leak in (`ablations` is left out
+    without arms: adding an arm reruns no method's job). `name` (the MLflow
+    experiment) and `seed` always travel along. A registry training set in
+    `datasets` brings its `benchmarks` override, if any."""
     full = to_dict(CFG)
     out = {
         "name": full["name"],
@@ -311,6 +340,8 @@ def _slice(datasets=(), backbones=None, methods=(), sections=(), seeds=None):
     }
     if seeds is not None:
         out["seeds"] = [int(s) for s in seeds]
+    if arms:
+        out["ablations"] = {a: full["ablations"][a] for a in arms}
     registry = {d: full["benchmarks"][d] for d in datasets if d in full["benchmarks"]}
     if registry:
         out["benchmarks"] = registry
@@ -330,16 +361,29 @@ def backbone_config(wildcards):
     return _slice(datasets=[ds] if ds else [], backbones={wildcards.backbone: bb})
 
 
+def arm_of(method):
+    """[method] for an ablation arm (its slice carries the arm), else []."""
+    return [method] if method in CFG.ablations else []
+
+
+def method_arg(wildcards):
+    """`--method M`, or for an ablation arm `--method ITS_METHOD --arm ARM` (tarpo train / evaluate)."""
+    m = wildcards.method
+    return f"--method {CFG.method_of(m)} --arm {m}" if m in CFG.ablations else f"--method {m}"
+
+
 def train_config(wildcards):
-    """Everything a training job reads: its backbone, its method, its seed, the train section and the training set."""
+    """Everything a training job reads: its backbone, its method (an arm: the arm and its method), its seed, the
+    train section and the training set."""
     b, m = wildcards.backbone, wildcards.method
     dataset = CFG.train_config(b, m).dataset
     return _slice(
         datasets=[dataset],
         backbones={b: to_dict(CFG.backbones[b])},
-        methods=[m],
+        methods=[CFG.method_of(m)],
         sections=["train"],
         seeds=[wildcards.seed],
+        arms=arm_of(m),
     )
 
 
@@ -363,12 +407,13 @@ def evaluate_config(wildcards):
         _slice(
             datasets=sets,
             backbones={b: bb},
-            methods=[m] if m in CFG.methods else [],
+            methods=[CFG.method_of(m)] if m in TRAINED else [],
             sections=["evaluate"],
             seeds=[wildcards.seed],
+            arms=arm_of(m),
         )
     )
-    if m not in CFG.methods:
+    if m not in TRAINED:
         merged = _merge(to_dict(CFG.train), CFG.backbones[b].train)
         sliced["train"] = {key: merged[key] for key in ("max_prompt_tokens", "mixed_precision")}
     sliced["baselines"] = [m] if m in CFG.baselines else []
@@ -399,10 +444,41 @@ def backbone_eval_jsons(backbone):
 
 
 def results_page_config(wildcards):
-    """The summary slice of every backbone, plus the sampling settings and `results_page` the page states."""
+    """The summary slice of every backbone, plus the sampling settings and `results_page` the page states, and
+    the arms its ablation section lists."""
     sliced = json.loads(summarise_config(wildcards))
     sliced["results_page"] = CFG.results_page
+    if ARMS:
+        sliced["ablations"] = {a: to_dict(CFG.ablations[a]) for a in ARMS}
     return json.dumps(sliced, sort_keys=True)
+
+
+def ablations_config(wildcards):
+    """The ablation table's slice: the backbone, the arms and their methods, the benchmarks and seeds."""
+    b = wildcards.backbone
+    bb = to_dict(CFG.backbones[b])
+    bb.update(train={}, method_overrides={}, resources={})
+    ds = warm_start_dataset(b)
+    return _slice(
+        datasets=[ds] if ds else [],
+        backbones={b: bb},
+        methods=sorted({CFG.method_of(a) for a in ARMS}),
+        sections=["evaluate"],
+        seeds=SEEDS,
+        arms=ARMS,
+    )
+
+
+def ablations_inputs(wildcards):
+    """Every evaluation of the backbone's arms and of their methods, every seed (JSON: the per-problem counts)."""
+    b = wildcards.backbone
+    names = sorted({*ARMS, *(CFG.method_of(a) for a in ARMS)})
+    return [eval_json(b, m, s, bench) for m in names for s in SEEDS for bench in BENCHMARKS]
+
+
+def ablations_tables_dir(wildcards):
+    """Where the ablation table's .md / .tex / .html go (a params function, see results_root)."""
+    return f"{FIGURES_DIR}/{wildcards.backbone}/tables"
 
 
 def summarise_inputs(wildcards):
@@ -420,7 +496,7 @@ def summarise_inputs(wildcards):
 
 def evaluate_inputs(wildcards):
     inputs = {"backbone": policy_backbone_dir(wildcards.backbone, wildcards.method)}
-    if wildcards.method in CFG.methods:
+    if wildcards.method in TRAINED:
         inputs["checkpoint"] = checkpoint_dir(wildcards.backbone, wildcards.method, wildcards.seed)
     ds = synthetic_dataset_of(wildcards.benchmark)
     if ds:
@@ -438,7 +514,7 @@ def evaluate_data_root(wildcards, input):
 
 
 def evaluate_checkpoint_arg(wildcards):
-    if wildcards.method in CFG.methods:
+    if wildcards.method in TRAINED:
         return f"--checkpoint {checkpoint_dir(wildcards.backbone, wildcards.method, wildcards.seed)}"
     return ""
 

@@ -104,6 +104,7 @@ rule results_page:
     input:
         summaries=expand(f"{RESULTS}/{{backbone}}/{{name}}.csv", backbone=BACKBONES, name=["summary", "paired"]),
         evals=[e for b in BACKBONES for e in backbone_eval_jsons(b)],
+        ablations=[ablations_csv(b) for b in BACKBONES] if ARMS else [],
     output:
         CFG.results_page,
     log:
@@ -120,3 +121,58 @@ rule results_page:
     shell:
         "PYTHONUNBUFFERED=1 tarpo summarise --config-json {params.config:q} --results {params.results:q} "
         "--page {output:q} 2>&1 | tee {log:q}"
+
+
+# The ablation table (tarpo.ablations): per backbone, each arm of the config's `ablations` minus its method,
+# Pass@1 per benchmark and split average, paired by seed and problem, Holm-adjusted over the backbone's arms:
+#
+#   {root}/{backbone}/ablations.csv                                one row per arm and benchmark / split average
+#   {root}/figures/{backbone}/tables/ablations.{md,tex,html}      the table (the HTML in the --report)
+#
+# `snakemake ablations` (every backbone) or `ablations_<backbone>` builds the arms' chains and their tables;
+# `all` includes them when the config has arms, and the results page gets an "Ablations" section.
+
+
+rule ablations:
+    input:
+        ablation_targets(BACKBONES),
+
+
+for _backbone in BACKBONES:
+
+    rule:
+        name:
+            f"ablations_{_backbone}"
+        input:
+            ablation_targets([_backbone]),
+
+
+rule ablations_table:
+    input:
+        ablations_inputs,
+    output:
+        csv=f"{RESULTS}/{{backbone}}/ablations.csv",
+        md=f"{FIGURES_DIR}/{{backbone}}/tables/ablations.md",
+        tex=f"{FIGURES_DIR}/{{backbone}}/tables/ablations.tex",
+        html=report(
+            f"{FIGURES_DIR}/{{backbone}}/tables/ablations.html",
+            caption="../report/ablations.rst",
+            category="Tables",
+            subcategory="{backbone}",
+            labels={"table": "ablations", "backbone": "{backbone}"},
+        ),
+    log:
+        f"{LOGS}/summarise/ablations/{{backbone}}.log",
+    conda:
+        "../../envs/tarpo.yaml"
+    threads: 1
+    resources:
+        **SUMMARISE_RESOURCES,
+    params:
+        code=CODE,
+        config=ablations_config,
+        results=results_root,
+        tables=ablations_tables_dir,
+    shell:
+        "PYTHONUNBUFFERED=1 tarpo ablations --config-json {params.config:q} --backbone {wildcards.backbone:q} "
+        "--results {params.results:q} --out-csv {output.csv:q} --out-dir {params.tables:q} 2>&1 | tee {log:q}"
