@@ -4,6 +4,9 @@
 #   make test   set up .venv if needed, then run the test suite (make test-fast: the quick tier)
 #   make share CONFIG=config/paper.yaml     record a run's results with DVC, push, commit
 #   make restore CONFIG=config/paper.yaml   fetch them on another clone, up to date for Snakemake
+#   make report CONFIG=config/smoke.yaml    Snakemake's HTML report of a run: results/{name}/report.html
+# CONFIG (default config/config.yaml) also picks the config `make run` runs; each config writes under its
+# own root, results/{name}/ (its `name`), so the results of several configs coexist.
 # `make setup` alone builds the environment. Setup is skipped when .venv holds a
 # stamp for the current pyproject.toml + constraints.txt, so both commands are
 # quick once set up; edit either file and the next command reinstalls.
@@ -41,7 +44,7 @@ $(STAMP): FORCE
 endif
 endif
 
-.PHONY: setup run test test-fast share restore clean-venv FORCE
+.PHONY: setup run test test-fast share restore report clean-venv FORCE
 
 setup: $(STAMP)
 
@@ -83,9 +86,12 @@ ifeq ($(NUMERICS)-$(shell uname -m),pinned-x86_64)
 PIN_ENV := ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=AVX2,STRICT ONEDNN_MAX_CPU_ISA=AVX2
 endif
 
+# The config that `run`, `share`, `restore` and `report` act on (README, "Another config").
+CONFIG  ?= config/config.yaml
+
 # The rules call the `tarpo` console script, so the venv's bin goes on PATH.
 run: setup
-	$(PIN_ENV) PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores $(CORES) all
+	$(PIN_ENV) PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores $(CORES) all --configfile $(CONFIG)
 
 # The whole suite (what CI runs), on TEST_WORKERS processes (pytest-xdist; a test file stays on one worker, so
 # its module fixtures are built once), then the slowest tests. `make test-fast`: the tests not marked slow,
@@ -100,13 +106,17 @@ test-fast: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile -m "$(FAST)"
 
 # Results with DVC (README, "Share results with DVC"): CONFIG is the config that was run.
-CONFIG  ?= config/config.yaml
-
 share: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python tools/results.py share --configfile $(CONFIG)
 
 restore: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python tools/results.py restore --configfile $(CONFIG)
+
+# Snakemake's report of a finished run (figures, tables, runtime), beside the config's results.
+report: setup
+	root=$$($(BIN)/python -c 'import sys; from tarpo.config import load_config; print(load_config(sys.argv[1]).results_root)' $(CONFIG)); \
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --report $$root/report.html --configfile $(CONFIG); \
+	echo "report: $$root/report.html"
 
 clean-venv:
 	rm -rf $(VENV)

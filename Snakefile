@@ -6,6 +6,9 @@
 #   snakemake --cores 2 all_tiny                         one backbone's chain only
 #   snakemake --cores 2 -n all                           dry run: what would run, and why
 #   snakemake --cores 2 tune                             choose hyperparameters on validation (not in `all`)
+#   snakemake --cores 2 ablations                        the config's ablation arms and their tables
+#
+# Each config writes under its own root, results/{name}/ (its `name`): configs coexist (common.smk).
 
 
 # The config (config/config.yaml, or the file given with --configfile), read and
@@ -21,7 +24,7 @@ report: "workflow/report/workflow.rst"
 wildcard_constraints:
     dataset=one_of(DATASETS),
     backbone=one_of(BACKBONES),
-    method=one_of(EVAL_METHODS),
+    method=one_of(EVALUATED),
     benchmark=one_of(BENCHMARKS),
     seed=one_of([str(s) for s in SEEDS]),
 

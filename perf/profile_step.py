@@ -4,7 +4,7 @@ Not a test: it prints figures. Builds the trainer exactly as `tarpo train`
 does (same config, backbone and data), runs warm-up steps, then times the
 phases of the next steps by wrapping the trainer's own functions.
 
-    python perf/profile_step.py --backbone-dir results/backbones/tiny --data results/data/synthetic
+    python perf/profile_step.py --backbone-dir results/default/backbones/tiny --data results/default/data/synthetic
     python perf/profile_step.py ... --method tarpo --steps 5 --config config/config.yaml
 """
 
@@ -52,7 +52,7 @@ class Timers:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      epilog="example:\n  python perf/profile_step.py --backbone-dir "
-                                            "results/backbones/tiny --data results/data/synthetic",
+                                            "results/default/backbones/tiny --data results/default/data/synthetic",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="config/config.yaml")
     parser.add_argument("--backbone", default="tiny")

@@ -8,7 +8,7 @@ with the same learning rate and KL coefficient (a reference forward on both side
 untimed steps and then `--steps` timed ones; the table shows the median step time, the mean completion length
 (the sampled lengths decide most of the cost) and the ratio.
 
-    python perf/trl_step.py --backbone-dir results/backbones/tiny --data results/data/synthetic
+    python perf/trl_step.py --backbone-dir results/default/backbones/tiny --data results/default/data/synthetic
     python perf/trl_step.py ... --prompts 8 --group 8 --steps 5 --threads 2 --json /tmp/trl_step.json
 """
 
@@ -103,8 +103,8 @@ def trl_step_times(cfg, backbone_dir: Path, data: Path, warmup: int, steps: int)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     epilog="example:\n  python perf/trl_step.py --backbone-dir results/backbones/tiny "
-                                            "--data results/data/synthetic",
+                                     epilog="example:\n  python perf/trl_step.py --backbone-dir results/default/backbones/tiny "
+                                            "--data results/default/data/synthetic",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="config/config.yaml")
     parser.add_argument("--backbone", default="tiny")

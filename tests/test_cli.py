@@ -13,7 +13,7 @@ from tarpo.methods import method_names
 
 REPO = Path(__file__).resolve().parents[1]
 SUBCOMMANDS = ["check", "methods", "schema", "prepare", "backbone", "atp-sft", "train", "evaluate", "summarise",
-               "tune-report", "track"]
+               "ablations", "tune-report", "track"]
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (INFO|WARNING|ERROR) tarpo\.[\w.]+: ")
 
 

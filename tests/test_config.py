@@ -109,14 +109,31 @@ def test_documented_zero_meanings_stay_valid():
     ("backbones.tiny.model.num_heads", 3, "hidden_size \\(32\\) must be num_heads \\(3\\)"),
     ("backbones.tiny.model.num_kv_heads", 3, "hidden_size|multiple of num_kv_heads"),
     ("train.hrpo_r_min", 0.9999, "hrpo_r_min.*exceeds 'hrpo_r_max'"),
-    ("name", "", "'name' must not be empty"),
-    ("results_page", " ", "'results_page' must not be empty"),
+    ("name", "", "'name': '' may hold only letters"),
+    ("name", "a/b", "'name': 'a/b' may hold only letters, digits, '.', '_' and '-'.*results root results/NAME/"),
+    ("name", "mlruns", "'name': 'mlruns' is taken by the MLflow store"),
+    ("name", "mlflow.db", "'name': 'mlflow.db' is taken by the MLflow store"),
+    ("results_page", "results/other/page.md", "'results_page': results/other/page.md lies under results/ but "
+                                              "outside this config's root results/smoke/"),
     ("train.lora.target_modules", [], "target_modules' must list at least one"),
     ("baselines", ["cot", "cot"], "repeat"),
 ])
 def test_cross_field_checks(dotted, value, says):
     with pytest.raises(ConfigError, match=says):
         load_config(with_key(dotted, value))
+
+
+def test_each_config_has_its_results_root_and_its_page_under_it_by_default():
+    cfg = load_config(SMOKE)
+    assert cfg.results_root == "results/smoke"
+    assert cfg.results_page == "results/smoke/figures/tables/results.md"  # no results_page: under the root
+    assert load_config(with_key("results_page", " ")).results_page == "results/smoke/figures/tables/results.md"
+    assert load_config(with_key("name", "try2")).results_page == "results/try2/figures/tables/results.md"
+    assert load_config(with_key("results_page", "results/smoke/page.md")).results_page == "results/smoke/page.md"
+    assert load_config(with_key("results_page", "docs/smoke.md")).results_page == "docs/smoke.md"
+    assert load_config(REPO / "config" / "config.yaml").results_page == "docs/results.md"
+    roots = {load_config(path).results_root for path in sorted((REPO / "config").glob("*.yaml"))}
+    assert roots == {"results/default", "results/smoke", "results/objectives", "results/paper"}
 
 
 @pytest.mark.parametrize("section,name", [("backbones", "qwen/7b"), ("backbones", "my model"), ("datasets", "a'b"),

@@ -110,14 +110,50 @@ def test_dvc_yaml_is_what_snakemake_says_for_the_default_config():
     ours = {name: stage for name, stage in committed.items() if stage["meta"]["config"] == "config/config.yaml"}
     assert ours == derived
     names = set(derived)
-    assert {"prepare-data-synthetic", "backbone-backbones-tiny", "train-tiny-tarpo-seed0-checkpoint",
-            "evaluate-tiny-tarpo-seed0-eval", "evaluate-tiny-cot-seed0-eval"} <= names
+    # named by the output's path under results/, which starts with the config's root (results/default/)
+    assert {"prepare-default-data-synthetic", "backbone-default-backbones-tiny",
+            "train-default-tiny-tarpo-seed0-checkpoint", "evaluate-default-tiny-tarpo-seed0-eval",
+            "evaluate-default-tiny-cot-seed0-eval"} <= names
     outs = [p for s in derived.values() for p in s["outs"]]
-    assert "results/tiny/cot/seed0/eval/synthetic_test_id.json" in outs
+    assert "results/default/tiny/cot/seed0/eval/synthetic_test_id.json" in outs
+    assert all(p.startswith("results/default/") for p in outs)
     assert not [p for p in outs if "/logs/" in p or "figures" in p or "mlflow" in p or p.endswith(".tsv")]
     dvc = Path(sys.executable).parent / "dvc"
     proc = subprocess.run([str(dvc), "stage", "list"], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0 and "train-tiny-grpo-seed0-checkpoint" in proc.stdout, proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "train-default-tiny-grpo-seed0-checkpoint" in proc.stdout, proc.stdout + proc.stderr
+
+
+def _stages(root: Path) -> dict[str, dict]:
+    return yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+
+
+def test_the_stages_of_two_configs_coexist_in_dvc_yaml(tmp_path):
+    """`tools/results.py stages` for the smoke config beside the committed default stages: both stay, keyed by
+    config; sharing a config again replaces its stages (a seed it no longer has leaves) and no other's."""
+    root = tmp_path / "project"
+    _copy_project(root)
+    default = {n: s for n, s in _stages(root).items() if s["meta"]["config"] == "config/config.yaml"}
+    assert default
+
+    def smoke_stages(seeds: list[int]) -> dict[str, dict]:
+        cfg = yaml.safe_load((root / "config" / "smoke.yaml").read_text())
+        cfg["seeds"] = seeds
+        (root / "config" / "smoke.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+        results_tool(root, "stages", "--configfile", "config/smoke.yaml")
+        stages = _stages(root)
+        assert {n: s for n, s in stages.items() if s["meta"]["config"] == "config/config.yaml"} == default
+        return {n: s for n, s in stages.items() if s["meta"]["config"] == "config/smoke.yaml"}
+
+    smoke = smoke_stages([0, 1])
+    assert {"prepare-smoke-data-synthetic", "train-smoke-tiny-tarpo-seed1-checkpoint"} <= set(smoke)
+    assert not set(smoke) & set(default)
+    smoke_outs = {p for s in smoke.values() for p in s["outs"]}
+    default_outs = {p for s in default.values() for p in s["outs"]}
+    assert all(p.startswith("results/smoke/") for p in smoke_outs) and not smoke_outs & default_outs
+    assert smoke["train-smoke-tiny-tarpo-seed1-checkpoint"]["cmd"] == (
+        "snakemake --cores all --configfile config/smoke.yaml results/smoke/tiny/tarpo/seed1/checkpoint")
+    smoke = smoke_stages([0])  # one seed fewer: its stages leave dvc.yaml, the default config's stay
+    assert "train-smoke-tiny-tarpo-seed0-checkpoint" in smoke and not [n for n in smoke if "seed1" in n]
 
 
 @pytest.mark.slow
@@ -143,11 +179,13 @@ def test_share_clone_restore_another_config_leaves_nothing_to_rerun(tmp_path):
     lock = yaml.safe_load((origin / "dvc.lock").read_text())["stages"]
     travel_stages = {n for n, s in stages.items() if s["meta"]["config"] == "config/travel.yaml"}
     # data, backbone, the grpo checkpoint, and the evaluations of grpo and cot (one directory each)
-    assert travel_stages == {"prepare-data-synthetic", "backbone-backbones-mini", "train-mini-grpo-seed0-checkpoint",
-                             "evaluate-mini-grpo-seed0-eval", "evaluate-mini-cot-seed0-eval"}
+    assert travel_stages == {"prepare-travel-data-synthetic", "backbone-travel-backbones-mini",
+                             "train-travel-mini-grpo-seed0-checkpoint", "evaluate-travel-mini-grpo-seed0-eval",
+                             "evaluate-travel-mini-cot-seed0-eval"}
     assert set(lock) == travel_stages  # the default config's stages (never built here) are not in the lock
-    # the default config's own data stage wrote the same path (results/data/synthetic): replaced, not duplicated
-    assert sum("results/data/synthetic" in s["outs"] for s in stages.values()) == 1
+    # the default config's stages stay beside them: each config writes under its own root
+    assert "prepare-default-data-synthetic" in stages and "results/travel/data/synthetic" in \
+        stages["prepare-travel-data-synthetic"]["outs"]
     assert "results" in run(origin, "git", "log", "-1", "--format=%s")
     assert not run(origin, "git", "status", "--porcelain", "dvc.yaml", "dvc.lock").strip()
     assert any(remote.rglob("*")), "nothing was pushed"
@@ -158,7 +196,7 @@ def test_share_clone_restore_another_config_leaves_nothing_to_rerun(tmp_path):
     run(clone, "dvc", "remote", "modify", "--local", "local", "url", str(remote))
     proc = results_tool(clone, "restore", *travel)
     assert "restored: config/travel.yaml" in proc.stdout
-    for rel in ["results/data", "results/backbones", "results/mini"]:
+    for rel in ["results/travel/data", "results/travel/backbones", "results/travel/mini"]:
         # summary.csv / paired.csv are the figures rule's cheap outputs, rebuilt rather than versioned
         origin_files = {k: v for k, v in _digest(origin / rel).items() if k not in ("summary.csv", "paired.csv")}
         assert _digest(clone / rel) == origin_files, rel

@@ -185,8 +185,8 @@ def test_a_new_method_module_joins_the_workflow_without_other_edits(tmp_path):
     assert proc.returncode == 0, out
     assert "--method example_rl" in out
     for seed in (0, 1):
-        assert f"results/tiny/example_rl/seed{seed}/checkpoint" in out
-        assert f"results/tiny/example_rl/seed{seed}/eval/synthetic_test_id.json" in out
+        assert f"results/smoke/tiny/example_rl/seed{seed}/checkpoint" in out
+        assert f"results/smoke/tiny/example_rl/seed{seed}/eval/synthetic_test_id.json" in out
     listed = subprocess.run([sys.executable, "-m", "tarpo.cli", "methods"], env=env, capture_output=True, text=True,
                             timeout=120)
     assert "example_rl   Example-RL" in listed.stdout, listed.stdout + listed.stderr

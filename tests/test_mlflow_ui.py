@@ -217,15 +217,15 @@ def test_smoke_pipeline_runs_are_in_the_store_and_served(tmp_path):
     env = dict(os.environ, TARPO_TRACKING="on")
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     env.pop("MLFLOW_TRACKING_URI", None)
-    targets = ["results/tiny/tarpo/seed0/eval/synthetic_test_id.json",
-               "results/tiny/cot/seed0/eval/synthetic_test_id.json"]
+    targets = ["results/smoke/tiny/tarpo/seed0/eval/synthetic_test_id.json",
+               "results/smoke/tiny/cot/seed0/eval/synthetic_test_id.json"]
     proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", *targets,
                            "--configfile", "config/smoke.yaml"], cwd=wd, env=env, capture_output=True, text=True,
                           timeout=1200)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
 
-    db = wd / "results" / "mlflow.db"
-    assert db.exists() and not (wd / "mlflow.db").exists()
+    db = wd / "results" / "mlflow.db"  # beside the configs' roots, shared by them
+    assert db.exists() and not (wd / "mlflow.db").exists() and not (wd / "results" / "smoke" / "mlflow.db").exists()
     with mlflow_ui(db, tmp_path / "ui.log") as base:
         runs = served_runs(base, "smoke")  # experiment = the config's `name`
     # the trainer names its run (tarpo.trainer): `tiny/tarpo/train`, or with the seed, `tiny/tarpo/seed0/train`
@@ -236,7 +236,7 @@ def test_smoke_pipeline_runs_are_in_the_store_and_served(tmp_path):
     train = runs[train_name]
     assert {"reward_mean", "kl", "soft_ratio"} <= set(train["metrics"]), sorted(train["metrics"])
     # the evaluation of the trained checkpoint is a run nested under the run that trained it
-    assert (wd / "results" / "tiny" / "tarpo" / "seed0" / "checkpoint" / "run_id.txt").read_text().strip() == \
+    assert (wd / "results" / "smoke" / "tiny" / "tarpo" / "seed0" / "checkpoint" / "run_id.txt").read_text().strip() == \
         train["id"]
     evaluation = runs["tiny/tarpo/seed0/evaluate/synthetic_test_id"]
     assert evaluation["parent"] == train["id"]

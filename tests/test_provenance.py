@@ -51,7 +51,7 @@ def test_a_source_change_reruns_the_jobs_the_old_code_made(tmp_path):
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
 
     def snakemake(*args: str) -> str:
-        proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "1", "results/data/synthetic",
+        proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "1", "results/smoke/data/synthetic",
                                "--configfile", "config/smoke.yaml", *args], cwd=wd, env=env, capture_output=True,
                               text=True, timeout=300)
         assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -1,4 +1,5 @@
-"""One run per results tree: a second pipeline started while one runs is refused before it plans."""
+"""One run per results root: a second pipeline on the same root started while one runs is refused before it plans;
+a pipeline of another config (another root) runs beside it."""
 
 from __future__ import annotations
 
@@ -34,18 +35,19 @@ def test_a_second_pipeline_on_the_same_tree_is_refused_naming_the_running_one(tm
     shutil.copy(REPO / "Snakefile", wd / "Snakefile")
     for sub in ("workflow", "config", "envs"):
         shutil.copytree(REPO / sub, wd / sub)
-    slow = tmp_path / "bin" / "tarpo"  # the first run's only job takes its time
+    slow = tmp_path / "bin" / "tarpo"  # the first run's only job takes its time (FAKE_SLEEP seconds), then writes --out
     slow.parent.mkdir()
-    slow.write_text("#!/bin/sh\nsleep 60\n")
+    slow.write_text('#!/bin/sh\nout=; prev=\nfor a in "$@"; do [ "$prev" = --out ] && out=$a; prev=$a; done\n'
+                    'sleep "${FAKE_SLEEP:-60}"\nmkdir -p "$out"\n')
     slow.chmod(0o755)
     env = dict(os.environ, TARPO_TRACKING="off")
     env["PATH"] = f"{slow.parent}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    argv = [sys.executable, "-m", "snakemake", "--cores", "1", "results/data/synthetic", "--configfile",
+    argv = [sys.executable, "-m", "snakemake", "--cores", "1", "results/smoke/data/synthetic", "--configfile",
             "config/smoke.yaml"]
     first = subprocess.Popen(argv, cwd=wd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              start_new_session=True)
     try:
-        lock = wd / "results" / ".tarpo-run.lock"
+        lock = wd / "results" / "smoke" / ".tarpo-run.lock"  # the config's root
         deadline = time.time() + 120
         while not (lock.exists() and lock.read_text().strip()) and time.time() < deadline:
             time.sleep(0.5)
@@ -55,14 +57,23 @@ def test_a_second_pipeline_on_the_same_tree_is_refused_naming_the_running_one(tm
         second = subprocess.run(argv, cwd=wd, env=env, capture_output=True, text=True, timeout=120)
         out = second.stdout + second.stderr
         assert second.returncode != 0
-        assert (f"another run is using {wd / 'results'}: pid {first.pid} on {holder['host']}, started "
-                f"{holder['started']}, command `snakemake --cores 1 results/data/synthetic --configfile "
+        assert (f"another run is using {wd / 'results' / 'smoke'}: pid {first.pid} on {holder['host']}, started "
+                f"{holder['started']}, command `snakemake --cores 1 results/smoke/data/synthetic --configfile "
                 f"config/smoke.yaml` in {wd}; wait for it to finish (or stop it), then rerun; a dry run (-n) is "
                 "allowed meanwhile") in out, out
         assert "rule prepare" not in out  # refused before planning
 
         dry = subprocess.run([*argv, "-n"], cwd=wd, env=env, capture_output=True, text=True, timeout=120)
-        assert dry.returncode == 0 and f"note: a run is in progress on {wd / 'results'} (pid {first.pid}" in dry.stderr
+        assert dry.returncode == 0 and f"note: a run is in progress on {wd / 'results' / 'smoke'} (pid {first.pid}" \
+            in dry.stderr
+
+        # another config (its own root, results/other/) runs meanwhile, to the end
+        other = [sys.executable, "-m", "snakemake", "--cores", "1", "results/other/data/synthetic", "--configfile",
+                 "config/smoke.yaml", "--config", "name=other"]
+        beside = subprocess.run(other, cwd=wd, env=dict(env, FAKE_SLEEP="0"), capture_output=True, text=True,
+                                timeout=120)
+        assert beside.returncode == 0, beside.stdout + beside.stderr
+        assert (wd / "results" / "other" / "data" / "synthetic").is_dir() and first.poll() is None
     finally:
         os.killpg(first.pid, signal.SIGTERM)
         first.wait(timeout=60)

@@ -411,16 +411,17 @@ def test_paper_config_dry_run_with_the_profile_requests_gpus(tmp_path, fake):
 @pytest.mark.slow
 def test_smoke_data_and_backbone_run_through_the_slurm_profile(tmp_path, fake):
     wd = _workdir(tmp_path)
-    targets = ["results/data/synthetic", "results/backbones/tiny"]
+    targets = ["results/smoke/data/synthetic", "results/smoke/backbones/tiny"]
     proc = _snakemake(wd, fake.env(), *targets, "--configfile", "config/smoke.yaml")
     out = _out(proc)
     assert proc.returncode == 0, out[-6000:]
 
     # the outputs are there, written by the jobs the fake queue ran
-    data = wd / "results" / "data" / "synthetic"
+    root = wd / "results" / "smoke"
+    data = root / "data" / "synthetic"
     assert len((data / "train.jsonl").read_text().splitlines()) == 200
-    assert (wd / "results" / "backbones" / "tiny" / "config.json").exists()
-    assert (wd / "results" / "logs" / "backbone" / "tiny.log").stat().st_size > 0
+    assert (root / "backbones" / "tiny" / "config.json").exists()
+    assert (root / "logs" / "backbone" / "tiny.log").stat().st_size > 0
 
     subs = fake.submissions()
     assert sorted(s["rule"] for s in subs) == ["backbone", "prepare"], subs
@@ -452,8 +453,8 @@ def test_paper_config_jobs_ask_for_gpus_and_multi_gpu_training_uses_accelerate(t
     """Paper-scale jobs through the fake queue with the ML stubbed out: what each sbatch asked for."""
     fake = fake_stub_ml
     wd = _workdir(tmp_path)
-    targets = ["results/qwen2.5-1.5b/tarpo/seed0/checkpoint", "results/qwen2.5-7b/tarpo/seed0/checkpoint",
-               "results/qwen2.5-7b/tarpo/seed0/eval/gsm8k.json"]
+    targets = ["results/paper/qwen2.5-1.5b/tarpo/seed0/checkpoint", "results/paper/qwen2.5-7b/tarpo/seed0/checkpoint",
+               "results/paper/qwen2.5-7b/tarpo/seed0/eval/gsm8k.json"]
     proc = _snakemake(wd, fake.env(), *targets, "--configfile", "config/paper.yaml")
     out = _out(proc)
     assert proc.returncode == 0, out[-6000:]

@@ -169,9 +169,11 @@ def test_smoke_config_runs_on_real_slurm(smoke):
     cfg = yaml.safe_load((wd / "config" / "smoke.yaml").read_text())
     for method in [*cfg["methods"], *cfg["baselines"]]:
         for bench in cfg["evaluate"]["benchmarks"]:
-            assert (wd / "results" / "tiny" / method / "seed0" / "eval" / f"{bench}.json").is_file(), (method, bench)
+            assert (wd / "results" / "smoke" / "tiny" / method / "seed0" / "eval" / f"{bench}.json").is_file(), \
+                (method, bench)
     for method in cfg["methods"]:
-        assert (wd / "results" / "tiny" / method / "seed0" / "checkpoint" / "model" / "model.safetensors").is_file()
+        assert (wd / "results" / "smoke" / "tiny" / method / "seed0" / "checkpoint" / "model" /
+                "model.safetensors").is_file()
     dry = _dry_run(wd, "all", "--configfile", "config/smoke.yaml")
     assert "Nothing to be done" in dry, dry[-3000:]
 
@@ -182,7 +184,7 @@ def test_smoke_config_runs_on_real_slurm(smoke):
 # within 30 s: the limit must fall in the training itself (at 1800 steps the run once finished in 62 s and
 # the limit struck after the final save, leaving nothing to resume)
 STEPS = {"grpo": 150, "tarpo": 150, "hrpo": 3600}
-CHECKPOINT = "results/tiny/{}/seed0/checkpoint"
+CHECKPOINT = "results/smoke/tiny/{}/seed0/checkpoint"
 
 
 def _checkpointed(wd: Path, method: str) -> bool:
@@ -197,16 +199,17 @@ def _squeue_state(job: str) -> str:
 def interrupted(smoke, tmp_path_factory):
     """Train grpo, tarpo and hrpo through the profile; scancel grpo, SIGTERM tarpo, let hrpo overrun 1 minute.
 
-    In the smoke run's directory: its data and backbone are reused, the training reruns (other steps).
+    In the smoke run's directory: its data and backbone are reused, the training reruns (other steps). The
+    smoke config file is edited in place: its root, results/smoke/, belongs to that file (tarpo.layout).
     """
     tmp = tmp_path_factory.mktemp("interrupted")
     wd = smoke["wd"]
     cfg = yaml.safe_load((wd / "config" / "smoke.yaml").read_text())
     cfg["methods"] = {m: {"steps": n} for m, n in STEPS.items()}
     cfg["train"]["checkpoint_every"] = 5
-    (wd / "config" / "interrupted.yaml").write_text(yaml.safe_dump(cfg))
+    (wd / "config" / "smoke.yaml").write_text(yaml.safe_dump(cfg))
     targets = [CHECKPOINT.format(m) for m in STEPS]
-    args = [*targets, "--configfile", "config/interrupted.yaml"]
+    args = [*targets, "--configfile", "config/smoke.yaml"]
     log = tmp / "snakemake.log"
     # hrpo's first attempt may run 1 minute; its retry (and every other job) the config's 10
     proc = _snakemake(wd, *args, "--set-resources",
@@ -239,7 +242,7 @@ def _attempts(run: dict, method: str) -> list[str]:
 
 
 def _resumed_from(run: dict, method: str) -> list[int]:
-    log = run["wd"] / f"results/logs/train/tiny/{method}/seed0.log"
+    log = run["wd"] / f"results/smoke/logs/train/tiny/{method}/seed0.log"
     return [int(s) for s in re.findall(rf"resuming tiny/{method} from .* \(step (\d+)/", _read(log))]
 
 
@@ -292,7 +295,7 @@ def test_preempted_training_checkpoints_resumes_and_matches_an_uninterrupted_run
     # or the trainer's next write would fail before it checkpointed)
     stopped = _sigterm_checkpoints(interrupted, "tarpo")
     assert len(stopped) == 1 and _resumed_from(interrupted, "tarpo") == stopped, stopped
-    log = _read(wd / "results/logs/train/tiny/tarpo/seed0.log")
+    log = _read(wd / "results/smoke/logs/train/tiny/tarpo/seed0.log")
 
     # the same training without interruption, locally
     ckpt = wd / CHECKPOINT.format("tarpo")
@@ -300,7 +303,7 @@ def test_preempted_training_checkpoints_resumes_and_matches_an_uninterrupted_run
     proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "1", *interrupted["args"]], cwd=wd,
                           env=_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
-    assert "resuming" not in _read(wd / "results/logs/train/tiny/tarpo/seed0.log").split(log)[-1]
+    assert "resuming" not in _read(wd / "results/smoke/logs/train/tiny/tarpo/seed0.log").split(log)[-1]
     preempted = load_file(ckpt.with_name("checkpoint.slurm") / "model" / "model.safetensors")
     reference = load_file(ckpt / "model" / "model.safetensors")
     assert preempted.keys() == reference.keys()

@@ -187,8 +187,8 @@ def test_every_costly_rule_records_runtime_and_memory_beside_its_log(rules):
     for name in COSTLY_RULES:
         r = rules[name]
         (log,) = r["log"]
-        assert log.startswith("results/logs/") and log.endswith(".log"), log
-        expected = "results/benchmarks/" + log[len("results/logs/"):-len(".log")] + ".tsv"
+        assert log.startswith("results/smoke/logs/") and log.endswith(".log"), log  # the config's root
+        expected = "results/smoke/benchmarks/" + log[len("results/smoke/logs/"):-len(".log")] + ".tsv"
         assert r["benchmark"] == expected, (name, r["benchmark"])
 
 
@@ -225,32 +225,32 @@ def _fake_costly_outputs(workdir: Path, configfile: str) -> list[str]:
 def test_runtime_table_collects_the_records_of_the_configs_jobs(workdir):
     records = _fake_costly_outputs(workdir, "config/smoke.yaml")
     assert len(records) == 1 + 1 + 1 + 5 + 6 * 2  # prepare, backbone, atp_sft, 5 trainings, 6 methods x 2 benchmarks
-    record = workdir / "results/benchmarks/train/tiny/tarpo/seed0.tsv"
+    record = workdir / "results/smoke/benchmarks/train/tiny/tarpo/seed0.tsv"
     record.parent.mkdir(parents=True)
     record.write_text("s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
                       "4000.7\t1:06:40\t812.5\t2000\t700\t710\t1.5\t3.0\t97.1\t3890.2\n")
-    evaluation = workdir / "results/benchmarks/evaluate/tiny/tarpo/seed0/synthetic_test_id.tsv"
+    evaluation = workdir / "results/smoke/benchmarks/evaluate/tiny/tarpo/seed0/synthetic_test_id.tsv"
     evaluation.parent.mkdir(parents=True)
     evaluation.write_text(record.read_text().replace("3890.2", "109.8"))
-    (workdir / "results/benchmarks/train/tiny/gone").mkdir()  # a record of no job of this config: not listed
-    (workdir / "results/benchmarks/train/tiny/gone/seed0.tsv").write_text(record.read_text())
+    (workdir / "results/smoke/benchmarks/train/tiny/gone").mkdir()  # a record of no job of this config: not listed
+    (workdir / "results/smoke/benchmarks/train/tiny/gone/seed0.tsv").write_text(record.read_text())
 
-    proc = snakemake(workdir, "results/benchmarks/runtime.html", "--configfile", "config/smoke.yaml")
+    proc = snakemake(workdir, "results/smoke/benchmarks/runtime.html", "--configfile", "config/smoke.yaml")
     out = _out(proc)
     assert proc.returncode == 0, out
     assert "Job stats" in out and "runtime        1" in out and "train " not in out  # nothing else reruns
 
-    table = workdir / "results/benchmarks/runtime.tsv"
+    table = workdir / "results/smoke/benchmarks/runtime.tsv"
     rows = list(csv.DictReader(table.open(), delimiter="\t"))
     # one row per costly job, exactly the records the rules' benchmark: directives name
-    assert sorted(f"results/benchmarks/{r['rule']}/{r['job']}.tsv" for r in rows) == sorted(records)
+    assert sorted(f"results/smoke/benchmarks/{r['rule']}/{r['job']}.tsv" for r in rows) == sorted(records)
     recorded = [r for r in rows if r["seconds"]]
     assert [r["job"] for r in recorded] == ["tiny/tarpo/seed0", "tiny/tarpo/seed0/synthetic_test_id"]
     assert float(recorded[0]["seconds"]) == 4000.7 and float(recorded[0]["max_rss_mb"]) == 812.5
-    page = (workdir / "results/benchmarks/runtime.html").read_text()
+    page = (workdir / "results/smoke/benchmarks/runtime.html").read_text()
     assert "2 of 20 jobs have a record" in page and "1:06:41" in page and "<table" in page
     assert "19 of 20 jobs" not in page
-    log = (workdir / "results/logs/runtime.log").read_text()
+    log = (workdir / "results/smoke/logs/runtime.log").read_text()
     assert "2 of 20 jobs have a runtime record" in log
     # what one more seed of tarpo costs: 3890.2 training + 109.8 evaluation CPU-seconds
     assert "CPU-seconds per (method, seed)" in page and "4,000.00" in page
@@ -258,7 +258,7 @@ def test_runtime_table_collects_the_records_of_the_configs_jobs(workdir):
         ["tiny", "tarpo", "seed0", "3890.2", "109.8", "1", "4000.0"]]
 
     # up to date now; declared for the report
-    proc = snakemake(workdir, "-n", "results/benchmarks/runtime.html", "--configfile", "config/smoke.yaml")
+    proc = snakemake(workdir, "-n", "results/smoke/benchmarks/runtime.html", "--configfile", "config/smoke.yaml")
     assert "Nothing to be done" in _out(proc), _out(proc)
     text = (REPO / "workflow" / "rules" / "runtime.smk").read_text()
     assert "report(" in text and 'f"{BENCHMARKS_DIR}/runtime.html"' in text

@@ -244,8 +244,8 @@ def test_tune_dry_run_trains_and_evaluates_every_method_trial_and_seed(workdir):
     assert counts["tune_report"] == 1 and counts["tune"] == 1
     assert counts["atp_sft"] == 1 and counts["prepare"] == 1 and counts["backbone"] == 1
     assert not {"train", "evaluate", "summarise", "all"} & set(counts)  # nothing of `all`
-    assert "--out results/tiny/tune/atp_latent/learning_rate=0.0003/seed0/checkpoint" in out
-    assert "--out-csv results/tiny/tuning.csv --out-md results/tiny/tuning.md" in out
+    assert "--out results/smoke/tiny/tune/atp_latent/learning_rate=0.0003/seed0/checkpoint" in out
+    assert "--out-csv results/smoke/tiny/tuning.csv --out-md results/smoke/tiny/tuning.md" in out
 
     trains = [line for line in out.splitlines() if "tarpo train --config-json" in line]
     for line in trains:
@@ -256,7 +256,7 @@ def test_tune_dry_run_trains_and_evaluates_every_method_trial_and_seed(workdir):
         assert cfg.train_config("tiny", method).learning_rate == want  # atp_latent's own 1e-5 replaced
         assert sliced["name"] == "smoke-tune"
         if method == "atp_latent":
-            assert "--backbone-dir results/tiny/atp_latent/sft" in line
+            assert "--backbone-dir results/smoke/tiny/atp_latent/sft" in line
     evals = [line for line in out.splitlines() if "tarpo evaluate --config-json" in line]
     assert len(evals) == 10 and all("--benchmark synthetic_val" in line for line in evals)
 

@@ -148,9 +148,63 @@ def test_dry_run_resolves(workdir, path):
     proc = snakemake(workdir, *args)
     out = _out(proc)
     assert proc.returncode == 0, out
-    assert "tarpo prepare --config-json" in out and "--dataset synthetic --out results/data/synthetic" in out
-    assert "tarpo backbone --config-json" in out and "--data results/data/synthetic --out results/backbones/tiny" in out
+    root = "results/default" if path == "config/config.yaml" else "results/smoke"  # results/{name}
+    assert "tarpo prepare --config-json" in out and f"--dataset synthetic --out {root}/data/synthetic" in out
+    assert "tarpo backbone --config-json" in out and f"--data {root}/data/synthetic --out {root}/backbones/tiny" in out
     assert not (workdir / "results").exists()
+
+
+def _outputs(stdout: str) -> list[str]:
+    """Every output, log and benchmark record of the jobs a `snakemake -n` run printed."""
+    paths = []
+    for line in stdout.splitlines():
+        key, _, rest = line.strip().partition(": ")
+        if key in ("output", "log", "benchmark"):
+            paths += [p.split(" (")[0] for p in rest.split(", ")]
+    return paths
+
+
+def test_two_configs_dry_run_into_their_own_roots_without_overlap(workdir):
+    cfg = yaml.safe_load((workdir / "config" / "smoke.yaml").read_text())
+    cfg["name"] = "other"
+    (workdir / "config" / "other.yaml").write_text(yaml.safe_dump(cfg))
+    outs = {}
+    for name in ("smoke", "other"):
+        proc = snakemake(workdir, "-n", "-p", "all", "--configfile", f"config/{name}.yaml")
+        assert proc.returncode == 0, _out(proc)
+        outs[name] = _outputs(proc.stdout)
+        assert len(outs[name]) > 50 and all(p.startswith(f"results/{name}/") for p in outs[name]), outs[name]
+        assert {c["name"] for c in _config_jsons(proc.stdout)} == {name}  # the MLflow experiment of every job
+    assert not set(outs["smoke"]) & set(outs["other"])
+    assert {p[len("results/smoke/"):] for p in outs["smoke"]} == {p[len("results/other/"):] for p in outs["other"]}
+    assert not (workdir / "results").exists()  # a dry run claims nothing
+
+
+def test_a_second_config_file_with_the_same_name_is_refused_before_planning(workdir):
+    target = "results/smoke/data/synthetic"
+    proc = snakemake(workdir, target, "--configfile", "config/smoke.yaml")  # the first run claims the root
+    assert proc.returncode == 0, _out(proc)
+    marker = json.loads((workdir / "results" / "smoke" / ".tarpo-config.json").read_text())
+    assert marker["config"] == "config/smoke.yaml" and marker["name"] == "smoke"
+    shutil.copy(workdir / "config" / "smoke.yaml", workdir / "config" / "smoke-copy.yaml")  # name: smoke
+    for dry in (["-n"], []):
+        proc = snakemake(workdir, *dry, "all", "--configfile", "config/smoke-copy.yaml")
+        out = _out(proc)
+        assert proc.returncode != 0
+        assert ("config error: results/smoke/ holds the results of config/smoke.yaml (name: smoke), not of "
+                "config/smoke-copy.yaml: two config files with `name: smoke` would overwrite each other's results. "
+                "Give config/smoke-copy.yaml another `name`") in out, out
+        assert "Job stats" not in out and len(out.strip().splitlines()) < 10, out
+    # the owner is fine, by any spelling of its path, and the copy with a name of its own too
+    for args in (["--configfile", "./config/smoke.yaml"], ["--configfile", str(workdir / "config" / "smoke.yaml")],
+                 ["--configfile", "config/smoke-copy.yaml", "--config", "name=copy"]):
+        proc = snakemake(workdir, "-n", "all", *args)
+        assert proc.returncode == 0, _out(proc)
+    # an unmoved tree of the layout before roots is refused, naming the README's section
+    (workdir / "results" / "backbones" / "tiny").mkdir(parents=True)
+    proc = snakemake(workdir, "-n", "all", "--configfile", "config/smoke.yaml")
+    assert proc.returncode != 0 and "results/backbones: results of the layout before per-config roots" in _out(proc)
+    assert "Moving an old results/ tree" in _out(proc), _out(proc)
 
 
 def test_configfile_replaces_the_default(workdir):
@@ -161,7 +215,7 @@ def test_configfile_replaces_the_default(workdir):
 
 
 def test_backbone_job_gets_only_its_slice_of_the_config(workdir):
-    proc = snakemake(workdir, "-n", "-p", "results/backbones/tiny")
+    proc = snakemake(workdir, "-n", "-p", "results/default/backbones/tiny")
     assert proc.returncode == 0, _out(proc)
     line = next(ln for ln in proc.stdout.splitlines() if "tarpo backbone --config-json" in ln)
     blob = line.split("--config-json '", 1)[1].split("' --backbone", 1)[0]
@@ -190,7 +244,7 @@ def test_hub_backbone_takes_no_data_and_gets_its_resources(workdir):
     assert "--data" not in cmd.split("--backbone", 1)[1]
     # the backbone job of a hub model needs no data (only its training set does)
     backbone_job = out.split("rule backbone:", 1)[1].split("rule ", 1)[0]
-    assert "input:" not in backbone_job or "results/data" not in backbone_job
+    assert "input:" not in backbone_job or "/data/" not in backbone_job
 
 
 @pytest.mark.parametrize("dotted,value", MISSPELT[:3] + MISSPELT[5:6], ids=[m[0] for m in MISSPELT[:3] + MISSPELT[5:6]])
@@ -215,12 +269,50 @@ def test_every_seed_trains_and_evaluates_every_method(workdir):
     counts = {row.split()[0]: int(row.split()[1]) for row in stats.splitlines()[3:] if row.strip()}
     assert counts["train"] == 5 * 2 and counts["evaluate"] == 6 * 2 * 2  # methods (+ cot) x seeds x benchmarks
     assert counts["atp_sft"] == 1  # once per backbone, whatever the seeds
-    assert "--out results/tiny/tarpo/seed5/checkpoint" in out
-    assert "results/tiny/cot/seed5/eval/synthetic_test_ood.json" in out
+    assert "--out results/smoke/tiny/tarpo/seed5/checkpoint" in out
+    assert "results/smoke/tiny/cot/seed5/eval/synthetic_test_ood.json" in out
     train = next(ln for ln in proc.stdout.splitlines() if "tarpo train" in ln and "--seed 5" in ln)
     sliced = json.loads(train.split("--config-json '", 1)[1].split("' --backbone", 1)[0])
     assert sliced["seeds"] == [5]  # a job's slice holds its own seed only: adding a seed reruns no other job
-    assert "results/figures/tables/results.md" in out  # not the default config: the page stays under results/
+    assert "results/smoke/figures/tables/results.md" in out  # not the default config: the page stays under its root
+
+
+def test_an_ablation_arm_is_trained_and_evaluated_per_seed_and_tabled(workdir):
+    cfg = yaml.safe_load((workdir / "config" / "smoke.yaml").read_text())
+    cfg["seeds"] = [0, 1]
+    (workdir / "config" / "seeds.yaml").write_text(yaml.safe_dump(cfg))
+    cfg["ablations"] = {"tarpo_flat": {"method": "tarpo", "train": {"action_loss_weight": 0.0}}}
+    (workdir / "config" / "arm.yaml").write_text(yaml.safe_dump(cfg))
+    without = snakemake(workdir, "-n", "-p", "all", "--configfile", "config/seeds.yaml")
+    proc = snakemake(workdir, "-n", "-p", "all", "--configfile", "config/arm.yaml")
+    out = _out(proc)
+    assert proc.returncode == 0 and without.returncode == 0, out
+    counts = _job_counts(out)
+    assert counts["train"] == (5 + 1) * 2 and counts["evaluate"] == (6 + 1) * 2 * 2  # methods + the arm (+ cot)
+    assert counts["ablations_table"] == 1 and counts["summarise"] == 1
+    for seed in (0, 1):
+        train = next(ln for ln in proc.stdout.splitlines() if "tarpo train" in ln and "tarpo_flat" in ln
+                     and f"--seed {seed}" in ln)
+        assert f"--method tarpo --arm tarpo_flat --seed {seed} --backbone-dir results/smoke/backbones/tiny " in train
+        assert f"--out results/smoke/tiny/tarpo_flat/seed{seed}/checkpoint" in train
+        sliced = tconfig.load_config_json(train.split("--config-json '", 1)[1].split("' --", 1)[0])
+        assert sliced.train_config("tiny", "tarpo_flat").action_loss_weight == 0.0 and sliced.seeds == [seed]
+        for bench in ("synthetic_test_id", "synthetic_test_ood"):
+            assert (f"--method tarpo --arm tarpo_flat --seed {seed} --backbone-dir results/smoke/backbones/tiny "
+                    f"--checkpoint results/smoke/tiny/tarpo_flat/seed{seed}/checkpoint --benchmark {bench}") in out
+    assert ("tarpo ablations --config-json" in out and "--out-csv results/smoke/tiny/ablations.csv --out-dir "
+            "results/smoke/figures/tiny/tables") in out
+    # adding an arm reruns no method's job: every other job's slice is unchanged
+    page = [s for s in _config_jsons(proc.stdout) if "results_page" in s]
+    assert page and page[0]["ablations"]["tarpo_flat"]["method"] == "tarpo"  # the page lists the arm
+    others = [s for s in _config_jsons(proc.stdout) if "ablations" not in s]
+    assert sorted(map(json.dumps, others)) == sorted(
+        json.dumps(s) for s in _config_jsons(without.stdout) if "results_page" not in s)
+    # `snakemake ablations`: the arms, their methods and the tables, nothing else
+    counts = _job_counts(_out(snakemake(workdir, "-n", "ablations", "--configfile", "config/arm.yaml")))
+    assert counts["train"] == 2 * 2 and counts["evaluate"] == 2 * 2 * 2 and "summarise" not in counts
+    proc = snakemake(workdir, "-n", "ablations", "--configfile", "config/seeds.yaml")
+    assert proc.returncode != 0 and "config error: the config has no `ablations`" in _out(proc)
 
 
 def test_seeds_must_be_a_non_empty_list_of_distinct_seeds():
@@ -294,7 +386,7 @@ def test_nested_overrides_on_the_command_line_reach_the_jobs(workdir):
     for sliced in evals:
         assert sliced["evaluate"]["k"] == 8
         assert sliced["evaluate"]["benchmarks"] == ["synthetic_test_id", "synthetic_test_ood"]
-    assert "--out results/tiny/tarpo/seed3/checkpoint" in out and "seed0" not in out
+    assert "--out results/smoke/tiny/tarpo/seed3/checkpoint" in out and "seed0" not in out
 
 
 def test_config_file_problems_fail_the_dry_run_in_a_few_lines(workdir):
@@ -335,7 +427,7 @@ def test_default_profile_reruns_incomplete_outputs_and_unlock_clears_a_stale_loc
     assert profile["rerun-incomplete"] is True
     assert yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())["rerun-incomplete"] is True
     shutil.copytree(REPO / "profiles" / "default", workdir / "profiles" / "default")
-    target = "results/data/synthetic"
+    target = "results/smoke/data/synthetic"
     meta = workdir / ".snakemake"
     (meta / "locks").mkdir(parents=True)
     (meta / "locks" / "0.output.lock").write_text(target + "\n")
@@ -363,28 +455,30 @@ def test_default_profile_reruns_incomplete_outputs_and_unlock_clears_a_stale_loc
 def test_smoke_run_builds_data_and_backbone(workdir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    targets = ["results/data/synthetic", "results/backbones/tiny"]
+    targets = ["results/smoke/data/synthetic", "results/smoke/backbones/tiny"]
     proc = snakemake(workdir, *targets, "--configfile", "config/smoke.yaml", timeout=900)
     out = _out(proc)
     assert proc.returncode == 0, out[-5000:]
 
-    data = workdir / "results" / "data" / "synthetic"
+    root = workdir / "results" / "smoke"  # the smoke config's root (its name)
+    data = root / "data" / "synthetic"
     for split, n in (("train", 200), ("test_id", 16), ("test_ood", 16)):
         rows = (data / f"{split}.jsonl").read_text().splitlines()
         assert len(rows) == n
-    bb = workdir / "results" / "backbones" / "tiny"
+    bb = root / "backbones" / "tiny"
     tok = AutoTokenizer.from_pretrained(bb)
     model = AutoModelForCausalLM.from_pretrained(bb)
     assert model.config.num_hidden_layers == 2 and model.config.hidden_size == 32
     assert tok.eos_token is not None and tok.pad_token is not None
-    assert (workdir / "results" / "logs" / "prepare" / "synthetic.log").exists()
-    assert (workdir / "results" / "logs" / "backbone" / "tiny.log").stat().st_size > 0
+    assert (root / "logs" / "prepare" / "synthetic.log").exists()
+    assert (root / "logs" / "backbone" / "tiny.log").stat().st_size > 0
     # each job's runtime and memory (Snakemake's benchmark: record) beside its log's path
     for record in ("prepare/synthetic.tsv", "backbone/tiny.tsv"):
-        rows = (workdir / "results" / "benchmarks" / record).read_text().splitlines()
+        rows = (root / "benchmarks" / record).read_text().splitlines()
         header, values = rows[0].split("\t"), rows[1].split("\t")
         assert header[:3] == ["s", "h:m:s", "max_rss"] and float(values[0]) > 0, rows
-    # The warm start is tracked as a `tiny/...` run of experiment `smoke` in the default store.
+    # The warm start is tracked as a `tiny/...` run of experiment `smoke` in the default store, shared by every
+    # config's root: results/mlflow.db.
     from mlflow.tracking import MlflowClient
 
     assert not (workdir / "mlflow.db").exists() and not (workdir / "mlruns").exists()  # nothing stray in the cwd
@@ -394,19 +488,20 @@ def test_smoke_run_builds_data_and_backbone(workdir):
     runs = client.search_runs([exp.experiment_id])
     assert any(r.info.run_name.startswith("tiny/") and r.info.status == "FINISHED" for r in runs), runs
     assert not list((workdir / "results").rglob(".*.tmp-*"))  # no half-written outputs left behind
+    assert json.loads((root / ".tarpo-config.json").read_text())["config"] == "config/smoke.yaml"  # owns the root
 
     # Nothing to redo; and editing a section no data/backbone job reads retriggers nothing.
     cfg = yaml.safe_load((workdir / "config" / "smoke.yaml").read_text())
     cfg["train"]["steps"] = 7
     cfg["resources"]["train"]["mem_mb"] = 1234
     cfg["methods"]["tarpo"] = {"action_bias_hard": 2.2}
-    (workdir / "config" / "smoke2.yaml").write_text(yaml.safe_dump(cfg))
-    proc = snakemake(workdir, "-n", *targets, "--configfile", "config/smoke2.yaml")
+    (workdir / "config" / "smoke.yaml").write_text(yaml.safe_dump(cfg))  # the same file, edited
+    proc = snakemake(workdir, "-n", *targets, "--configfile", "config/smoke.yaml")
     assert proc.returncode == 0, _out(proc)
     assert "Nothing to be done" in _out(proc), _out(proc)
     # ...while a change to the backbone's own settings does.
     cfg["backbones"]["tiny"]["warm_start"]["steps"] = 21
-    (workdir / "config" / "smoke3.yaml").write_text(yaml.safe_dump(cfg))
-    proc = snakemake(workdir, "-n", *targets, "--configfile", "config/smoke3.yaml")
+    (workdir / "config" / "smoke.yaml").write_text(yaml.safe_dump(cfg))
+    proc = snakemake(workdir, "-n", *targets, "--configfile", "config/smoke.yaml")
     assert proc.returncode == 0, _out(proc)
     assert "rule backbone:" in proc.stdout and "rule prepare:" not in proc.stdout

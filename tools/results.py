@@ -12,10 +12,11 @@ Snakemake is the one definition of the pipeline. This tool asks it
 of, keeps the costly ones (data, backbones, checkpoints, evaluations) and
 writes one DVC stage per job output into dvc.yaml. The stages are frozen: DVC
 records, pushes and pulls them, Snakemake alone builds them (each stage's cmd
-is the Snakemake call that would). Stages of several configs live side by
-side in dvc.yaml; a config whose outputs share paths with another's (the smoke
-and default configs both write results/tiny/) replaces them, as it replaces
-the files themselves.
+is the Snakemake call that would). Every config writes under its own root,
+results/{name}/, so its stages are named by it (`train-smoke-tiny-tarpo-seed0-checkpoint`)
+and the stages of several configs live side by side in dvc.yaml: sharing a
+config replaces that config's stages (and any stage whose outputs overlap its
+outputs) and leaves every other config's alone.
 
 Not versioned: logs, Snakemake benchmark records, the MLflow store, and the
 figures, tables and summaries that cheap rules rebuild from the evaluations.
@@ -101,7 +102,8 @@ def workflow_outputs(configfile: str) -> list[Output]:
 
 
 def stage_name(out: Output) -> str:
-    """One stage per job: a directory output names it, a job's files share their directory's."""
+    """One stage per job: a directory output names it, a job's files share their directory's. The path under
+    results/ starts with the config's root, so the config's name is part of every stage name."""
     group = out.path if (REPO / out.path).is_dir() or out.rule != "evaluate" else str(Path(out.path).parent)
     rel = Path(group).relative_to("results") if group.startswith("results/") else Path(group)
     return f"{out.rule}-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", str(rel)).strip("-")
@@ -133,12 +135,15 @@ def _stage_outs(stage: dict) -> list[str]:
     return [next(iter(o)) if isinstance(o, dict) else str(o) for o in stage.get("outs", [])]
 
 
-def merge_stages(existing: dict[str, dict], new: dict[str, dict]) -> tuple[dict[str, dict], list[str]]:
-    """The new stages, plus every existing stage none of whose outputs overlaps a new output."""
+def merge_stages(existing: dict[str, dict], new: dict[str, dict],
+                 configfile: str | None = None) -> tuple[dict[str, dict], list[str]]:
+    """The new stages, plus every existing stage of another config none of whose outputs overlaps a new output
+    (a config's stages are replaced as a whole: a job it no longer has leaves dvc.yaml with it)."""
     new_outs = [p for s in new.values() for p in _stage_outs(s)]
     kept, dropped = {}, []
     for name, stage in existing.items():
-        if name in new or any(_overlaps(p, q) for p in _stage_outs(stage) for q in new_outs):
+        ours = configfile is not None and (stage.get("meta") or {}).get("config") == configfile
+        if ours or name in new or any(_overlaps(p, q) for p in _stage_outs(stage) for q in new_outs):
             dropped.append(name)
         else:
             kept[name] = stage
@@ -171,7 +176,7 @@ def prune_lock(names: list[str]) -> None:
 def update_stages(configfile: str) -> tuple[dict[str, dict], list[Output]]:
     outputs = workflow_outputs(configfile)
     stages = config_stages(configfile, outputs)
-    merged, dropped = merge_stages(read_dvc_yaml(), stages)
+    merged, dropped = merge_stages(read_dvc_yaml(), stages, configfile)
     write_dvc_yaml(merged)
     prune_lock(dropped)
     return stages, outputs

@@ -1,4 +1,5 @@
-"""One entry point: `tarpo prepare | backbone | atp-sft | train | evaluate | summarise | tune-report | track | check | schema`.
+"""One entry point: `tarpo prepare | backbone | atp-sft | train | evaluate | summarise | ablations | tune-report | track |
+check | schema | methods`.
 
 Every workflow rule calls one of these subcommands; each can also be run by
 hand. The configuration comes from a YAML file (`--config`) or, as the
@@ -43,7 +44,7 @@ def cmd_check(args: argparse.Namespace) -> None:
     cfg = _config(args)
     where = "--config-json" if args.config_json else args.config
     print(f"{where}: ok ({len(cfg.backbones)} backbone(s), {len(cfg.methods)} method(s), "
-          f"{len(cfg.evaluate.benchmarks)} benchmark(s), seeds {cfg.seeds})")
+          f"{len(cfg.evaluate.benchmarks)} benchmark(s), seeds {cfg.seeds}; results under {cfg.results_root}/)")
 
 
 def cmd_schema(args: argparse.Namespace) -> None:
@@ -111,11 +112,24 @@ def cmd_atp_sft(args: argparse.Namespace) -> None:
     run_sft(cfg, args.backbone, Path(args.backbone_dir), Path(args.data), Path(args.out))
 
 
+def _arm(cfg: Config, args: argparse.Namespace) -> str:
+    """What runs: `--method`, or with `--arm` that ablation arm of the config (an arm of `--method`)."""
+    if not args.arm:
+        return args.method
+    if args.arm not in cfg.ablations:
+        raise ConfigError(f"--arm {args.arm}: the config's `ablations` has no such arm"
+                          + (f" ({', '.join(cfg.ablations)})" if cfg.ablations else " (it has none)"))
+    if cfg.ablations[args.arm].method != args.method:
+        raise ConfigError(f"--arm {args.arm} is an arm of '{cfg.ablations[args.arm].method}', not of --method "
+                          f"{args.method}")
+    return args.arm
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from tarpo.trainer import train
 
     cfg = _seeded(_config(args), args.seed)
-    train(cfg, args.backbone, args.method, Path(args.backbone_dir), Path(args.data), Path(args.out))
+    train(cfg, args.backbone, _arm(cfg, args), Path(args.backbone_dir), Path(args.data), Path(args.out))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -125,11 +139,11 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     evaluate(
         cfg,
         backbone=args.backbone,
-        method=args.method,
+        method=_arm(cfg, args),
         backbone_dir=Path(args.backbone_dir),
         checkpoint=Path(args.checkpoint) if args.checkpoint else None,
         benchmark=args.benchmark,
-        data_root=Path(args.data_root),
+        data_root=Path(args.data_root or f"{cfg.results_root}/data"),
         out_json=Path(args.out),
     )
 
@@ -138,25 +152,40 @@ def cmd_summarise(args: argparse.Namespace) -> None:
     from tarpo.plots import summarise
 
     cfg = _config(args)
+    results = Path(args.results or cfg.results_root)
     if not args.page and not args.out:
         raise ConfigError("tarpo summarise needs --out (figures and tables) or --page (the results page)")
     if args.page:
         from tarpo.tables import results_page
 
-        results_page(cfg, Path(args.results), Path(args.page))
+        results_page(cfg, results, Path(args.page))
         log.info(f"summarise: results page -> {args.page}")
     elif args.combined:
         from tarpo.plots import combined_table
 
-        combined_table(cfg, Path(args.results), Path(args.out))
+        combined_table(cfg, results, Path(args.out))
     else:
-        summarise(cfg, Path(args.results), Path(args.out), backbones=args.backbone)
+        summarise(cfg, results, Path(args.out), backbones=args.backbone)
+
+
+def cmd_ablations(args: argparse.Namespace) -> None:
+    from tarpo.ablations import write_ablations
+
+    cfg = _config(args)
+    if args.backbone not in cfg.backbones:
+        raise ConfigError(f"unknown backbone '{args.backbone}'; configured: {sorted(cfg.backbones)}")
+    results = Path(args.results or cfg.results_root)
+    frame = write_ablations(cfg, results, args.backbone, Path(args.out_csv), Path(args.out_dir))
+    log.info(f"ablations {args.backbone}: {frame.method.nunique()} arm(s), {len(frame)} comparison(s) -> "
+             f"{args.out_csv}, {Path(args.out_dir) / 'ablations.md'}")
 
 
 def cmd_tune_report(args: argparse.Namespace) -> None:
     from tarpo.tuning import write_report
 
-    rows = write_report(_config(args), args.backbone, Path(args.results), Path(args.out_csv), Path(args.out_md))
+    cfg = _config(args)
+    rows = write_report(cfg, args.backbone, Path(args.results or cfg.results_root), Path(args.out_csv),
+                        Path(args.out_md))
     for r in rows:
         if r.chosen:
             log.info(f"tune-report {args.backbone}/{r.method}: chose {r.trial} (validation pass@1 {r.score.mean:.3f})")
@@ -257,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "Generate a configured synthetic dataset's train / test_id / test_ood splits, or export a "
                     "registry training set (" + ", ".join(n for n, b in REGISTRY.items() if b.distribution == "train")
                     + ") to train.jsonl. Writes the directory atomically and says what it wrote.",
-                    "tarpo prepare --config config/smoke.yaml --dataset synthetic --out results/data/synthetic", [conf])
+                    "tarpo prepare --config config/smoke.yaml --dataset synthetic --out results/smoke/data/synthetic", [conf])
     p.add_argument("--dataset", default="synthetic", help="dataset name in the config (default: %(default)s)")
     p.add_argument("--out", required=True,
                    help="output directory (train/test_id/test_ood .jsonl; train.jsonl only for a registry training set)")
@@ -266,8 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _subcommand(sub, "backbone", "build + warm-start the embedded model, or snapshot a hub model",
                     "Build the embedded Qwen2 and its tokenizer and warm-start it on the dataset's train split, or "
                     "resolve a hub backbone's pinned snapshot (offline: from the Hugging Face cache).",
-                    "tarpo backbone --config config/smoke.yaml --backbone tiny --data results/data/synthetic "
-                    "--out results/backbones/tiny", [conf])
+                    "tarpo backbone --config config/smoke.yaml --backbone tiny --data results/smoke/data/synthetic "
+                    "--out results/smoke/backbones/tiny", [conf])
     p.add_argument("--backbone", required=True, help="backbone name in the config")
     p.add_argument("--data", help="prepared dataset directory (embedded backbones warm-start on its train split)")
     p.add_argument("--out", required=True, help="output directory (save_pretrained layout)")
@@ -276,8 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _subcommand(sub, "atp-sft", "ATP-Latent's supervised stage: a conditional VAE over CoT steps, with its curriculum",
                     "ATP-Latent's supervised stage: train the conditional VAE (policy, latent and stop heads, and "
                     "the decoder that reads latents back) from explicit to fully latent steps; RL starts from it.",
-                    "tarpo atp-sft --config config/smoke.yaml --backbone tiny --backbone-dir results/backbones/tiny "
-                    "--data results/data/synthetic --out results/tiny/atp_latent/sft", [conf])
+                    "tarpo atp-sft --config config/smoke.yaml --backbone tiny --backbone-dir results/smoke/backbones/tiny "
+                    "--data results/smoke/data/synthetic --out results/smoke/tiny/atp_latent/sft", [conf])
     p.add_argument("--backbone", required=True, help="backbone name in the config")
     p.add_argument("--backbone-dir", required=True, help="directory written by `tarpo backbone`")
     p.add_argument("--data", required=True, help="prepared training dataset directory (test_id.jsonl beside it "
@@ -290,10 +319,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "RL-train one method on one backbone with the shared rollout engine and GRPO loss. Checkpoints "
                     "periodically; a rerun with the same settings resumes, SIGTERM checkpoints and exits 143.",
                     "tarpo train --config config/smoke.yaml --backbone tiny --method tarpo --backbone-dir "
-                    "results/backbones/tiny --data results/data/synthetic --out results/tiny/tarpo/seed0/checkpoint",
+                    "results/smoke/backbones/tiny --data results/smoke/data/synthetic --out "
+                    "results/smoke/tiny/tarpo/seed0/checkpoint",
                     [conf])
     p.add_argument("--backbone", required=True, help="backbone name in the config")
     p.add_argument("--method", required=True, choices=trained, help="one of: %(choices)s")
+    p.add_argument("--arm", help="train this ablation arm of the config (`ablations`; an arm of --method): the "
+                   "method with the arm's overrides, named by the arm")
     p.add_argument("--backbone-dir", required=True,
                    help="directory written by `tarpo backbone` (for atp_latent: by `tarpo atp-sft`)")
     p.add_argument("--data", required=True, help="prepared training dataset directory")
@@ -305,17 +337,20 @@ def build_parser() -> argparse.ArgumentParser:
                     "Sample k completions per problem of one benchmark and score them: pass@k with 95% CIs, tokens, "
                     "lucky share; samples and an HTML view beside the JSON. Resumes a killed run per problem.",
                     "tarpo evaluate --config config/smoke.yaml --backbone tiny --method cot --backbone-dir "
-                    "results/backbones/tiny --benchmark synthetic_test_id --out /tmp/eval/synthetic_test_id.json",
+                    "results/smoke/backbones/tiny --benchmark synthetic_test_id --out /tmp/eval/synthetic_test_id.json",
                     [conf])
     p.add_argument("--backbone", required=True, help="backbone name in the config")
     p.add_argument("--method", required=True, choices=method_names(),
                    help="an untrained baseline (cot: the bare backbone) or a trained method: %(choices)s")
     p.add_argument("--backbone-dir", required=True,
                    help="directory written by `tarpo backbone` (for atp_latent: by `tarpo atp-sft`)")
+    p.add_argument("--arm", help="an ablation arm of the config (`ablations`; an arm of --method), evaluated from "
+                   "its checkpoint and named by the arm")
     p.add_argument("--checkpoint", help="checkpoint directory of the trained method (omit for cot)")
     p.add_argument("--benchmark", required=True, choices=BenchmarkChoices(EVAL_BENCHMARKS), metavar="BENCHMARK",
                    help="one of: %(choices)s (DATASET: a synthetic dataset of the config)")
-    p.add_argument("--data-root", default="results/data", help="where prepared datasets live (default: %(default)s)")
+    p.add_argument("--data-root", help="where prepared datasets live (default: the config's results root's data/, "
+                   "results/NAME/data)")
     p.add_argument("--out", required=True, help="result JSON; samples go beside it")
     p.add_argument("--seed", type=int, help="sampling seed (default: the first of the config's `seeds`)")
     p.set_defaults(func=cmd_evaluate)
@@ -323,28 +358,42 @@ def build_parser() -> argparse.ArgumentParser:
     p = _subcommand(sub, "summarise", "tables and figures from every evaluation",
                     "Tables (Markdown, LaTeX, HTML, CSV) with 95% CIs, paired comparisons and figures from every "
                     "evaluation of a backbone; or the all-backbone tables (--combined); or the results page (--page).",
-                    "tarpo summarise --config config/smoke.yaml --results results --out results/figures", [conf])
-    p.add_argument("--results", default="results", help="results root (default: %(default)s)")
+                    "tarpo summarise --config config/smoke.yaml --out results/smoke/figures", [conf])
+    p.add_argument("--results", help="results root (default: the config's, results/NAME)")
     p.add_argument("--out", help="figures and tables go to OUT/{backbone}/ (OUT/tables/: all backbones)")
     p.add_argument("--backbone", action="append",
                    help="summarise only this backbone (repeatable); default: every configured backbone, then the "
                    "all-backbone table")
     p.add_argument("--combined", action="store_true",
                    help="only the all-backbone tables OUT/tables/main.*, paired.*, from each "
-                   "results/{backbone}/summary.csv, paired.csv")
+                   "RESULTS/{backbone}/summary.csv, paired.csv")
     p.add_argument("--page", help="only the Markdown results page, written to PAGE (from each "
-                   "results/{backbone}/summary.csv, paired.csv and the evaluations)")
+                   "RESULTS/{backbone}/summary.csv, paired.csv and the evaluations)")
     p.set_defaults(func=cmd_summarise)
+
+    p = _subcommand(sub, "ablations", "table each ablation arm minus its method (paired by seed and problem)",
+                    "Read every ablation arm's and its method's evaluations (the config's `ablations`, "
+                    "RESULTS/{backbone}/{arm}/seed{seed}/eval/...) and write the ablation table: arm minus method, "
+                    "Pass@1 in points per benchmark and split average, with the seed-level 95% interval, p-value "
+                    "and Holm's adjusted p over the backbone's arms.",
+                    "tarpo ablations --config config/smoke.yaml --backbone tiny "
+                    "--out-csv results/smoke/tiny/ablations.csv --out-dir results/smoke/figures/tiny/tables", [conf])
+    p.add_argument("--backbone", required=True, help="backbone name in the config")
+    p.add_argument("--results", help="results root (default: the config's, results/NAME)")
+    p.add_argument("--out-csv", required=True, help="one row per arm and benchmark / split average (paired.csv's "
+                   "columns, comparison 'ablation')")
+    p.add_argument("--out-dir", required=True, help="ablations.md, .tex and .html go here")
+    p.set_defaults(func=cmd_ablations)
 
     p = _subcommand(sub, "tune-report", "table the tuning trials' validation pass@1 and choose each method's",
                     "Read every tuned method x trial x seed evaluation on the config's validation benchmark "
-                    "(`tuning`, results/{backbone}/tune/...) and write the table: mean pass@1 over seeds with its "
+                    "(`tuning`, RESULTS/{backbone}/tune/...) and write the table: mean pass@1 over seeds with its "
                     "95% interval, and each method's chosen trial (the highest mean; a tie goes to the earlier "
                     "grid point). Test splits are never read.",
-                    "tarpo tune-report --config config/smoke.yaml --backbone tiny --results results "
-                    "--out-csv results/tiny/tuning.csv --out-md results/tiny/tuning.md", [conf])
+                    "tarpo tune-report --config config/smoke.yaml --backbone tiny "
+                    "--out-csv results/smoke/tiny/tuning.csv --out-md results/smoke/tiny/tuning.md", [conf])
     p.add_argument("--backbone", required=True, help="backbone name in the config")
-    p.add_argument("--results", default="results", help="results root (default: %(default)s)")
+    p.add_argument("--results", help="results root (default: the config's, results/NAME)")
     p.add_argument("--out-csv", required=True, help="one row per method x trial (the grid values, pass1, low, "
                    "high, n_seeds, n_problems, chosen)")
     p.add_argument("--out-md", required=True, help="the same table in Markdown, with the procedure and budget")
@@ -359,7 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "`mlflow ui` addresses.",
                     "tarpo track --replay --results results")
     p.add_argument("--replay", action="store_true", help="log RESULTS/mlflow-pending.jsonl into the store")
-    p.add_argument("--results", default="results", help="results root holding the store (default: %(default)s)")
+    p.add_argument("--results", default="results", help="the directory holding the store, shared by every config's "
+                   "root (default: %(default)s)")
     p.set_defaults(func=cmd_track)
     return parser
 
@@ -375,6 +425,7 @@ INTACT = {
     "evaluate": "finished problems are kept in the .samples.jsonl.partial beside --out and a rerun resumes from them",
     "summarise": "the evaluations are intact and each table is written whole or not at all; a rerun rewrites them",
     "tune-report": "the evaluations are intact; a rerun rewrites the table",
+    "ablations": "the evaluations are intact and each table is written whole or not at all; a rerun rewrites them",
     "track": "the pending records are kept until they reach the store",
 }
 

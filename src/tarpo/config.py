@@ -25,6 +25,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from tarpo.errors import ConfigError
+from tarpo.layout import RESULTS_DIR, check_root_name, default_results_page, results_root
 from tarpo.methods import get_method, method_names
 
 # Numeric bounds of a field, by their JSON-schema names: they go into the generated schema and
@@ -308,6 +309,20 @@ class EvaluateConfig:
 
 
 @dataclass
+class AblationConfig:
+    """An ablation arm: a trained method with some of its training settings changed. It is trained and evaluated
+    like a method, per seed, under {root}/{backbone}/{arm}/seed{seed}/, and compared with its method (arm minus
+    method, paired by seed and problem) in the ablation table (`snakemake ablations`, tarpo.ablations)."""
+
+    method: str = _doc("The method this arm changes: a trained method of `methods` (its settings are the arm's "
+                       "starting point).", default="")
+    train: dict[str, Any] = _doc(
+        "Overrides of the method's training settings, merged last (over `train`, the backbone's, the method's "
+        "defaults and overrides), e.g. {action_loss_weight: 0.0}.", schema="train", default_factory=dict,
+    )
+
+
+@dataclass
 class TuningConfig:
     """Choosing hyperparameters on validation (`snakemake --cores 2 tune`, tarpo.tuning): every tuned method is
     trained once per grid point ("trial") and seed, with the same grid, seeds and steps (the same budget), and
@@ -334,7 +349,11 @@ class TuningConfig:
 class Config:
     """The whole pipeline configuration (the workflow's config file)."""
 
-    name: str = _doc("Experiment name (the MLflow experiment).", default="default")
+    name: str = _doc(
+        "The config's name: its results root results/{name}/ (each config's outputs side by side; another config "
+        "file with the same name is refused) and its MLflow experiment. Letters, digits, '.', '_', '-'.",
+        default="default",
+    )
     seed: int = _doc("Seed of the embedded backbone's warm start (the synthetic data has its own, datasets.NAME.seed).",
                      ge=0, default=0)
     seeds: list[int] = _doc(
@@ -345,8 +364,10 @@ class Config:
     )
     results_page: str = _doc(
         "Markdown page `snakemake all` writes from the summaries (main table with 95% CIs, paired comparisons, "
-        "lucky share, tokens, machine); config/config.yaml sends the default run's to the tracked docs/results.md.",
-        default="results/figures/tables/results.md",
+        "lucky share, tokens, machine); empty: results/{name}/figures/tables/results.md, under the config's root. "
+        "config/config.yaml sends the default run's to the tracked docs/results.md. A page under results/ must lie "
+        "under the config's own root.",
+        default="",
     )
     datasets: dict[str, SyntheticDataConfig] = _doc(
         "Generated datasets by name.", default_factory=lambda: {"synthetic": SyntheticDataConfig()}
@@ -366,15 +387,40 @@ class Config:
     evaluate: EvaluateConfig = _doc("Evaluation settings.", default_factory=EvaluateConfig)
     resources: ResourcesConfig = _doc("Scheduler resources per rule.", default_factory=ResourcesConfig)
     benchmarks: dict[str, dict[str, Any]] = _doc("Benchmark registry overrides (local files, revisions).", default_factory=dict)
+    ablations: dict[str, AblationConfig] = _doc(
+        "Ablation arms by name (a name that is no method's): each a trained method with training overrides, "
+        "trained and evaluated per seed like a method and tabled against it (`snakemake ablations`; part of `all` "
+        "when there are any).", default_factory=dict,
+    )
     tuning: TuningConfig | None = _doc(
         "Choosing hyperparameters on validation (`snakemake tune`; not part of `all`). Absent: `tune` uses the "
         "defaults.", default=None,
     )
 
+    @property
+    def results_root(self) -> str:
+        """Where this config's outputs go: results/{name} (tarpo.layout)."""
+        return results_root(self.name)
+
+    def method_of(self, name: str) -> str:
+        """The registered method behind `name`: an ablation arm's method, else `name` itself (a registered
+        method). What the registry's hooks, the mode and the saved policy are looked up by."""
+        if name in self.ablations:
+            return self.ablations[name].method
+        if name in method_names():
+            return name
+        raise ConfigError(f"unknown method '{name}'; registered: {', '.join(method_names())}"
+                          + (f"; arms of `ablations`: {', '.join(self.ablations)}" if self.ablations else ""))
+
     def train_config(self, backbone: str, method: str) -> TrainConfig:
-        """The effective training config: defaults <- train <- backbone.train <- methods[m] <- backbone.method_overrides[m]."""
+        """The effective training config: defaults <- train <- backbone.train <- methods[m] <- backbone.method_overrides[m];
+        for an ablation arm, its method's <- ablations[arm].train."""
         if backbone not in self.backbones:
             raise ConfigError(f"unknown backbone '{backbone}'; configured: {sorted(self.backbones)}")
+        if method in self.ablations:
+            arm = self.ablations[method]
+            merged = _merge(to_dict(self.train_config(backbone, arm.method)), arm.train)
+            return from_dict(TrainConfig, merged, f"ablations.{method}.train")
         if method not in self.methods:
             raise ConfigError(f"unknown method '{method}'; configured: {sorted(self.methods)}")
         merged = to_dict(self.train)
@@ -535,12 +581,21 @@ def validate(cfg: Config, partial: bool = False) -> Config:
             if len(name) > NAME_MAX:
                 raise ConfigError(f"'{section}.{name[:20]}...': a name may be at most {NAME_MAX} characters long "
                                   f"(it becomes a file and job name), got {len(name)}")
-    for key in ("name", "results_page"):
-        if not getattr(cfg, key).strip():
-            raise ConfigError(f"'{key}' must not be empty")
+    if not NAME.fullmatch(cfg.name):
+        raise ConfigError(f"'name': {cfg.name!r} may hold only letters, digits, '.', '_' and '-', starting with a "
+                          f"letter or digit (it names the results root {RESULTS_DIR}/NAME/ and the MLflow experiment)")
     if len(cfg.name) > NAME_MAX:
         raise ConfigError(f"'name' may be at most {NAME_MAX} characters long (the MLflow experiment and run names "
                           f"are built from it), got {len(cfg.name)}")
+    check_root_name(cfg.name)
+    if not cfg.results_page.strip():
+        cfg.results_page = default_results_page(cfg.name)
+    page = Path(cfg.results_page)
+    if not page.is_absolute() and page.parts[:1] == (RESULTS_DIR,) and page.parts[:2] != (RESULTS_DIR, cfg.name):
+        raise ConfigError(f"'results_page': {cfg.results_page} lies under {RESULTS_DIR}/ but outside this config's "
+                          f"root {cfg.results_root}/ (another config's results); leave it out for "
+                          f"{default_results_page(cfg.name)}, or put it under {cfg.results_root}/ or outside "
+                          f"{RESULTS_DIR}/ (e.g. docs/)")
     trained, baselines = method_names(trained=True), method_names(trained=False)
     for name in cfg.methods:
         if name not in trained:
@@ -548,6 +603,7 @@ def validate(cfg: Config, partial: bool = False) -> Config:
     for name in cfg.baselines:
         if name not in baselines:
             raise ConfigError(f"unknown baseline '{name}' in 'baselines'; known: {', '.join(baselines)}")
+    _check_ablations(cfg)  # before the merges below, which an arm of an unknown method would fail less clearly
     for bname, bb in cfg.backbones.items():
         if bb.kind == "hub" and not bb.repo_id:
             raise ConfigError(f"'backbones.{bname}.repo_id' is required for a hub backbone")
@@ -555,7 +611,7 @@ def validate(cfg: Config, partial: bool = False) -> Config:
             raise ConfigError(f"'backbones.{bname}.warm_start_dataset' names unknown dataset '{bb.warm_start_dataset}'")
         if bb.kind == "embedded":
             _check_model(bb.model, f"backbones.{bname}.model")
-        for method in cfg.methods:
+        for method in [*cfg.methods, *cfg.ablations]:
             tc = cfg.train_config(bname, method)  # every merge must be valid
             if tc.loss_type == "dr_grpo" and tc.scale_rewards == "batch":
                 raise ConfigError(f"training {bname}/{method}: loss_type 'dr_grpo' centres advantages without a std; "
@@ -589,6 +645,32 @@ def validate(cfg: Config, partial: bool = False) -> Config:
             raise ConfigError("nothing to evaluate: 'methods' and 'baselines' are both empty")
         _check_benchmark_names(cfg)
     return cfg
+
+
+# Directories of {root}/{backbone}/ that are not a method's or an arm's.
+RESERVED_ARMS = ("tune",)
+
+
+def _check_ablations(cfg: Config) -> None:
+    """Each arm: a name that is a path segment and no method's, a trained method of the config as its method
+    (its override keys are checked by the merge, `Config.train_config`, in `validate`)."""
+    registered = method_names()
+    for arm, spec in cfg.ablations.items():
+        where = f"ablations.{arm}"
+        if not NAME.fullmatch(arm) or len(arm) > NAME_MAX:
+            raise ConfigError(f"'{where}': an arm's name may hold only letters, digits, '.', '_' and '-', starting "
+                              f"with a letter or digit, at most {NAME_MAX} characters (it becomes a path and a "
+                              "shell word)")
+        if arm in registered or arm in RESERVED_ARMS:
+            what = "a method's name" if arm in registered else "taken ({backbone}/tune/ holds the tuning trials)"
+            raise ConfigError(f"'{where}': '{arm}' is {what}; an arm needs a name of its own (its results go to "
+                              f"{{backbone}}/ARM/), e.g. '{spec.method or 'method'}_{arm}'")
+        if spec.method not in cfg.methods:
+            known = ", ".join(cfg.methods) or "none"
+            hint = (" (a registered method, but not trained by this config: add it to `methods`)"
+                    if spec.method in method_names(trained=True) else "")
+            raise ConfigError(f"'{where}.method': '{spec.method}' is not a trained method of this config{hint}; "
+                              f"`methods`: {known}")
 
 
 def tunable_keys() -> list[str]:
@@ -691,7 +773,7 @@ def _check_benchmark_names(cfg: Config) -> None:
         if not isinstance(over.get("skip_bad_rows", False), bool):
             raise ConfigError(f"'benchmarks.{name}.skip_bad_rows' must be true or false, got {over['skip_bad_rows']!r}")
     for bname in cfg.backbones:
-        for method in cfg.methods:
+        for method in [*cfg.methods, *cfg.ablations]:
             dataset = cfg.train_config(bname, method).dataset
             if dataset not in cfg.datasets and dataset not in TRAIN_SETS:
                 raise ConfigError(f"training set '{dataset}' of {bname}/{method} ('train.dataset') is neither in "
@@ -873,6 +955,9 @@ def json_schema() -> dict[str, Any]:
     props["baselines"]["items"]["enum"] = method_names(trained=False)
     overrides = props["backbones"]["additionalProperties"]["properties"]["method_overrides"]
     overrides["propertyNames"] = {"enum": method_names(trained=True)}
+    props["ablations"]["propertyNames"] = {"pattern": f"^{NAME.pattern}$", "not": {"enum": method_names()}}
+    props["ablations"]["additionalProperties"]["properties"]["method"]["enum"] = method_names(trained=True)
+    props["ablations"]["additionalProperties"]["required"] = ["method"]
     schema["description"] = "TARPO pipeline configuration. Generated by `tarpo schema`; edit src/tarpo/config.py instead."
     return schema
 

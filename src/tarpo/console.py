@@ -2,7 +2,7 @@
 
 Every module logs through `logging.getLogger(__name__)`; `setup_logging` (the
 CLI calls it once) sends the records to stdout, which the workflow's rules
-copy into results/logs/, as `2026-11-24 23:41:08 INFO tarpo.trainer: ...`.
+copy into results/NAME/logs/, as `2026-11-24 23:41:08 INFO tarpo.trainer: ...`.
 Records go through `tqdm.write`, so a message printed while a progress bar is
 drawn does not leave a torn bar line behind.
 """

@@ -2,7 +2,7 @@
 
 One call evaluates one policy (a trained checkpoint, or the bare backbone for
 `cot`) on one benchmark and writes, beside `out_json`
-(`results/{backbone}/{method}/eval/{benchmark}.json`):
+(`{root}/{backbone}/{method}/eval/{benchmark}.json`):
 
     {benchmark}.json            metrics: n_problems, k, pass@1 (mean accuracy over the k samples), pass@j
                                 for j in 1, 2, 4, ... <= k (unbiased estimator) and its 95%
@@ -96,7 +96,7 @@ def eval_train_config(cfg: Config, backbone: str, method: str) -> TrainConfig:
     """The train config whose mode knobs / prompt length apply: the method's, or `train` + backbone overrides for cot."""
     if backbone not in cfg.backbones:
         raise ConfigError(f"unknown backbone '{backbone}'; configured: {sorted(cfg.backbones)}")
-    if method in cfg.methods:
+    if method in cfg.methods or method in cfg.ablations:
         return cfg.train_config(backbone, method)
     return from_dict(TrainConfig, _merge(to_dict(cfg.train), cfg.backbones[backbone].train), f"backbones.{backbone}.train")
 
@@ -359,7 +359,8 @@ def evaluate(
     data_root: Path,
     out_json: Path,
 ) -> dict[str, Any]:
-    """Evaluate one policy on one benchmark; returns the metrics written to `out_json`."""
+    """Evaluate one policy on one benchmark; returns the metrics written to `out_json`. `method` is a registered
+    method or an ablation arm of the config (evaluated as its method's mode; its results carry its own name)."""
     from tarpo.policy import load_policy, read_policy_info
     from tarpo.rollout import AnswerMarker, eos_token_ids
 
@@ -367,7 +368,7 @@ def evaluate(
     e = cfg.evaluate
     if e.k < 1 or e.batch_size < 1 or e.max_new_tokens < 1:
         raise ConfigError("evaluate.k, evaluate.batch_size and evaluate.max_new_tokens must be >= 1")
-    declared = get_method(method)
+    declared = get_method(cfg.method_of(method))
     if declared.trained and checkpoint is None:
         raise ConfigError(f"method '{method}' is evaluated from its checkpoint: pass --checkpoint (only untrained "
                           f"baselines such as cot run without)")
@@ -399,7 +400,7 @@ def evaluate(
             if any(r["id"] not in done for r in records[b * e.batch_size:(b + 1) * e.batch_size])]
     tokenizer = None
     if todo:
-        model, tokenizer, mode = load_policy(Path(backbone_dir), method, tcfg, checkpoint, device)
+        model, tokenizer, mode = load_policy(Path(backbone_dir), declared.name, tcfg, checkpoint, device)
         # e.g. ATP-Latent's decoder, which reads the latents (the backbone dir is its SFT stage's output)
         parts = declared.frozen_parts(Path(backbone_dir), device) if declared.frozen_parts else None
         marker = AnswerMarker(tokenizer, model.config.vocab_size).to(device)
@@ -412,7 +413,7 @@ def evaluate(
                 samples = sample_batch(model, tokenizer, mode, chunk, k=e.k, temperature=e.temperature,
                                        max_new_tokens=e.max_new_tokens, max_prompt_tokens=tcfg.max_prompt_tokens,
                                        seed=batch_seed(cfg.seed, benchmark, b), eos_ids=eos_ids, marker=marker,
-                                       device=device, method=method, parts=parts,
+                                       device=device, method=declared.name, parts=parts,
                                        compiled=e.compile_decode)
                 new_rows = []
                 for index, (record, rows) in enumerate(zip(chunk, samples)):
@@ -435,7 +436,8 @@ def evaluate(
     metrics = {
         "benchmark": benchmark, "kind": bench.kind, "distribution": bench.distribution, "ood": bench.ood,
         "backbone": backbone, "method": method, "checkpoint": str(checkpoint) if checkpoint else None,
-        **summarise(rows_by_problem, e.k), **mode_metrics(method, rows),
+        **({"ablation_of": declared.name} if declared.name != method else {}),
+        **summarise(rows_by_problem, e.k), **mode_metrics(declared.name, rows),
         "temperature": e.temperature, "max_new_tokens": e.max_new_tokens, "batch_size": e.batch_size,
         "seed": cfg.seed, "max_problems": e.max_problems, "compile_decode": e.compile_decode,
         "revision": (cfg.benchmarks.get(benchmark, {}).get("revision", bench.revision)
@@ -457,7 +459,8 @@ def evaluate(
         from tarpo.backbone import backbone_path
 
         tokenizer = AutoTokenizer.from_pretrained(backbone_path(Path(backbone_dir)))
-    atomic_write_text(paths["html"], trajectories(tokenizer, f"{backbone}/{method} on {benchmark}", records, rows, method))
+    atomic_write_text(paths["html"], trajectories(tokenizer, f"{backbone}/{method} on {benchmark}", records, rows,
+                                                  declared.name))
     metrics["wall_seconds"] = time.perf_counter() - started
     write_json(paths["json"], metrics)
     paths["partial"].unlink(missing_ok=True)

@@ -175,7 +175,7 @@ def memory_table(cfg: Config, gpu_gib: float) -> list[dict[str, Any]]:
         if shape is None:
             continue
         gpus = max(1, cfg.resources_for(name, "train").gpus)
-        for method in cfg.methods:
+        for method in [*cfg.methods, *cfg.ablations]:  # ablation arms train too
             t = cfg.train_config(name, method)
             e = estimate(shape, t)
             rows.append({

@@ -2,13 +2,14 @@
 
 For each backbone (`summarise_backbone`; every input is optional, what is
 missing is skipped with a note) this reads every seed's evaluations and
-training metrics (`tarpo.summary`) and writes
+training metrics (`tarpo.summary`) under the results root ({root}: results/{name})
+and writes
 
-    results/{backbone}/summary.csv              long format: backbone, method, benchmark, split, metric, value,
+    {root}/{backbone}/summary.csv              long format: backbone, method, benchmark, split, metric, value,
                                                 ci_low, ci_high (95% interval, seed-level: tarpo.stats),
                                                 n_seeds, best; benchmark "average" rows hold the unweighted mean
                                                 over a split's benchmarks
-    results/{backbone}/paired.csv               paired comparisons: each method minus CoT and minus GRPO (Pass@1),
+    {root}/{backbone}/paired.csv               paired comparisons: each method minus CoT and minus GRPO (Pass@1),
                                                 and the best-vs-runner-up tests behind `best`
     {out}/{backbone}/tables/main.{csv,md,tex,html}
                                                 method x benchmark Pass@1 / Pass@k (%) ± CI half-width, ID and
@@ -482,7 +483,7 @@ def fig_soft_position(res: Results, cfg: Config, positions: pd.DataFrame, path: 
 
 
 def summarise_backbone(cfg: Config, results: Path, out: Path, backbone: str) -> pd.DataFrame:
-    """results/{backbone}/summary.csv and paired.csv, {out}/{backbone}/tables/*, {out}/{backbone}/{figure}.png."""
+    """{root}/{backbone}/summary.csv and paired.csv, {out}/{backbone}/tables/*, {out}/{backbone}/{figure}.png."""
     _theme()
     res = Results(cfg, Path(results), backbone)
     summary, paired = summary_and_paired(res)
@@ -516,7 +517,7 @@ def summarise_backbone(cfg: Config, results: Path, out: Path, backbone: str) -> 
 
 
 def combined_table(cfg: Config, results: Path, out: Path) -> None:
-    """{out}/tables/main.* and paired.*: every configured backbone, from results/{backbone}/summary.csv and
+    """{out}/tables/main.* and paired.*: every configured backbone, from {root}/{backbone}/summary.csv and
     paired.csv."""
     frames, paireds, notes = [], [], []
     for backbone in cfg.backbones:

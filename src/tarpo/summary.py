@@ -1,11 +1,12 @@
 """Reading a run's results and turning them into statistics: means with 95% CIs, paired comparisons.
 
-Reads, for one backbone and every configured seed (a missing file is skipped
-with a note, never an error):
+Reads, for one backbone and every configured seed, under the config's results
+root ({root}: results/{name}, tarpo.layout; a missing file is skipped with a
+note, never an error):
 
-    results/{backbone}/{method}/seed{seed}/eval/{benchmark}.json           metrics, per-problem counts
-    results/{backbone}/{method}/seed{seed}/eval/{benchmark}.samples.jsonl  per-sample soft flags
-    results/{backbone}/{method}/seed{seed}/checkpoint/metrics.jsonl        training metrics per step
+    {root}/{backbone}/{method}/seed{seed}/eval/{benchmark}.json           metrics, per-problem counts
+    {root}/{backbone}/{method}/seed{seed}/eval/{benchmark}.samples.jsonl  per-sample soft flags
+    {root}/{backbone}/{method}/seed{seed}/checkpoint/metrics.jsonl        training metrics per step
 
 and computes (`tarpo.stats` holds the statistics and their choices):
 
@@ -111,9 +112,12 @@ def _split_of(metrics: dict[str, Any], benchmark: str, cfg: Config) -> str:
 
 
 class Results:
-    """Everything found for one backbone, every seed, plus notes on what was not."""
+    """Everything found for one backbone, every seed, plus notes on what was not: of the config's baselines and
+    methods, or of the `methods` given (e.g. ablation arms and their methods, tarpo.ablations); `training`:
+    also the trained methods' training metrics."""
 
-    def __init__(self, cfg: Config, results: Path, backbone: str):
+    def __init__(self, cfg: Config, results: Path, backbone: str, methods: Sequence[str] | None = None,
+                 training: bool = True):
         self.backbone = backbone
         self.seeds = list(cfg.seeds)
         self.notes: list[str] = []
@@ -122,7 +126,7 @@ class Results:
         self.training: dict[str, dict[int, pd.DataFrame]] = {}  # method -> seed -> per-step metrics
         self.samples_paths: dict[tuple[str, str], dict[int, Path]] = {}
         root = Path(results) / backbone
-        for method in configured_methods(cfg):
+        for method in configured_methods(cfg) if methods is None else methods:
             missing = []
             for bench in cfg.evaluate.benchmarks:
                 for seed in self.seeds:
@@ -138,7 +142,7 @@ class Results:
                         self.samples_paths.setdefault((method, bench), {})[seed] = samples
             if missing:
                 self.notes.append(f"{backbone}/{method}: no evaluation on {', '.join(missing)}")
-            if method in cfg.methods:
+            if training and method in cfg.methods:
                 for seed in self.seeds:
                     path = root / method / f"seed{seed}" / "checkpoint" / "metrics.jsonl"
                     if path.exists() and path.stat().st_size:
@@ -147,7 +151,9 @@ class Results:
                             self.training.setdefault(method, {})[seed] = frame.sort_values("step")
                     else:
                         self.notes.append(f"{backbone}/{method}: no training metrics ({path})")
-        self.methods = method_order({m for m, _ in self.evals})  # methods with at least one evaluation
+        # methods with at least one evaluation (given ones in their order)
+        found = {m for m, _ in self.evals}
+        self.methods = method_order(found) if methods is None else [m for m in methods if m in found]
         self.benchmarks = [b for split in SPLITS for b in cfg.evaluate.benchmarks if self.split.get(b) == split]
 
     def benchmarks_of(self, split: str) -> list[str]:
@@ -265,7 +271,7 @@ def _cell(res: Results, method: str, benches: Sequence[str], metric: str
 # ---------------------------------------------------------------- the long summary and the paired comparisons
 
 
-def _groups(res: Results) -> list[tuple[str, str, list[str]]]:
+def benchmark_groups(res: Results) -> list[tuple[str, str, list[str]]]:
     """(benchmark or AVERAGE, split, its benchmarks): each benchmark, then each split's average."""
     out = [(b, res.split[b], [b]) for b in res.benchmarks]
     out += [(AVERAGE, split, res.benchmarks_of(split)) for split in SPLITS if res.benchmarks_of(split)]
@@ -275,7 +281,7 @@ def _groups(res: Results) -> list[tuple[str, str, list[str]]]:
 def summary_and_paired(res: Results) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The long summary (SUMMARY_COLUMNS) and the paired comparisons (PAIRED_COLUMNS) of one backbone."""
     rows: list[tuple[Any, ...]] = []
-    for bench_name, split, benches in _groups(res):
+    for bench_name, split, benches in benchmark_groups(res):
         for method in res.methods:
             if not all((method, b) in res.evals for b in benches):
                 continue  # never an average over fewer benchmarks
@@ -300,26 +306,12 @@ def summary_and_paired(res: Results) -> tuple[pd.DataFrame, pd.DataFrame]:
 
     def compare(kind: str, method: str, baseline: str, bench_name: str, split: str, benches: list[str],
                 metric: str) -> dict[str, Any] | None:
-        a = [res.per_problem(method, b, metric) for b in benches]
-        b = [res.per_problem(baseline, bb, metric) for bb in benches]
-        if any(p is None for p in [*a, *b]):
-            return None
-        a_mats, b_mats = _paired_groups(a, b)  # type: ignore[arg-type]
-        cmp = stats.paired_average(a_mats, b_mats)
-        row = {"backbone": res.backbone, "comparison": kind, "method": method, "baseline": baseline,
-               "benchmark": bench_name, "split": split, "metric": metric, "delta": cmp.delta, "ci_low": cmp.low,
-               "ci_high": cmp.high, "p_value": cmp.p_value, "n_problems": cmp.n_problems, "n_seeds": cmp.n_seeds,
-               "se": cmp.se, "df": cmp.df, "seed_sd": cmp.seed_sd}
-        k = _common_k(res, (method, baseline), benches)
-        if metric == "pass@1" and len(benches) == 1 and k:
-            # variance components of the difference; the counts behind pass@1 split the sampling noise off
-            comp = stats.components(a_mats[0] - b_mats[0], np.stack([a_mats[0], b_mats[0]]) * k, k)
-            row.update(k=k, var_seed=comp.seed, var_problem=comp.problem, var_interaction=comp.interaction,
-                       var_sample=comp.sample)
-        paired.append(row)
+        row = paired_row(res, kind, method, baseline, bench_name, split, benches, metric)
+        if row is not None:
+            paired.append(row)
         return row
 
-    groups = _groups(res)
+    groups = benchmark_groups(res)
     for baseline in PAIRED_BASELINES:
         for method in res.methods:
             if method in (baseline, "cot"):  # CoT - GRPO would only repeat GRPO - CoT
@@ -327,7 +319,7 @@ def summary_and_paired(res: Results) -> tuple[pd.DataFrame, pd.DataFrame]:
             for bench_name, split, benches in groups:
                 if all((m, b) in res.evals for m in (method, baseline) for b in benches):
                     compare(f"vs_{baseline}", method, baseline, bench_name, split, benches, "pass@1")
-    _adjust([r for r in paired if r["comparison"].startswith("vs_")])
+    adjust_family([r for r in paired if r["comparison"].startswith("vs_")])
     # "best": the top value of a main-table column that beats every other method of the column, by paired
     # tests Holm-adjusted over all pairs of the column (so picking the top is accounted for)
     k = largest_k(summary)
@@ -345,12 +337,36 @@ def summary_and_paired(res: Results) -> tuple[pd.DataFrame, pd.DataFrame]:
                                   benches, metric)
                     if row is not None:
                         family.append(row)
-            _adjust(family)
+            adjust_family(family)
             top = [r for r in family if r["comparison"] == "best_vs_other"]
             if len(top) == len(names) - 1 and all(r["significant"] and r["delta"] > 0 for r in top):
                 summary.loc[ranked.index[0], "best"] = True
     paired = [r for r in paired if r["comparison"] != "best_family"]  # kept: the top's comparisons
     return _ordered(summary, res), pd.DataFrame(paired, columns=PAIRED_COLUMNS)
+
+
+def paired_row(res: Results, kind: str, method: str, baseline: str, bench_name: str, split: str,
+               benches: Sequence[str], metric: str) -> dict[str, Any] | None:
+    """`method` minus `baseline` on `benches` (one benchmark, or a split's: their unweighted mean), paired by
+    seed and problem, as a PAIRED_COLUMNS row without its Holm adjustment (`adjust_family`); None where a side
+    lacks per-problem data."""
+    a = [res.per_problem(method, b, metric) for b in benches]
+    b = [res.per_problem(baseline, bb, metric) for bb in benches]
+    if any(p is None for p in [*a, *b]):
+        return None
+    a_mats, b_mats = _paired_groups(a, b)  # type: ignore[arg-type]
+    cmp = stats.paired_average(a_mats, b_mats)
+    row = {"backbone": res.backbone, "comparison": kind, "method": method, "baseline": baseline,
+           "benchmark": bench_name, "split": split, "metric": metric, "delta": cmp.delta, "ci_low": cmp.low,
+           "ci_high": cmp.high, "p_value": cmp.p_value, "n_problems": cmp.n_problems, "n_seeds": cmp.n_seeds,
+           "se": cmp.se, "df": cmp.df, "seed_sd": cmp.seed_sd}
+    k = _common_k(res, (method, baseline), benches)
+    if metric == "pass@1" and len(benches) == 1 and k:
+        # variance components of the difference; the counts behind pass@1 split the sampling noise off
+        comp = stats.components(a_mats[0] - b_mats[0], np.stack([a_mats[0], b_mats[0]]) * k, k)
+        row.update(k=k, var_seed=comp.seed, var_problem=comp.problem, var_interaction=comp.interaction,
+                   var_sample=comp.sample)
+    return row
 
 
 def _common_k(res: Results, methods: Sequence[str], benches: Sequence[str]) -> int:
@@ -359,7 +375,7 @@ def _common_k(res: Results, methods: Sequence[str], benches: Sequence[str]) -> i
     return ks.pop() if len(ks) == 1 else 0
 
 
-def _adjust(family: list[dict[str, Any]]) -> None:
+def adjust_family(family: list[dict[str, Any]]) -> None:
     """Holm-adjust the p-values of a family of comparison rows (identical tests, e.g. a split average of one
     benchmark and that benchmark, count once) and mark each row significant where its adjusted p < 0.05 and
     the training noise was measured (two seeds or more)."""

@@ -17,6 +17,10 @@
   obtained (median over methods); the variance components (seed, problem,
   seed x problem, sample) of each paired difference with GRPO and the smallest
   difference the run detects (`components_frame`).
+- Ablation table (`tarpo.ablations` computes it): each ablation arm minus its
+  method, Pass@1 in points, per benchmark and split average, paired by seed and
+  problem, with Holm's adjustment over the backbone's arms; cells and bold as in
+  the paired table.
 - Results page (`results_page`): all of the above for every backbone, the
   lucky share, tokens and soft ratio / gate, and the machine it ran on.
 
@@ -41,7 +45,7 @@ import numpy as np
 import pandas as pd
 
 from tarpo import stats
-from tarpo.config import Config
+from tarpo.config import AblationConfig, Config
 from tarpo.io import atomic_write_text
 from tarpo.provenance import code_version, describe
 from tarpo.summary import (
@@ -443,6 +447,99 @@ def write_paired(paired: pd.DataFrame, backbones: Sequence[str], directory: Path
     atomic_write_text(Path(directory) / "paired.html", paired_html(paired, backbones))
 
 
+# ---------------------------------------------------------------- the ablation table: each arm minus its method
+
+ABLATION_NOTE = ("Pass@1 difference in points (arm minus its method: the method trained with the arm's changes, "
+                 "minus the method as configured), mean over the paired problems and seeds (seed s of both "
+                 "paired); [95% interval: t with Satterthwaite's degrees of freedom, its variance holding the "
+                 "seed-to-seed noise of the difference, the problems' and the samples'], the two-sided p-value, and "
+                 "Holm's adjusted p over the family of every arm's tests on this backbone (a split average of one "
+                 "benchmark is that benchmark's test, counted once). Bold: established, i.e. adjusted p < 0.05 with "
+                 "two seeds or more.")
+NO_ABLATION = "No ablation comparison yet: it needs per-problem results of an arm and its method."
+
+
+def changes(arm: AblationConfig) -> str:
+    """An arm's overrides as `key=value, ...` (what the table's `Changes` column shows)."""
+    return ", ".join(f"{k}={v}" for k, v in arm.train.items()) or "(none)"
+
+
+@dataclass
+class AblationBlock:
+    """One backbone's ablation comparisons: a row per arm, a column per benchmark / split average."""
+
+    backbone: str
+    rows: pd.DataFrame  # the ablations.csv rows (PAIRED_COLUMNS, comparison "ablation")
+    columns: list[tuple[str, str, str]]
+    arms: dict[str, AblationConfig]
+
+    def title(self, minus: str = "−") -> str:
+        return f"{self.backbone}: ablation arm {minus} its method, Pass@1 (points)"
+
+    def _arms(self) -> list[str]:
+        present = set(self.rows.method)
+        return [a for a in self.arms if a in present] + sorted(present - set(self.arms))
+
+    def frame(self, fmt: str = "md") -> pd.DataFrame:
+        missing = TEX_MISSING if fmt == "tex" else MISSING
+        out = []
+        for arm in self._arms():
+            rows = self.rows[self.rows.method == arm].set_index(["benchmark", "split"])
+            spec = self.arms.get(arm)
+            out.append([arm, method_label(rows.baseline.iloc[0]), changes(spec) if spec else missing]
+                       + [_delta(rows.loc[(b, s)], fmt) if (b, s) in rows.index else missing
+                          for b, s, _ in self.columns])
+        return pd.DataFrame(out, columns=["Arm", "Method", "Changes"] + [label for _, _, label in self.columns])
+
+    def significant(self) -> pd.DataFrame:
+        out = []
+        for arm in self._arms():
+            rows = self.rows[self.rows.method == arm].set_index(["benchmark", "split"])
+            out.append([False] * 3 + [bool(rows.loc[(b, s)].significant) if (b, s) in rows.index else False
+                                      for b, s, _ in self.columns])
+        return pd.DataFrame(out, columns=["Arm", "Method", "Changes"] + [label for _, _, label in self.columns])
+
+
+def ablation_blocks(rows: pd.DataFrame, backbones: Sequence[str], arms: dict[str, AblationConfig]
+                    ) -> Iterator[AblationBlock]:
+    for backbone in backbones:
+        block = rows[rows.backbone == backbone] if not rows.empty else rows
+        if block.empty:
+            continue
+        cols = [(b, s, b) for s in SPLITS for b in dict.fromkeys(block[(block.split == s)
+                                                                        & (block.benchmark != AVERAGE)].benchmark)]
+        cols += [(AVERAGE, s, f"{SPLIT_LABEL[s]} avg") for s in averaged_splits(block)
+                 if ((block.split == s) & (block.benchmark == AVERAGE)).any()]
+        yield AblationBlock(backbone, block, cols, arms)
+
+
+def ablation_markdown(rows: pd.DataFrame, backbones: Sequence[str], arms: dict[str, AblationConfig],
+                      heading: str = "**") -> str:
+    out = []
+    for block in ablation_blocks(rows, backbones, arms):
+        close = heading if heading == "**" else ""
+        out += [f"{heading}{block.title()}{close}", "", to_markdown(block.frame("md"), left=3).rstrip(), ""]
+    if not out:
+        return NO_ABLATION + "\n"
+    return "\n".join(out + [f"- {ABLATION_NOTE}"]) + "\n"
+
+
+def ablation_latex(rows: pd.DataFrame, backbones: Sequence[str], arms: dict[str, AblationConfig]) -> str:
+    out = ["% Requires \\usepackage{booktabs}. " + ABLATION_NOTE]
+    for block in ablation_blocks(rows, backbones, arms):
+        out += [f"% {block.title('minus')}", to_latex(block.frame("tex"), left=3)]
+    return "\n".join(out) + "\n"
+
+
+def ablation_html(rows: pd.DataFrame, backbones: Sequence[str], arms: dict[str, AblationConfig]) -> str:
+    body = []
+    for i, block in enumerate(ablation_blocks(rows, backbones, arms)):
+        body += [f"<h3>{html.escape(block.title())}</h3>",
+                 to_html(block.frame("html"), f"ablations{i}", left=3, bold=block.significant())]
+    body.append(_html_notes([ABLATION_NOTE]) if body else f"<p>{html.escape(NO_ABLATION)}</p>")
+    return html_page("Ablations", body)
+
+
 # ---------------------------------------------------------------- precision: the CI half-width per benchmark
 
 
@@ -702,7 +799,8 @@ def results_page(cfg: Config, results: Path, path: Path) -> str:
     lines = [
         f"# Results: config `{cfg.name}`", "",
         f"Generated by the pipeline (`snakemake all`, rule `results_page`) on {today} from "
-        f"`results/{{backbone}}/summary.csv` and `paired.csv`; do not edit by hand, rerun the pipeline.", "",
+        f"`{results.as_posix()}/{{backbone}}/summary.csv` and `paired.csv`; do not edit by hand, rerun the "
+        "pipeline.", "",
         "## Setup", "",
         f"- Config `{cfg.name}`; backbones: {', '.join(found) or 'none summarised yet'}; methods: "
         f"{', '.join(method_label(m) for m in method_order([*cfg.baselines, *cfg.methods]))}; "
@@ -766,7 +864,20 @@ def results_page(cfg: Config, results: Path, path: Path) -> str:
                   "twice the seeds. Seeds shrink the seed term, problems only the others. With one seed the "
                   "seed term is not measured (–).", "",
                   components_markdown(comps).rstrip()]
+    if cfg.ablations:
+        lines += ["", "## Ablations", "", ablation_section(cfg, results, list(cfg.backbones)).rstrip()]
     text = "\n".join(lines).rstrip() + "\n"
     atomic_write_text(Path(path), text)
     return text
+
+
+def ablation_section(cfg: Config, results: Path, backbones: Sequence[str]) -> str:
+    """The page's ablation section: every backbone's `{backbone}/ablations.csv` (rule ablations_table)."""
+    frames = [read_paired(Path(results) / b / "ablations.csv") for b in backbones]
+    rows = pd.concat([f for f in frames if not f.empty], ignore_index=True) if any(not f.empty for f in frames) \
+        else pd.DataFrame()
+    intro = ("Each arm of the config's `ablations` is its method trained with the changes listed, on the same "
+             "seeds, evaluated on the same benchmarks; the table gives arm minus method, paired by seed and "
+             "problem. Arms are not in the tables above.")
+    return intro + "\n\n" + ablation_markdown(rows, backbones, cfg.ablations, heading="### ")
 

@@ -21,9 +21,12 @@ directly. Evaluations run in parallel jobs: the parent of an untrained
 baseline is found by name and tags (or created) under a file lock, and a
 store call that hits SQLite's write lock is retried.
 
-The default store is a local SQLite database under the results directory
-(`sqlite:///results/mlflow.db`, artifacts in `results/mlruns/`), so runs sit
-beside the outputs they describe and need no server. `MLFLOW_TRACKING_URI`
+The default store is a local SQLite database in the results directory
+(`sqlite:///results/mlflow.db`, artifacts in `results/mlruns/`), beside the
+configs' results roots (`results/{name}/`, tarpo.layout) and shared by them:
+one store, one experiment per config, so `mlflow ui` shows every config and
+two configs may run at once (their jobs' writes wait for SQLite's lock, as
+parallel jobs of one run do). It needs no server. `MLFLOW_TRACKING_URI`
 points elsewhere (a server, another database); `TARPO_TRACKING=off` turns
 tracking into a no-op, for tests and for processes that must not write a store.
 
@@ -60,7 +63,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-RESULTS_DIR = Path("results")
+from tarpo import layout
+
+RESULTS_DIR = Path(layout.RESULTS_DIR)  # the store of every config, beside their roots
 MAX_PARAM_CHARS = 500  # longer values are cut (MLflow's own limit is 6000)
 _BATCH = 100  # MLflow accepts at most 100 params/tags and 1000 metrics per batch call
 _T = TypeVar("_T")

@@ -163,7 +163,7 @@ class GrpoTrainer:
         else:
             self.ref_model = None  # no KL term: no reference forward either
         self.model = model.to(self.device).eval()  # eval: no dropout, rollout and scoring see one function
-        self.spec = get_method(method)
+        self.spec = get_method(cfg.method_of(method))  # an ablation arm trains as its method, with its settings
         self.mode = self.spec.build_mode(self.tcfg, model.config.hidden_size).to(self.device)
         self.mode.bind(self.tokenizer)
         # A method may start its mode from the backbone dir (ATP-Latent: its SFT stage's heads) and use frozen
@@ -603,7 +603,8 @@ class GrpoTrainer:
                                  params=None if self.run_id else {"method": self.method, "backbone": self.backbone,
                                                                    "train": dataclasses.asdict(self.tcfg),
                                                                    "seed": self.cfg.seed, "steps": self.steps},
-                                 tags={"backbone": self.backbone, "method": self.method, "stage": "train"},
+                                 tags={"backbone": self.backbone, "method": self.method, "stage": "train",
+                                       **({"ablation_of": self.spec.name} if self.spec.name != self.method else {})},
                                  run_id=self.run_id)
         else:
             tracking = contextlib.nullcontext(NullTracker())
@@ -647,7 +648,7 @@ class GrpoTrainer:
         previous = latest_checkpoint(self.state_dir)
         kept = f"training resumes from {previous}" if previous else "no periodic checkpoint was kept"
         with disk_full_as_error(self.out_dir, "the final policy", kept), atomic_dir(self.out_dir) as tmp:
-            save_policy(self.model, self.mode, self.tcfg, self.method, tmp)
+            save_policy(self.model, self.mode, self.tcfg, self.spec.name, tmp)  # the mode it loads as
             write_json(tmp / RUN_FILE, {"fingerprint": self.state_dir.name, **self.identity, "code": code_version()})
             torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                         "step": self.step, "draws": self.draws, "run_id": self.run_id}, tmp / STATE_FILE)

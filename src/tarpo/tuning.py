@@ -8,9 +8,9 @@ set them. Each trained policy is evaluated on the validation benchmark, and for 
 the highest mean pass@1 over seeds is chosen; a tie goes to the earlier trial in grid order. Test splits
 are never read. `snakemake --cores 2 tune` runs it (workflow/rules/tune.smk):
 
-    results/{backbone}/tune/{method}/{trial}/seed{seed}/checkpoint/     (rule tune_train)
-    results/{backbone}/tune/{method}/{trial}/seed{seed}/eval/{benchmark}.json   (rule tune_evaluate)
-    results/{backbone}/tuning.csv, tuning.md                            (rule tune_report: `report`)
+    {root}/{backbone}/tune/{method}/{trial}/seed{seed}/checkpoint/     (rule tune_train)
+    {root}/{backbone}/tune/{method}/{trial}/seed{seed}/eval/{benchmark}.json   (rule tune_evaluate)
+    {root}/{backbone}/tuning.csv, tuning.md                            (rule tune_report: `report`)
 
 A trial's name is its grid point, `key=value` with the keys in alphabetical order joined by ','
 (`learning_rate=0.0001`, `beta=0.01,learning_rate=3e-05`): readable, and safe as a path and a shell word.

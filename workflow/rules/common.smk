@@ -30,6 +30,8 @@ from tarpo.config import (
     to_dict,
 )
 from tarpo.io import hold_lock
+from tarpo.layout import RUN_LOCK as ROOT_RUN_LOCK
+from tarpo.layout import claim_root, config_file_id, old_layout
 from tarpo.methods import get_method
 from tarpo.provenance import source_digest
 from tarpo.tuning import trials as grid_trials
@@ -100,29 +102,45 @@ CODE = source_digest()
 os.environ.setdefault("TARPO_REPO", workflow.basedir)
 
 # ------------------------------------------------------------------ layout
-# Outputs under results/; per job, its log at results/logs/{rule}/JOB.log and
-# its runtime and memory (Snakemake's `benchmark:` record, a one-row TSV) at
-# results/benchmarks/{rule}/JOB.tsv. Neither is versioned by DVC.
-RESULTS = "results"
+# Each config's outputs live under a root of their own, results/{name}/ (tarpo.layout), so the default,
+# smoke, objectives and paper configs coexist. Per job, its log at {root}/logs/{rule}/JOB.log and its
+# runtime and memory (Snakemake's `benchmark:` record, a one-row TSV) at {root}/benchmarks/{rule}/JOB.tsv;
+# neither is versioned by DVC. The MLflow store (results/mlflow.db, mlruns/) is shared: one experiment per
+# config name.
+RESULTS = CFG.results_root
 LOGS = f"{RESULTS}/logs"
 BENCHMARKS_DIR = f"{RESULTS}/benchmarks"
 FIGURES_DIR = f"{RESULTS}/figures"  # tables and figures (figures.smk)
 
-# ------------------------------------------------------------------ one run per results tree
-# Two pipelines writing one results tree would race on its outputs, train_state and MLflow store. The
-# first takes a lock (results/.tarpo-run.lock, held until its Snakemake exits, however it exits) while
-# the Snakefile is read, before any planning; a second is refused, naming the running one. A dry run
-# (-n) writes nothing: it is not refused, and says a run is in progress. Processes that re-read the
-# Snakefile for a job (a cluster executor's job steps) belong to the holder's run and take no lock.
-RUN_LOCK = f"{RESULTS}/.tarpo-run.lock"
+# ------------------------------------------------------------------ one config per root, one run per root
+# The config file that owns the root is named in its marker ({root}/.tarpo-config.json), written by its
+# first run: another config file with the same `name` would overwrite its results, and is refused before
+# anything is planned (a dry run too), naming both files and the fix. Two pipelines writing one root would
+# race on its outputs and train_state: the first takes a lock ({root}/.tarpo-run.lock, held until its
+# Snakemake exits, however it exits) while the Snakefile is read; a second is refused, naming the running
+# one. A dry run (-n) writes nothing: it is not refused, and says a run is in progress. Two configs (two
+# roots) may run at once. Processes that re-read the Snakefile for a job (a cluster executor's job steps)
+# belong to the holder's run: they neither check nor take anything.
+CONFIG_FILE = " + ".join(config_file_id(f) for f in workflow.overwrite_configfiles or ["config/config.yaml"])
+RUN_LOCK = f"{RESULTS}/{ROOT_RUN_LOCK}"
 _DRY_RUN = any(a in ("--dry-run", "--dryrun") or re.fullmatch(r"-[A-Za-z]*n[A-Za-z]*", a) for a in sys.argv[1:])
 if workflow.is_main_process:
+    _old = old_layout()
+    if _old:
+        raise WorkflowError(
+            f"{', '.join(_old)}: results of the layout before per-config roots; move them, with each backbone's "
+            'directory, under the root of the config that made them, results/NAME/ (README, "Moving an old '
+            'results/ tree"), e.g. for config/config.yaml: `mkdir -p results/default && mv results/{data,backbones,'
+            "figures,logs,benchmarks,tiny} results/default/`"
+        )
+    checked(claim_root, RESULTS, CONFIG_FILE, CFG.name, False)
     _me = {
         "pid": os.getpid(),
         "host": socket.gethostname(),
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         "command": " ".join(["snakemake", *sys.argv[1:]]),
         "cwd": os.getcwd(),
+        "config": CONFIG_FILE,
     }
     _holder = hold_lock(RUN_LOCK, _me, keep=not _DRY_RUN)
     if _holder is not None:
@@ -140,15 +158,23 @@ if workflow.is_main_process:
             "this dry run plans against outputs it may still be writing",
             file=sys.stderr,
         )
+    elif not _DRY_RUN:
+        checked(claim_root, RESULTS, CONFIG_FILE, CFG.name, True)  # under the lock: one first run writes it
 
 BACKBONES = sorted(CFG.backbones)
 METHODS = sorted(CFG.methods)
-# What `prepare` writes under results/data/: the configured synthetic datasets,
+# Ablation arms (`ablations`): each a trained method with training overrides, trained and evaluated per seed
+# like a method under {root}/{backbone}/{arm}/, and compared with its method in the ablation table only
+# (figures.smk, rule ablations_table); the summaries, figures and main tables hold the methods.
+ARMS = sorted(CFG.ablations)
+TRAINED = METHODS + ARMS  # what rule train trains
+# What `prepare` writes under {root}/data/: the configured synthetic datasets,
 # plus each registry training set (gsm8k_train, math_train, ...) a training job
 # reads, exported to train.jsonl (a paper-scale config has no synthetic data).
-TRAIN_SETS_USED = sorted({CFG.train_config(b, m).dataset for b in BACKBONES for m in METHODS} - set(CFG.datasets))
+TRAIN_SETS_USED = sorted({CFG.train_config(b, m).dataset for b in BACKBONES for m in TRAINED} - set(CFG.datasets))
 DATASETS = sorted(CFG.datasets) + TRAIN_SETS_USED
-EVAL_METHODS = sorted(CFG.baselines) + METHODS  # what gets evaluated: untrained baselines and trained methods
+EVAL_METHODS = sorted(CFG.baselines) + METHODS  # what the summaries read: untrained baselines and trained methods
+EVALUATED = EVAL_METHODS + ARMS  # what rule evaluate evaluates
 BENCHMARKS = list(CFG.evaluate.benchmarks)
 # Every trained method is trained and evaluated once per seed, and every baseline evaluated once per seed
 # (its sampling seed), so that comparisons pair by seed: paths carry a {seed} wildcard.
@@ -182,9 +208,9 @@ def atp_sft_dir(backbone):
 
 
 def policy_backbone_dir(backbone, method):
-    """What a method's training and evaluation load as the backbone: the supervised stage's output for a method
-    whose registry entry says it starts from one (atp_latent), else the backbone."""
-    return atp_sft_dir(backbone) if get_method(method).sft_stage else backbone_dir(backbone)
+    """What a method's (or an arm's) training and evaluation load as the backbone: the supervised stage's output
+    for a method whose registry entry says it starts from one (atp_latent), else the backbone."""
+    return atp_sft_dir(backbone) if get_method(CFG.method_of(method)).sft_stage else backbone_dir(backbone)
 
 
 def checkpoint_dir(backbone, method, seed):
@@ -201,18 +227,40 @@ def warm_start_dataset(backbone):
     return bb.warm_start_dataset if bb.kind == "embedded" else None
 
 
+def ablations_csv(backbone):
+    return f"{RESULTS}/{backbone}/ablations.csv"
+
+
 def backbone_targets(backbone):
     """Everything `all` builds for one backbone (its `all_<backbone>` target): the backbone (and its
-    warm-start data), a checkpoint per trained method and seed, every method's evaluation per seed on every
-    benchmark, and the backbone's summary (tables, paired comparisons, figures). `all` is the union over
-    backbones plus the datasets, the all-backbone table, the results page and the runtime table."""
+    warm-start data), a checkpoint per trained method (and ablation arm) and seed, every method's (and arm's)
+    evaluation per seed on every benchmark, the backbone's summary (tables, paired comparisons, figures) and,
+    with arms, its ablation table. `all` is the union over backbones plus the datasets, the all-backbone
+    table, the results page and the runtime table."""
     targets = [backbone_dir(backbone)]
     ds = warm_start_dataset(backbone)
     if ds:
         targets.append(data_dir(ds))
-    targets += [checkpoint_dir(backbone, m, s) for m in METHODS for s in SEEDS]
-    targets += [eval_json(backbone, m, s, b) for m in EVAL_METHODS for s in SEEDS for b in BENCHMARKS]
+    targets += [checkpoint_dir(backbone, m, s) for m in TRAINED for s in SEEDS]
+    targets += [eval_json(backbone, m, s, b) for m in EVALUATED for s in SEEDS for b in BENCHMARKS]
     targets += [f"{RESULTS}/{backbone}/summary.csv", f"{RESULTS}/{backbone}/paired.csv"]
+    if ARMS:
+        targets.append(ablations_csv(backbone))
+    return targets
+
+
+def ablation_targets(backbones):
+    """The ablation tables of `backbones` (targets `ablations`, `ablations_<backbone>`), as an input function,
+    so that only those targets meet a config without arms."""
+
+    def targets(wildcards):
+        if not ARMS:
+            raise WorkflowError(
+                "config error: the config has no `ablations`: add arms (ablations: {NAME: {method: tarpo, "
+                "train: {...}}}) to build ablation tables"
+            )
+        return [ablations_csv(b) for b in backbones]
+
     return targets
 
 
@@ -256,13 +304,13 @@ def costly_jobs():
     jobs += [
         (checkpoint_dir(b, m, s), f"{BENCHMARKS_DIR}/train/{b}/{m}/seed{s}.tsv")
         for b in BACKBONES
-        for m in METHODS
+        for m in TRAINED
         for s in SEEDS
     ]
     jobs += [
         (eval_json(b, m, s, x), f"{BENCHMARKS_DIR}/evaluate/{b}/{m}/seed{s}/{x}.tsv")
         for b in BACKBONES
-        for m in EVAL_METHODS
+        for m in EVALUATED
         for s in SEEDS
         for x in BENCHMARKS
     ]
@@ -272,14 +320,15 @@ def costly_jobs():
 # ------------------------------------------------------------------ config slices
 
 
-def _slice(datasets=(), backbones=None, methods=(), sections=(), seeds=None):
-    """A complete, valid config holding only the named parts: `datasets` and
-    `methods` by name, `backbones` as given, whole top-level `sections` (e.g.
-    "train", "evaluate"), `seeds` when given (a per-seed job gets its own seed
-    only, so adding a seed reruns no existing job); every other collection empty,
-    so its defaults do not leak in. `name` (the MLflow experiment) and `seed`
-    always travel along. A registry training set in `datasets` brings its
-    `benchmarks` override, if any."""
+def _slice(datasets=(), backbones=None, methods=(), sections=(), seeds=None, arms=()):
+    """A complete, valid config holding only the named parts: `datasets`,
+    `methods` and ablation `arms` by name, `backbones` as given, whole top-level
+    `sections` (e.g. "train", "evaluate"), `seeds` when given (a per-seed job
+    gets its own seed only, so adding a seed reruns no existing job); every other
+    collection empty, so its defaults do not leak in (`ablations` is left out
+    without arms: adding an arm reruns no method's job). `name` (the MLflow
+    experiment) and `seed` always travel along. A registry training set in
+    `datasets` brings its `benchmarks` override, if any."""
     full = to_dict(CFG)
     out = {
         "name": full["name"],
@@ -291,6 +340,8 @@ def _slice(datasets=(), backbones=None, methods=(), sections=(), seeds=None):
     }
     if seeds is not None:
         out["seeds"] = [int(s) for s in seeds]
+    if arms:
+        out["ablations"] = {a: full["ablations"][a] for a in arms}
     registry = {d: full["benchmarks"][d] for d in datasets if d in full["benchmarks"]}
     if registry:
         out["benchmarks"] = registry
@@ -310,16 +361,29 @@ def backbone_config(wildcards):
     return _slice(datasets=[ds] if ds else [], backbones={wildcards.backbone: bb})
 
 
+def arm_of(method):
+    """[method] for an ablation arm (its slice carries the arm), else []."""
+    return [method] if method in CFG.ablations else []
+
+
+def method_arg(wildcards):
+    """`--method M`, or for an ablation arm `--method ITS_METHOD --arm ARM` (tarpo train / evaluate)."""
+    m = wildcards.method
+    return f"--method {CFG.method_of(m)} --arm {m}" if m in CFG.ablations else f"--method {m}"
+
+
 def train_config(wildcards):
-    """Everything a training job reads: its backbone, its method, its seed, the train section and the training set."""
+    """Everything a training job reads: its backbone, its method (an arm: the arm and its method), its seed, the
+    train section and the training set."""
     b, m = wildcards.backbone, wildcards.method
     dataset = CFG.train_config(b, m).dataset
     return _slice(
         datasets=[dataset],
         backbones={b: to_dict(CFG.backbones[b])},
-        methods=[m],
+        methods=[CFG.method_of(m)],
         sections=["train"],
         seeds=[wildcards.seed],
+        arms=arm_of(m),
     )
 
 
@@ -343,12 +407,13 @@ def evaluate_config(wildcards):
         _slice(
             datasets=sets,
             backbones={b: bb},
-            methods=[m] if m in CFG.methods else [],
+            methods=[CFG.method_of(m)] if m in TRAINED else [],
             sections=["evaluate"],
             seeds=[wildcards.seed],
+            arms=arm_of(m),
         )
     )
-    if m not in CFG.methods:
+    if m not in TRAINED:
         merged = _merge(to_dict(CFG.train), CFG.backbones[b].train)
         sliced["train"] = {key: merged[key] for key in ("max_prompt_tokens", "mixed_precision")}
     sliced["baselines"] = [m] if m in CFG.baselines else []
@@ -379,10 +444,41 @@ def backbone_eval_jsons(backbone):
 
 
 def results_page_config(wildcards):
-    """The summary slice of every backbone, plus the sampling settings and `results_page` the page states."""
+    """The summary slice of every backbone, plus the sampling settings and `results_page` the page states, and
+    the arms its ablation section lists."""
     sliced = json.loads(summarise_config(wildcards))
     sliced["results_page"] = CFG.results_page
+    if ARMS:
+        sliced["ablations"] = {a: to_dict(CFG.ablations[a]) for a in ARMS}
     return json.dumps(sliced, sort_keys=True)
+
+
+def ablations_config(wildcards):
+    """The ablation table's slice: the backbone, the arms and their methods, the benchmarks and seeds."""
+    b = wildcards.backbone
+    bb = to_dict(CFG.backbones[b])
+    bb.update(train={}, method_overrides={}, resources={})
+    ds = warm_start_dataset(b)
+    return _slice(
+        datasets=[ds] if ds else [],
+        backbones={b: bb},
+        methods=sorted({CFG.method_of(a) for a in ARMS}),
+        sections=["evaluate"],
+        seeds=SEEDS,
+        arms=ARMS,
+    )
+
+
+def ablations_inputs(wildcards):
+    """Every evaluation of the backbone's arms and of their methods, every seed (JSON: the per-problem counts)."""
+    b = wildcards.backbone
+    names = sorted({*ARMS, *(CFG.method_of(a) for a in ARMS)})
+    return [eval_json(b, m, s, bench) for m in names for s in SEEDS for bench in BENCHMARKS]
+
+
+def ablations_tables_dir(wildcards):
+    """Where the ablation table's .md / .tex / .html go (a params function, see results_root)."""
+    return f"{FIGURES_DIR}/{wildcards.backbone}/tables"
 
 
 def summarise_inputs(wildcards):
@@ -400,7 +496,7 @@ def summarise_inputs(wildcards):
 
 def evaluate_inputs(wildcards):
     inputs = {"backbone": policy_backbone_dir(wildcards.backbone, wildcards.method)}
-    if wildcards.method in CFG.methods:
+    if wildcards.method in TRAINED:
         inputs["checkpoint"] = checkpoint_dir(wildcards.backbone, wildcards.method, wildcards.seed)
     ds = synthetic_dataset_of(wildcards.benchmark)
     if ds:
@@ -418,7 +514,7 @@ def evaluate_data_root(wildcards, input):
 
 
 def evaluate_checkpoint_arg(wildcards):
-    if wildcards.method in CFG.methods:
+    if wildcards.method in TRAINED:
         return f"--checkpoint {checkpoint_dir(wildcards.backbone, wildcards.method, wildcards.seed)}"
     return ""
 

@@ -1,21 +1,22 @@
 # Tables and figures (`tarpo summarise`). One job per backbone reads that
-# backbone's evaluations (JSON + samples, every seed) and training metrics and writes
+# backbone's evaluations (JSON + samples, every seed) and training metrics and writes,
+# under the config's root ({root} = results/{name}, common.smk),
 #
-#   results/{backbone}/summary.csv                      long format, every eval metric with its 95% CI
+#   {root}/{backbone}/summary.csv                      long format, every eval metric with its 95% CI
 #                                                       (over problems and seeds) + split averages
-#   results/{backbone}/paired.csv                       paired comparisons (vs CoT, vs GRPO, best vs runner-up)
-#   results/figures/{backbone}/tables/main.{csv,md,tex,html}
+#   {root}/{backbone}/paired.csv                       paired comparisons (vs CoT, vs GRPO, best vs runner-up)
+#   {root}/figures/{backbone}/tables/main.{csv,md,tex,html}
 #                                                       method x benchmark Pass@1 / Pass@k ± CI (split averages
 #                                                       where a split has several benchmarks); bold only where
 #                                                       the best is significantly above the runner-up
-#   results/figures/{backbone}/tables/paired.{md,tex,html}
+#   {root}/figures/{backbone}/tables/paired.{md,tex,html}
 #                                                       method - CoT / - GRPO: delta, 95% CI, p-value
-#   results/figures/{backbone}/{figure}.png             the figures below (in the --report)
+#   {root}/figures/{backbone}/{figure}.png             the figures below (in the --report)
 #
-# `tables` puts every backbone into results/figures/tables/main.* and paired.*,
+# `tables` puts every backbone into {root}/figures/tables/main.* and paired.*,
 # and `results_page` writes the Markdown results page to the config's
 # `results_page` (config/config.yaml: the tracked docs/results.md; other
-# configs: results/figures/tables/results.md). All are cheap: they only read results. `snakemake --report report.html`
+# configs: {root}/figures/tables/results.md). All are cheap: they only read results. `snakemake --report FILE.html`
 # collects the figures and the tables with their captions (workflow/report/*.rst;
 # the report's front page, workflow.rst, is set in the Snakefile). The tables
 # enter the report as HTML pages (main.html, paired.html), which it displays;
@@ -103,6 +104,7 @@ rule results_page:
     input:
         summaries=expand(f"{RESULTS}/{{backbone}}/{{name}}.csv", backbone=BACKBONES, name=["summary", "paired"]),
         evals=[e for b in BACKBONES for e in backbone_eval_jsons(b)],
+        ablations=[ablations_csv(b) for b in BACKBONES] if ARMS else [],
     output:
         CFG.results_page,
     log:
@@ -119,3 +121,58 @@ rule results_page:
     shell:
         "PYTHONUNBUFFERED=1 tarpo summarise --config-json {params.config:q} --results {params.results:q} "
         "--page {output:q} 2>&1 | tee {log:q}"
+
+
+# The ablation table (tarpo.ablations): per backbone, each arm of the config's `ablations` minus its method,
+# Pass@1 per benchmark and split average, paired by seed and problem, Holm-adjusted over the backbone's arms:
+#
+#   {root}/{backbone}/ablations.csv                                one row per arm and benchmark / split average
+#   {root}/figures/{backbone}/tables/ablations.{md,tex,html}      the table (the HTML in the --report)
+#
+# `snakemake ablations` (every backbone) or `ablations_<backbone>` builds the arms' chains and their tables;
+# `all` includes them when the config has arms, and the results page gets an "Ablations" section.
+
+
+rule ablations:
+    input:
+        ablation_targets(BACKBONES),
+
+
+for _backbone in BACKBONES:
+
+    rule:
+        name:
+            f"ablations_{_backbone}"
+        input:
+            ablation_targets([_backbone]),
+
+
+rule ablations_table:
+    input:
+        ablations_inputs,
+    output:
+        csv=f"{RESULTS}/{{backbone}}/ablations.csv",
+        md=f"{FIGURES_DIR}/{{backbone}}/tables/ablations.md",
+        tex=f"{FIGURES_DIR}/{{backbone}}/tables/ablations.tex",
+        html=report(
+            f"{FIGURES_DIR}/{{backbone}}/tables/ablations.html",
+            caption="../report/ablations.rst",
+            category="Tables",
+            subcategory="{backbone}",
+            labels={"table": "ablations", "backbone": "{backbone}"},
+        ),
+    log:
+        f"{LOGS}/summarise/ablations/{{backbone}}.log",
+    conda:
+        "../../envs/tarpo.yaml"
+    threads: 1
+    resources:
+        **SUMMARISE_RESOURCES,
+    params:
+        code=CODE,
+        config=ablations_config,
+        results=results_root,
+        tables=ablations_tables_dir,
+    shell:
+        "PYTHONUNBUFFERED=1 tarpo ablations --config-json {params.config:q} --backbone {wildcards.backbone:q} "
+        "--results {params.results:q} --out-csv {output.csv:q} --out-dir {params.tables:q} 2>&1 | tee {log:q}"

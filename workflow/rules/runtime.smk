@@ -1,11 +1,11 @@
 # Runtime and memory. Every job that does real work (prepare, backbone,
 # atp_sft, train, evaluate) has a `benchmark:` record, which Snakemake writes
-# when the job ends: results/benchmarks/{rule}/... beside the job's log in
-# results/logs/{rule}/..., one TSV row with wall-clock and CPU seconds and peak
+# when the job ends: {root}/benchmarks/{rule}/... beside the job's log in
+# {root}/logs/{rule}/..., one TSV row with wall-clock and CPU seconds and peak
 # memory. Rule runtime puts the records of the config's jobs into one table,
 #
-#   results/benchmarks/runtime.tsv     one row per job (empty fields: no record)
-#   results/benchmarks/runtime.html    totals per rule, then the jobs (in the --report)
+#   {root}/benchmarks/runtime.tsv     one row per job (empty fields: no record)
+#   {root}/benchmarks/runtime.html    totals per rule, then the jobs (in the --report)
 #
 # Its inputs are the jobs' outputs, not the records: it runs after every
 # costly job and again when one is rebuilt, and a missing record (a job built

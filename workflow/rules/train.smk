@@ -1,4 +1,5 @@
-# RL training: one job per (backbone, method, seed). The checkpoint directory
+# RL training: one job per (backbone, method, seed); an ablation arm is a method here ({method} = the arm,
+# `--method ITS_METHOD --arm ARM`). The checkpoint directory
 # appears only when training has finished; periodic checkpoints live beside
 # it in train_state/checkpoint/{fingerprint}/, which is not a declared output, so a killed
 # or preempted job (SIGTERM: checkpoint, exit 143) resumes where it stopped
@@ -24,12 +25,13 @@ rule train:
         code=CODE,
         config=train_config,
         launcher=train_launcher,
+        method=method_arg,
     # SLURM's SIGTERM (preemption, time limit, scancel) reaches every process of the job: the shell
     # (trap :) and tee (trap '') outlive it, so the trainer can checkpoint, print and exit 143.
     shell:
         "trap : TERM; OMP_NUM_THREADS={threads} PYTHONUNBUFFERED=1 "
         "{params.launcher} train --config-json {params.config:q} "
-        "--backbone {wildcards.backbone:q} --method {wildcards.method:q} --seed {wildcards.seed} "
+        "--backbone {wildcards.backbone:q} {params.method} --seed {wildcards.seed} "
         "--backbone-dir {input.backbone:q} --data {input.data:q} --out {output:q} "
         "2>&1 | (trap '' TERM; exec tee -a {log:q})"
 

@@ -7,9 +7,9 @@
 # (rule evaluate's slice and settings); rule tune_report tables pass@1 per method x trial and marks each
 # method's choice. Test splits are never read. The jobs log to the MLflow experiment `{name}-tune`.
 #
-#   results/{backbone}/tune/{method}/{trial}/seed{seed}/checkpoint/         (rule tune_train)
-#   results/{backbone}/tune/{method}/{trial}/seed{seed}/eval/{benchmark}.*  (rule tune_evaluate)
-#   results/{backbone}/tuning.csv, tuning.md                                (rule tune_report)
+#   {root}/{backbone}/tune/{method}/{trial}/seed{seed}/checkpoint/         (rule tune_train)
+#   {root}/{backbone}/tune/{method}/{trial}/seed{seed}/eval/{benchmark}.*  (rule tune_evaluate)
+#   {root}/{backbone}/tuning.csv, tuning.md                                (rule tune_report)
 
 
 rule tune:

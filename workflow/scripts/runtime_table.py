@@ -3,7 +3,7 @@
 Run by Snakemake's `script:` directive, which sets `snakemake`: params.records
 lists the `benchmark:` record (a one-row TSV Snakemake writes when the job
 ends) of every prepare, backbone, atp_sft, train and evaluate job of the
-config, in pipeline order, each at results/benchmarks/{rule}/{job}.tsv.
+config, in pipeline order, each at results/{name}/benchmarks/{rule}/{job}.tsv.
 Writes output.tsv (one row per job) and output.html (totals per rule, then
 the jobs) for the report. A job without a record (built before records were
 kept, or restored with DVC, which does not version them) keeps its row with
@@ -111,7 +111,7 @@ def write_html(path: Path, totals: pd.DataFrame, jobs: pd.DataFrame, root: Path)
 if __name__ == "__main__":
     sm = snakemake  # noqa: F821 (set by Snakemake's script: directive)
     out_tsv, out_html = Path(sm.output.tsv), Path(sm.output.html)
-    root = out_tsv.parent  # results/benchmarks, where the records are
+    root = out_tsv.parent  # results/{name}/benchmarks, where the records are
     jobs = job_table(list(sm.params.records), root)
     totals = rule_totals(jobs)
     jobs.to_csv(out_tsv, sep="\t", index=False, na_rep="")

@@ -487,7 +487,7 @@ def get_benchmark(name: str, datasets: dict[str, Any] | None = None) -> Benchmar
 
 def registry_table() -> list[dict[str, Any]]:
     """One row per entry (name, repo, config, split, revision, kind, distribution, ...) for docs and reports."""
-    return [{"name": b.name, "repo": b.repo or "results/data/synthetic", "config": b.config, "split": b.split,
+    return [{"name": b.name, "repo": b.repo or "results/NAME/data/synthetic", "config": b.config, "split": b.split,
              "revision": b.revision, "pinned": b.pinned, "kind": b.kind, "distribution": b.distribution,
              "gated": b.gated, "note": b.note} for b in REGISTRY.values()]
 
