@@ -505,3 +505,22 @@ def test_smoke_run_builds_data_and_backbone(workdir):
     proc = snakemake(workdir, "-n", *targets, "--configfile", "config/smoke.yaml")
     assert proc.returncode == 0, _out(proc)
     assert "rule backbone:" in proc.stdout and "rule prepare:" not in proc.stdout
+
+
+def test_the_ablations_config_trains_every_arm_per_seed_and_the_sizes_config_each_size_alone(workdir):
+    """config/ablations.yaml: TARPO, ATP-Latent and their 7 arms at 3 seeds; config/sizes.yaml: `all_small`
+    builds the second size's own warm start, trainings and tables, nothing of `tiny`."""
+    proc = snakemake(workdir, "-n", "-p", "ablations", "--configfile", "config/ablations.yaml")
+    assert proc.returncode == 0, _out(proc)
+    counts = _job_counts(_out(proc))
+    arms = tconfig.load_config(REPO / "config" / "ablations.yaml").ablations
+    assert len(arms) == 7 and {a.method for a in arms.values()} == {"tarpo", "atp_latent"}
+    assert counts["train"] == (2 + len(arms)) * 3 and counts["evaluate"] == counts["train"] * 2
+    for arm in arms:
+        for seed in (0, 1, 2):
+            assert f"results/ablations/tiny/{arm}/seed{seed}/checkpoint" in proc.stdout
+    proc = snakemake(workdir, "-n", "-p", "all_small", "--configfile", "config/sizes.yaml")
+    assert proc.returncode == 0, _out(proc)
+    counts = _job_counts(_out(proc))
+    assert counts["backbone"] == 1 and counts["train"] == 4 * 3 and "results/sizes/tiny/" not in proc.stdout
+    assert "results/sizes/backbones/small" in proc.stdout
