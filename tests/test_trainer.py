@@ -697,3 +697,20 @@ def test_two_runs_whose_outputs_share_a_parent_keep_their_own_state(prepared, tm
     assert resumed.resume() and resumed.step == 2
     resumed.run()
     assert not (tmp_path / "shared" / "train_state").exists()  # the last run to finish removes train_state/ too
+
+
+def test_a_random_router_trains_the_policy_and_leaves_its_frozen_head_alone(prepared, tmp_path):
+    """TARPO's control arm: the policy learns (unequal rewards move its weights), the coin's head never moves
+    and holds no optimiser state, and the action term's log-ratios are exactly 0 (constant log-probs)."""
+    trainer = make(prepared, tmp_path, "tarpo", action_router="random", random_soft_ratio=0.3, steps=2)
+    unequal_rewards(trainer)
+    head = {n: p.detach().clone() for n, p in trainer.mode.named_parameters()}
+    policy = {k: v for k, v in weights(trainer).items() if not k.startswith("mode.")}
+    assert "head_no_decay" not in {g["name"] for g in trainer.optimizer.param_groups}
+    trainer.run()
+    assert all(torch.equal(p, head[n]) for n, p in trainer.mode.named_parameters())
+    after = weights(trainer)
+    assert any(not torch.equal(after[k], v) for k, v in policy.items())
+    assert not any(k.startswith("mode.") for k in after)  # the head is not a trainable parameter
+    assert len(trainer.history) == 2 and all(h["soft_ratio"] > 0 for h in trainer.history)
+    assert all(h["action_kl"] == 0.0 for h in trainer.history)  # the same coin in policy and reference
