@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 import torch
+from test_atp import atp_parts
 
 from tarpo.optim import decay_groups
-from tests.test_atp import atp_parts
 
 # The embedded Qwen2 of the fixtures (2 layers) by hand: q/k/v have biases; RMSNorms before attention, MLP and
 # the LM head; the LM head is tied to the embedding (one parameter).

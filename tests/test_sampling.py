@@ -11,7 +11,8 @@ from tarpo.evaluate import sample_batch
 from tarpo.methods import get_method
 from tarpo.rewards import reward
 from tarpo.sampling import engine_defaults, reward_kwargs, sample_and_score, score_texts
-from tests.conftest import format_corpus, train_format_model
+
+from conftest import format_corpus, train_format_model
 
 
 @pytest.fixture(scope="module")

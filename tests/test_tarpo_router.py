@@ -10,7 +10,8 @@ from tarpo.config import TrainConfig
 from tarpo.methods import build_mode
 from tarpo.optim import optimizer_groups
 from tarpo.sampling import sample_and_score
-from tests.conftest import format_corpus
+
+from conftest import format_corpus
 
 HIDDEN = 32
 
