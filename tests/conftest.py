@@ -162,3 +162,15 @@ def train_format_model(tok, prompt_ids) -> torch.nn.Module:
         loss.backward()
         optimizer.step()
     return model.eval()
+
+
+# The embedded Qwen2 of `tiny_model` (2 layers) by hand: q/k/v have biases; RMSNorms before attention, MLP and
+# the LM head; the LM head is tied to the embedding (one parameter). Which are exempt from weight decay
+# (biases, norm weights, the embedding) and which are decayed, as `named_parameters` names them.
+TINY_NO_DECAY = sorted(["model.embed_tokens.weight", "model.norm.weight"] + [
+    f"model.layers.{i}.{name}" for i in range(2)
+    for name in ("input_layernorm.weight", "post_attention_layernorm.weight",
+                 "self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias")])
+TINY_DECAYED = sorted(f"model.layers.{i}.{name}.weight" for i in range(2)
+                      for name in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                                   "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"))

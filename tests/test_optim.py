@@ -8,15 +8,7 @@ from test_atp import atp_parts
 
 from tarpo.optim import decay_groups
 
-# The embedded Qwen2 of the fixtures (2 layers) by hand: q/k/v have biases; RMSNorms before attention, MLP and
-# the LM head; the LM head is tied to the embedding (one parameter).
-EXEMPT = sorted(["model.embed_tokens.weight", "model.norm.weight"] + [
-    f"model.layers.{i}.{name}" for i in range(2)
-    for name in ("input_layernorm.weight", "post_attention_layernorm.weight",
-                 "self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias")])
-DECAYED = sorted(f"model.layers.{i}.{name}.weight" for i in range(2)
-                 for name in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-                              "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"))
+from conftest import TINY_DECAYED, TINY_NO_DECAY
 
 
 class CapturingAdamW(torch.optim.AdamW):
@@ -42,7 +34,7 @@ def test_decay_groups_by_hand(tiny_model):
     assert [(g["name"], g["lr"], g["weight_decay"]) for g in groups] == [
         ("backbone", 1e-3, 0.1), ("backbone_no_decay", 1e-3, 0.0)]
     named = {id(p): n for n, p in tiny_model.named_parameters()}
-    assert contents(groups, named) == {0.1: DECAYED, 0.0: EXEMPT}
+    assert contents(groups, named) == {0.1: TINY_DECAYED, 0.0: TINY_NO_DECAY}
     assert [g["name"] for g in decay_groups(tiny_model, 1e-3, 0.1, "heads", exempt_all=True)] == ["heads_no_decay"]
 
 
@@ -56,7 +48,7 @@ def test_the_warm_start_uses_the_rule(tiny_model, tiny_tokenizer, synthetic_reco
                                                                                     weight_decay=0.05), seed=0)
     (groups,) = CapturingAdamW.built
     named = {id(p): n for n, p in tiny_model.named_parameters()}
-    assert contents(groups, named) == {0.05: DECAYED, 0.0: EXEMPT}
+    assert contents(groups, named) == {0.05: TINY_DECAYED, 0.0: TINY_NO_DECAY}
 
 
 def test_atp_sft_uses_the_rule(tiny_model, tiny_tokenizer, synthetic_records, monkeypatch):
@@ -75,5 +67,5 @@ def test_atp_sft_uses_the_rule(tiny_model, tiny_tokenizer, synthetic_records, mo
     heads = sorted(f"heads.{n}" for n, _ in mode.named_parameters())
     assert heads  # ATP-Latent has heads: every one exempt
     assert contents(groups, named) == {
-        0.1: sorted([f"backbone.{n}" for n in DECAYED] + [f"decoder.{n}" for n in DECAYED]),
-        0.0: sorted([f"backbone.{n}" for n in EXEMPT] + [f"decoder.{n}" for n in EXEMPT] + heads)}
+        0.1: sorted([f"backbone.{n}" for n in TINY_DECAYED] + [f"decoder.{n}" for n in TINY_DECAYED]),
+        0.0: sorted([f"backbone.{n}" for n in TINY_NO_DECAY] + [f"decoder.{n}" for n in TINY_NO_DECAY] + heads)}

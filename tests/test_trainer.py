@@ -19,6 +19,8 @@ from tarpo.methods import build_mode
 from tarpo.optim import optimizer_groups
 from tarpo.trainer import EXIT_PREEMPTED, GrpoTrainer
 
+from conftest import TINY_DECAYED, TINY_NO_DECAY
+
 SMOKE = {
     "name": "test",
     "datasets": {"synthetic": {"n_train": 60, "n_test_id": 8, "n_test_ood": 8}},
@@ -61,15 +63,9 @@ def group_contents(groups, model, mode):
     return {g["name"]: (sorted(names[id(p)] for p in g["params"]), g["lr"], g["weight_decay"]) for g in groups}
 
 
-# The embedded Qwen2 (2 layers) by hand: q/k/v have biases; RMSNorms before attention, MLP and the LM head;
-# the LM head is tied to the embedding (one parameter).
-EXEMPT = sorted(["model.model.embed_tokens.weight", "model.model.norm.weight"] + [
-    f"model.model.layers.{i}.{name}" for i in range(2)
-    for name in ("input_layernorm.weight", "post_attention_layernorm.weight",
-                 "self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias")])
-DECAYED = sorted(f"model.model.layers.{i}.{name}.weight" for i in range(2)
-                 for name in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-                              "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"))
+# `tiny_model`'s parameters by hand (conftest), named model.* as `group_contents` names them.
+EXEMPT = [f"model.{n}" for n in TINY_NO_DECAY]
+DECAYED = [f"model.{n}" for n in TINY_DECAYED]
 # Every parameter of a mode, by hand: none is weight-decayed (at the scaled head lr the decay alone moved them).
 HEADS = {
     "grpo": [],

@@ -362,7 +362,7 @@ def evaluate(
     """Evaluate one policy on one benchmark; returns the metrics written to `out_json`. `method` is a registered
     method or an ablation arm of the config (evaluated as its method's mode; its results carry its own name)."""
     from tarpo.policy import load_policy, read_policy_info
-    from tarpo.rollout import AnswerMarker, eos_token_ids
+    from tarpo.sampling import engine_defaults
 
     started = time.perf_counter()
     e = cfg.evaluate
@@ -403,8 +403,7 @@ def evaluate(
         model, tokenizer, mode = load_policy(Path(backbone_dir), declared.name, tcfg, checkpoint, device)
         # e.g. ATP-Latent's decoder, which reads the latents (the backbone dir is its SFT stage's output)
         parts = declared.frozen_parts(Path(backbone_dir), device) if declared.frozen_parts else None
-        marker = AnswerMarker(tokenizer, model.config.vocab_size).to(device)
-        eos_ids = eos_token_ids(tokenizer, model)
+        eos_ids, marker, _ = engine_defaults(model, tokenizer)
         # closed however the loop ends (an error's message, printed by the CLI, starts on a line of its own)
         with tqdm(total=len(records), initial=len(done), desc=f"eval {backbone}/{method}/{benchmark}",
                   unit="problem", dynamic_ncols=True) as bar:

@@ -385,6 +385,16 @@ class PairedBlock:
         return pd.DataFrame(out, columns=["Method"] + [label for _, _, label in self.columns])
 
 
+def difference_columns(block: pd.DataFrame) -> list[tuple[str, str, str]]:
+    """(benchmark, split, label) columns of a block of differences: its benchmarks split by split, then each
+    split's average where the block has one."""
+    cols = [(b, s, b) for s in SPLITS
+            for b in dict.fromkeys(block[(block.split == s) & (block.benchmark != AVERAGE)].benchmark)]
+    cols += [(AVERAGE, s, f"{SPLIT_LABEL[s]} avg") for s in averaged_splits(block)
+             if ((block.split == s) & (block.benchmark == AVERAGE)).any()]
+    return cols
+
+
 def paired_blocks(paired: pd.DataFrame, backbones: Sequence[str]) -> Iterator[PairedBlock]:
     """The vs-baseline comparisons per backbone and baseline; split averages only for splits with more than one
     benchmark."""
@@ -395,11 +405,7 @@ def paired_blocks(paired: pd.DataFrame, backbones: Sequence[str]) -> Iterator[Pa
             block = sub[sub.baseline == baseline] if not sub.empty else sub
             if block.empty:
                 continue
-            cols = [(b, s, b) for s in SPLITS for b in dict.fromkeys(block[(block.split == s)
-                                                                            & (block.benchmark != AVERAGE)].benchmark)]
-            cols += [(AVERAGE, s, f"{SPLIT_LABEL[s]} avg") for s in averaged_splits(block)
-                     if ((block.split == s) & (block.benchmark == AVERAGE)).any()]
-            yield PairedBlock(backbone, baseline, block, cols)
+            yield PairedBlock(backbone, baseline, block, difference_columns(block))
 
 
 PAIRED_NOTE = ("Pass@1 difference in points (method minus baseline), mean over the paired problems and seeds "
@@ -506,11 +512,7 @@ def ablation_blocks(rows: pd.DataFrame, backbones: Sequence[str], arms: dict[str
         block = rows[rows.backbone == backbone] if not rows.empty else rows
         if block.empty:
             continue
-        cols = [(b, s, b) for s in SPLITS for b in dict.fromkeys(block[(block.split == s)
-                                                                        & (block.benchmark != AVERAGE)].benchmark)]
-        cols += [(AVERAGE, s, f"{SPLIT_LABEL[s]} avg") for s in averaged_splits(block)
-                 if ((block.split == s) & (block.benchmark == AVERAGE)).any()]
-        yield AblationBlock(backbone, block, cols, arms)
+        yield AblationBlock(backbone, block, difference_columns(block), arms)
 
 
 def ablation_markdown(rows: pd.DataFrame, backbones: Sequence[str], arms: dict[str, AblationConfig],

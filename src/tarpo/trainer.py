@@ -79,15 +79,13 @@ from tarpo.provenance import code_version
 from tarpo.render import token_spans, trajectories_html
 from tarpo.rewards import extract_answer
 from tarpo.rollout import (
-    AnswerMarker,
     Rollout,
     completion_inputs,
-    eos_token_ids,
     model_parts,
     score,
     truncated,
 )
-from tarpo.sampling import sample_and_score
+from tarpo.sampling import engine_defaults, sample_and_score
 
 log = logging.getLogger(__name__)
 
@@ -173,8 +171,7 @@ class GrpoTrainer:
         self.parts = self.spec.frozen_parts(Path(backbone_dir), self.device) if self.spec.frozen_parts else None
         self.ref_mode = copy.deepcopy(self.mode).requires_grad_(False).eval()  # the initial router
 
-        self.marker = AnswerMarker(self.tokenizer, model.config.vocab_size).to(self.device)
-        self.eos_ids = eos_token_ids(self.tokenizer, model)
+        self.eos_ids, self.marker, self.pad_id = engine_defaults(self.model, self.tokenizer)
         self.steps = total_steps(self.tcfg, len(self.records), acc.num_processes)
 
         t = self.tcfg
@@ -295,7 +292,7 @@ class GrpoTrainer:
                                      temperature=t.temperature, max_new_tokens=t.max_new_tokens,
                                      max_prompt_tokens=t.max_prompt_tokens, generator=self._generator(micro),
                                      compiled=t.compile_decode, eos_ids=self.eos_ids, marker=self.marker,
-                                     pad_id=self.tokenizer.pad_token_id)
+                                     pad_id=self.pad_id)
         rollout, texts = drawn.rollout, drawn.texts
         rewards, parts = self.rewards(rollout, texts, records, drawn.rewards)
         return rollout, records, texts, rewards, parts
