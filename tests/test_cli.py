@@ -12,8 +12,8 @@ from tarpo.cli import build_parser, main
 from tarpo.methods import method_names
 
 REPO = Path(__file__).resolve().parents[1]
-SUBCOMMANDS = ["check", "methods", "schema", "prepare", "backbone", "atp-sft", "train", "evaluate", "summarise",
-               "ablations", "tune-report", "track"]
+SUBCOMMANDS = ["check", "methods", "schema", "prepare", "backbone", "atp-sft", "train", "evaluate", "router-probe",
+               "router-figure", "summarise", "ablations", "tune-report", "track"]
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (INFO|WARNING|ERROR) tarpo\.[\w.]+: ")
 
 

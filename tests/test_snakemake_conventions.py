@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 ENV_FILE = REPO / "envs" / "tarpo.yaml"
 # The rules that do real work: each records its runtime and memory, and runs `tarpo` in the conda env.
-COSTLY_RULES = ("prepare", "backbone", "atp_sft", "train", "evaluate")
+COSTLY_RULES = ("prepare", "backbone", "atp_sft", "train", "evaluate", "router_probe")
 
 
 @pytest.fixture
@@ -206,7 +206,7 @@ def _fake_costly_outputs(workdir: Path, configfile: str) -> list[str]:
                 for out in job["output"]:
                     path = workdir / out
                     path.parent.mkdir(parents=True, exist_ok=True)
-                    if job["rule"] == "evaluate":
+                    if job["rule"] in ("evaluate", "router_probe"):
                         path.write_text("{}")
                     else:
                         path.mkdir(exist_ok=True)
@@ -224,7 +224,8 @@ def _fake_costly_outputs(workdir: Path, configfile: str) -> list[str]:
 
 def test_runtime_table_collects_the_records_of_the_configs_jobs(workdir):
     records = _fake_costly_outputs(workdir, "config/smoke.yaml")
-    assert len(records) == 1 + 1 + 1 + 5 + 6 * 2  # prepare, backbone, atp_sft, 5 trainings, 6 methods x 2 benchmarks
+    # prepare, backbone, atp_sft, 5 trainings, 6 methods x 2 benchmarks, tarpo's router probe
+    assert len(records) == 1 + 1 + 1 + 5 + 6 * 2 + 1
     record = workdir / "results/smoke/benchmarks/train/tiny/tarpo/seed0.tsv"
     record.parent.mkdir(parents=True)
     record.write_text("s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
@@ -248,10 +249,10 @@ def test_runtime_table_collects_the_records_of_the_configs_jobs(workdir):
     assert [r["job"] for r in recorded] == ["tiny/tarpo/seed0", "tiny/tarpo/seed0/synthetic_test_id"]
     assert float(recorded[0]["seconds"]) == 4000.7 and float(recorded[0]["max_rss_mb"]) == 812.5
     page = (workdir / "results/smoke/benchmarks/runtime.html").read_text()
-    assert "2 of 20 jobs have a record" in page and "1:06:41" in page and "<table" in page
-    assert "19 of 20 jobs" not in page
+    assert "2 of 21 jobs have a record" in page and "1:06:41" in page and "<table" in page
+    assert "20 of 21 jobs" not in page
     log = (workdir / "results/smoke/logs/runtime.log").read_text()
-    assert "2 of 20 jobs have a runtime record" in log
+    assert "2 of 21 jobs have a runtime record" in log
     # what one more seed of tarpo costs: 3890.2 training + 109.8 evaluation CPU-seconds
     assert "CPU-seconds per (method, seed)" in page and "4,000.00" in page
     assert [line.split() for line in log.splitlines() if line.split()[:3] == ["tiny", "tarpo", "seed0"]] == [

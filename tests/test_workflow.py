@@ -519,6 +519,13 @@ def test_the_ablations_config_trains_every_arm_per_seed_and_the_sizes_config_eac
     for arm in arms:
         for seed in (0, 1, 2):
             assert f"results/ablations/tiny/{arm}/seed{seed}/checkpoint" in proc.stdout
+    # `all` adds the router probe of every TARPO run (the method and its 6 arms) per seed, and its figure
+    proc = snakemake(workdir, "-n", "all", "--configfile", "config/ablations.yaml")
+    assert proc.returncode == 0, _out(proc)
+    counts = _job_counts(_out(proc))
+    assert counts["router_probe"] == 7 * 3 and counts["router_figure"] == 1
+    assert "results/ablations/tiny/tarpo_random_router/seed2/router.json" in proc.stdout
+    assert "results/ablations/tiny/atp_no_coherence/seed0/router.json" not in proc.stdout
     proc = snakemake(workdir, "-n", "-p", "all_small", "--configfile", "config/sizes.yaml")
     assert proc.returncode == 0, _out(proc)
     counts = _job_counts(_out(proc))

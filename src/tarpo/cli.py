@@ -1,5 +1,5 @@
-"""One entry point: `tarpo prepare | backbone | atp-sft | train | evaluate | summarise | ablations | tune-report | track |
-check | schema | methods`.
+"""One entry point: `tarpo prepare | backbone | atp-sft | train | evaluate | router-probe | router-figure | summarise |
+ablations | tune-report | track | check | schema | methods`.
 
 Every workflow rule calls one of these subcommands; each can also be run by
 hand. The configuration comes from a YAML file (`--config`) or, as the
@@ -146,6 +146,25 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         data_root=Path(args.data_root or f"{cfg.results_root}/data"),
         out_json=Path(args.out),
     )
+
+
+def cmd_router_probe(args: argparse.Namespace) -> None:
+    from tarpo.router_probe import probe
+
+    cfg = _seeded(_config(args), args.seed)
+    out = probe(cfg, backbone=args.backbone, method=_arm(cfg, args), backbone_dir=Path(args.backbone_dir),
+                checkpoint=Path(args.checkpoint), benchmark=args.benchmark,
+                data_root=Path(args.data_root or f"{cfg.results_root}/data"), out_json=Path(args.out))
+    log.info(f"router probe {args.backbone}/{out['method']} seed {cfg.seed}: {out['n_problems']} problems x "
+             f"{out['k']}, pass@1 before {out['before']['pass@1']:.3f}, after {out['after']['pass@1']:.3f} "
+             f"-> {args.out}")
+
+
+def cmd_router_figure(args: argparse.Namespace) -> None:
+    from tarpo.router_probe import router_outputs
+
+    table = router_outputs([Path(p) for p in args.probes], Path(args.out_csv), Path(args.out_png), args.title)
+    log.info(f"router figure: {table.method.nunique()} method(s) -> {args.out_csv}, {args.out_png}")
 
 
 def cmd_summarise(args: argparse.Namespace) -> None:
@@ -355,6 +374,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="sampling seed (default: the first of the config's `seeds`)")
     p.set_defaults(func=cmd_evaluate)
 
+    p = _subcommand(sub, "router-probe", "TARPO's router before and after training: soft ratio by position, "
+                    "entropy and correctness",
+                    "Sample the config's `router.problems` problems x `router.k` of one benchmark from a trained "
+                    "TARPO policy and from the same backbone with the router at its initialisation, and count each "
+                    "thinking step's soft flag and router probability by relative position, next-token entropy "
+                    "and the sample's correctness (tarpo.router_probe). Writes one JSON.",
+                    "tarpo router-probe --config config/smoke.yaml --backbone tiny --method tarpo --backbone-dir "
+                    "results/smoke/backbones/tiny --checkpoint results/smoke/tiny/tarpo/seed0/checkpoint "
+                    "--benchmark synthetic_test_id --out /tmp/router.json", [conf])
+    p.add_argument("--backbone", required=True, help="backbone name in the config")
+    p.add_argument("--method", default="tarpo", choices=["tarpo"], help="the routed method (default: %(default)s)")
+    p.add_argument("--arm", help="an ablation arm of tarpo (the config's `ablations`), probed from its checkpoint")
+    p.add_argument("--backbone-dir", required=True, help="directory written by `tarpo backbone`")
+    p.add_argument("--checkpoint", required=True, help="the trained run's checkpoint directory")
+    p.add_argument("--benchmark", required=True, choices=BenchmarkChoices(EVAL_BENCHMARKS), metavar="BENCHMARK",
+                   help="one of: %(choices)s (DATASET: a synthetic dataset of the config)")
+    p.add_argument("--data-root", help="where prepared datasets live (default: results/NAME/data)")
+    p.add_argument("--out", required=True, help="the probe's JSON")
+    p.add_argument("--seed", type=int, help="the run's training seed, also the sampling seed (default: the first "
+                   "of the config's `seeds`)")
+    p.set_defaults(func=cmd_router_probe)
+
+    p = _subcommand(sub, "router-figure", "the router table and figure from probe JSONs",
+                    "Pool `tarpo router-probe` JSONs (every seed of every routed method or arm of a backbone) into a "
+                    "table (soft ratio per bin with its 95% interval over seeds and problems, mean router "
+                    "probability) and a three-panel figure (position, entropy, correctness; before and after).",
+                    "tarpo router-figure --probes results/smoke/tiny/tarpo/seed0/router.json --out-csv /tmp/router.csv "
+                    "--out-png /tmp/router.png")
+    p.add_argument("--probes", nargs="+", required=True, help="probe JSONs")
+    p.add_argument("--out-csv", required=True, help="the table")
+    p.add_argument("--out-png", required=True, help="the figure")
+    p.add_argument("--title", default="", help="the figure's title")
+    p.set_defaults(func=cmd_router_figure)
+
     p = _subcommand(sub, "summarise", "tables and figures from every evaluation",
                     "Tables (Markdown, LaTeX, HTML, CSV) with 95% CIs, paired comparisons and figures from every "
                     "evaluation of a backbone; or the all-backbone tables (--combined); or the results page (--page).",
@@ -425,6 +478,8 @@ INTACT = {
     "evaluate": "finished problems are kept in the .samples.jsonl.partial beside --out and a rerun resumes from them",
     "summarise": "the evaluations are intact and each table is written whole or not at all; a rerun rewrites them",
     "tune-report": "the evaluations are intact; a rerun rewrites the table",
+    "router-probe": "the checkpoint is intact; the JSON is written whole or not at all, so a rerun redoes it",
+    "router-figure": "the probes are intact; a rerun rewrites the table and figure",
     "ablations": "the evaluations are intact and each table is written whole or not at all; a rerun rewrites them",
     "track": "the pending records are kept until they reach the store",
 }

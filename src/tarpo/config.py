@@ -323,6 +323,16 @@ class AblationConfig:
 
 
 @dataclass
+class RouterConfig:
+    """TARPO's router probe (tarpo.router_probe): per trained TARPO run (and arm), its soft ratio against
+    position, next-token entropy and correctness, before and after training; a figure and table per backbone."""
+
+    problems: int = _doc("Problems of the in-distribution test benchmark (its first N) sampled per probe; 0: no "
+                         "probe.", ge=0, default=128)
+    k: int = _doc("Completions per problem.", ge=1, default=4)
+
+
+@dataclass
 class TuningConfig:
     """Choosing hyperparameters on validation (`snakemake --cores 2 tune`, tarpo.tuning): every tuned method is
     trained once per grid point ("trial") and seed, with the same grid, seeds and steps (the same budget), and
@@ -385,6 +395,8 @@ class Config:
     atp_sft: AtpSftConfig = _doc("ATP-Latent's supervised stage (used when `methods` has atp_latent).",
                                  default_factory=AtpSftConfig)
     evaluate: EvaluateConfig = _doc("Evaluation settings.", default_factory=EvaluateConfig)
+    router: RouterConfig = _doc("TARPO's router probe (the figure of what the router learned).",
+                                default_factory=RouterConfig)
     resources: ResourcesConfig = _doc("Scheduler resources per rule.", default_factory=ResourcesConfig)
     benchmarks: dict[str, dict[str, Any]] = _doc("Benchmark registry overrides (local files, revisions).", default_factory=dict)
     ablations: dict[str, AblationConfig] = _doc(

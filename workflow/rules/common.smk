@@ -14,6 +14,7 @@ import socket
 import sys
 import tempfile
 import time
+from types import SimpleNamespace
 
 from snakemake.utils import update_config, validate
 
@@ -29,6 +30,7 @@ from tarpo.config import (
     schema_yaml,
     to_dict,
 )
+from tarpo.data.benchmarks import get_benchmark
 from tarpo.io import hold_lock
 from tarpo.layout import RUN_LOCK as ROOT_RUN_LOCK
 from tarpo.layout import claim_root, config_file_id, old_layout
@@ -173,6 +175,8 @@ TRAINED = METHODS + ARMS  # what rule train trains
 # reads, exported to train.jsonl (a paper-scale config has no synthetic data).
 TRAIN_SETS_USED = sorted({CFG.train_config(b, m).dataset for b in BACKBONES for m in TRAINED} - set(CFG.datasets))
 DATASETS = sorted(CFG.datasets) + TRAIN_SETS_USED
+# TARPO runs (the method and its arms) whose router the probe reads; none when `router.problems` is 0
+ROUTED = [m for m in TRAINED if CFG.method_of(m) == "tarpo"] if CFG.router.problems > 0 else []
 EVAL_METHODS = sorted(CFG.baselines) + METHODS  # what the summaries read: untrained baselines and trained methods
 EVALUATED = EVAL_METHODS + ARMS  # what rule evaluate evaluates
 BENCHMARKS = list(CFG.evaluate.benchmarks)
@@ -231,6 +235,25 @@ def ablations_csv(backbone):
     return f"{RESULTS}/{backbone}/ablations.csv"
 
 
+def router_json(backbone, method, seed):
+    return f"{run_dir(backbone, method, seed)}/router.json"
+
+
+def router_benchmark():
+    """The benchmark the router probe samples: the first in-distribution test benchmark of `evaluate`."""
+    for b in BENCHMARKS:
+        if not get_benchmark(b, CFG.datasets).ood:
+            return b
+    return BENCHMARKS[0]
+
+
+def router_targets(backbone):
+    """The router table and figure of a backbone (rule router_figure), when it trains a routed run."""
+    if not ROUTED:
+        return []
+    return [f"{RESULTS}/{backbone}/router.csv", f"{FIGURES_DIR}/{backbone}/router.png"]
+
+
 def backbone_targets(backbone):
     """Everything `all` builds for one backbone (its `all_<backbone>` target): the backbone (and its
     warm-start data), a checkpoint per trained method (and ablation arm) and seed, every method's (and arm's)
@@ -246,6 +269,7 @@ def backbone_targets(backbone):
     targets += [f"{RESULTS}/{backbone}/summary.csv", f"{RESULTS}/{backbone}/paired.csv"]
     if ARMS:
         targets.append(ablations_csv(backbone))
+    targets += router_targets(backbone)
     return targets
 
 
@@ -296,7 +320,7 @@ def report_figure(name, title):
 
 def costly_jobs():
     """(output, benchmark record) of every job of `all` that does real work: prepare, backbone, atp_sft,
-    train and evaluate, in that order. The paths follow the rules' `output:` and `benchmark:` patterns."""
+    train, evaluate and router_probe, in that order. The paths follow the rules' `output:` and `benchmark:` patterns."""
     jobs = [(data_dir(d), f"{BENCHMARKS_DIR}/prepare/{d}.tsv") for d in DATASETS]
     jobs += [(backbone_dir(b), f"{BENCHMARKS_DIR}/backbone/{b}.tsv") for b in BACKBONES]
     if any(get_method(m).sft_stage for m in METHODS):
@@ -313,6 +337,12 @@ def costly_jobs():
         for m in EVALUATED
         for s in SEEDS
         for x in BENCHMARKS
+    ]
+    jobs += [
+        (router_json(b, m, s), f"{BENCHMARKS_DIR}/router/{b}/{m}/seed{s}.tsv")
+        for b in BACKBONES
+        for m in ROUTED
+        for s in SEEDS
     ]
     return jobs
 
@@ -467,6 +497,32 @@ def ablations_config(wildcards):
         seeds=SEEDS,
         arms=ARMS,
     )
+
+
+def router_config(wildcards):
+    """What a router probe reads: the run's slice as an evaluation of it sees it (backbone, method or arm,
+    seed, `evaluate`'s sampling settings, the benchmark's dataset) plus the `router` section."""
+    run = SimpleNamespace(
+        backbone=wildcards.backbone, method=wildcards.method, seed=wildcards.seed, benchmark=router_benchmark()
+    )
+    sliced = json.loads(evaluate_config(run))
+    sliced["router"] = to_dict(CFG.router)
+    return json.dumps(sliced, sort_keys=True)
+
+
+def router_inputs(wildcards):
+    inputs = {
+        "backbone": backbone_dir(wildcards.backbone),
+        "checkpoint": checkpoint_dir(wildcards.backbone, wildcards.method, wildcards.seed),
+    }
+    ds = synthetic_dataset_of(router_benchmark())
+    if ds:
+        inputs["data"] = data_dir(ds)
+    return inputs
+
+
+def router_probes(wildcards):
+    return [router_json(wildcards.backbone, m, s) for m in ROUTED for s in SEEDS]
 
 
 def ablations_inputs(wildcards):

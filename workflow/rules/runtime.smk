@@ -1,5 +1,5 @@
 # Runtime and memory. Every job that does real work (prepare, backbone,
-# atp_sft, train, evaluate) has a `benchmark:` record, which Snakemake writes
+# atp_sft, train, evaluate, router_probe) has a `benchmark:` record, which Snakemake writes
 # when the job ends: {root}/benchmarks/{rule}/... beside the job's log in
 # {root}/logs/{rule}/..., one TSV row with wall-clock and CPU seconds and peak
 # memory. Rule runtime puts the records of the config's jobs into one table,

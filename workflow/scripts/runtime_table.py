@@ -2,7 +2,7 @@
 
 Run by Snakemake's `script:` directive, which sets `snakemake`: params.records
 lists the `benchmark:` record (a one-row TSV Snakemake writes when the job
-ends) of every prepare, backbone, atp_sft, train and evaluate job of the
+ends) of every prepare, backbone, atp_sft, train, evaluate and router_probe job of the
 config, in pipeline order, each at results/{name}/benchmarks/{rule}/{job}.tsv.
 Writes output.tsv (one row per job) and output.html (totals per rule, then
 the jobs) for the report. A job without a record (built before records were
