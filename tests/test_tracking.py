@@ -415,3 +415,35 @@ def test_a_store_that_fails_mid_run_keeps_the_rest_for_replay(store, caplog, mon
     assert tracking.replay_pending(store) == (1, 0)
     history = _client(store).get_metric_history(run.run_id, "loss")  # the same run, now complete
     assert [m.value for m in history] == [3.0, 2.0]
+
+
+def test_an_evaluation_finds_a_replayed_training_run_by_its_checkpoint_fingerprint(store, tmp_path, caplog, monkeypatch):
+    """A training run logged while the store was down gets its id only at replay, after the checkpoint (and its
+    empty run_id.txt) was written: the evaluation finds it by the fingerprint tag and nests under it."""
+    store.mkdir(parents=True)
+    (store / "mlflow.db").write_bytes(b"not a database " * 100)
+    with caplog.at_level(logging.WARNING, logger="tarpo.tracking"):
+        with tracking.start_run("jobs", "tiny/tarpo/seed0/train", tags={"stage": "train", "fingerprint": "abc123"},
+                                results_dir=store) as run:
+            run.log_metrics({"loss": 1.0}, step=1)
+    assert run.run_id is None  # what the trainer writes into run_id.txt: nothing
+    assert tracking.replay_pending(store) == (1, 0)
+    [train] = _runs(store, "jobs")
+    # another training run of the same name (e.g. an older configuration) is not taken for it
+    with tracking.start_run("jobs", "tiny/tarpo/seed0/train", tags={"stage": "train", "fingerprint": "zzz999"},
+                            results_dir=store):
+        pass
+    # the checkpoint as the trainer wrote it: run_id.txt empty, its run.json naming the fingerprint
+    checkpoint = tmp_path / "checkpoint"
+    checkpoint.mkdir()
+    (checkpoint / "run_id.txt").write_text("\n")
+    (checkpoint / "run.json").write_text(json.dumps({"fingerprint": "abc123", "seed": 0}))
+    child = _evaluate_as_the_job_does(store, monkeypatch, "tarpo", "synthetic_test_id", checkpoint, pass_at_1=0.75)
+    client = _client(store)
+    assert client.get_run(child).data.tags[tracking.PARENT_TAG] == train.info.run_id
+    assert client.get_run(train.info.run_id).data.metrics["eval/synthetic_test_id/pass_at_1"] == 0.75
+    # no fingerprint match: the evaluation gets its own `.../evaluate` parent, as before
+    other = tracking.log_evaluation("jobs", backbone="tiny", method="tarpo", seed=0, benchmark="synthetic_test_ood",
+                                    metrics={"pass_at_1": 0.5}, training_fingerprint="nope", results_dir=store)
+    parent = client.get_run(client.get_run(other).data.tags[tracking.PARENT_TAG])
+    assert parent.info.run_name == "tiny/tarpo/seed0/evaluate"

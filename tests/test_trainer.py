@@ -274,9 +274,13 @@ def test_resume_after_sigterm_gives_the_same_weights(prepared, tmp_path, monkeyp
     assert not (tmp_path / "killed" / "tarpo" / "checkpoint").exists()  # never mistaken for finished
     assert latest_checkpoint(interrupted.state_dir).name == "step-000002"
     monkeypatch.setattr(GrpoTrainer, "train_step", original)
+    # where versions before per-output state dirs kept it (train_state/{fingerprint}): found, moved, resumed
+    shared = interrupted.state_root.parent / interrupted.state_dir.name
+    interrupted.state_dir.rename(shared)
 
     resumed = make(prepared, tmp_path / "killed")
     assert resumed.resume() and resumed.step == 2
+    assert not shared.exists() and latest_checkpoint(resumed.state_dir).name == "step-000002"
     resumed = make(prepared, tmp_path / "killed")
     resumed.run()
     for name, value in expected.items():

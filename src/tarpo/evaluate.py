@@ -48,6 +48,7 @@ uninterrupted one exactly, whatever point it stopped at.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -334,15 +335,18 @@ def _log_to_mlflow(cfg: Config, *, backbone: str, method: str, benchmark: str, c
     under `{backbone}/{method}/seed{seed}/evaluate` (cot); the parent gets eval/{benchmark}/... (tarpo.tracking)."""
     from tarpo.tracking import log_evaluation
 
-    run_id = None
+    run_id = fingerprint = None
     if checkpoint is not None and (Path(checkpoint) / "run_id.txt").exists():
         run_id = (Path(checkpoint) / "run_id.txt").read_text().strip() or None
+    if checkpoint is not None and run_id is None:  # e.g. trained while the store was down, replayed since
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            fingerprint = json.loads((Path(checkpoint) / "run.json").read_text()).get("fingerprint")
     scalars = {key: float(value) for key, value in metrics.items() if key in TRACKED or key.startswith("pass@")}
     for key, (low, high) in metrics.get("ci95", {}).items():
         scalars[f"{key}_ci95_low"], scalars[f"{key}_ci95_high"] = low, high
     return log_evaluation(cfg.name, backbone=backbone, method=method, seed=cfg.seed, benchmark=benchmark,
                           metrics=scalars, params=params, artifacts=artifacts, training_run_id=run_id,
-                          started=started)
+                          training_fingerprint=fingerprint, started=started)
 
 
 # ---------------------------------------------------------------- the job

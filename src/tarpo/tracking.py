@@ -605,6 +605,7 @@ def log_evaluation(
     params: Mapping[str, Any] | None = None,
     artifacts: Iterable[str | Path] = (),
     training_run_id: str | None = None,
+    training_fingerprint: str | None = None,
     started: float | None = None,
     results_dir: str | Path = RESULTS_DIR,
 ) -> str | None:
@@ -614,7 +615,9 @@ def log_evaluation(
     at `started` (epoch seconds; now if None), ends now, and holds `metrics`
     (plain keys: `pass_at_1`, ...), `params` and the `artifacts` files. Its
     parent is the training run `training_run_id` (the checkpoint's
-    run_id.txt) when the store has it; otherwise (an untrained baseline such
+    run_id.txt) when the store has it, else the training run tagged with the checkpoint's
+    `training_fingerprint` (a run `tarpo track --replay` created after the
+    checkpoint was written, so its run_id.txt is empty); otherwise (an untrained baseline such
     as cot, or a checkpoint trained with tracking off or into another store)
     the top-level run `{backbone}/{method}/seed{seed}/evaluate` of
     `experiment`, found by name and tags or created, whose span grows to
@@ -632,7 +635,7 @@ def log_evaluation(
     record = {"kind": "evaluation", "experiment": experiment, "backbone": backbone, "method": method, "seed": seed,
               "benchmark": benchmark, "metrics": dict(metrics), "params": dict(params or {}),
               "artifacts": [str(Path(a).resolve()) for a in artifacts], "training_run_id": training_run_id,
-              "started": time.time() if started is None else started}
+              "training_fingerprint": training_fingerprint, "started": time.time() if started is None else started}
     try:
         return _log_evaluation(**{k: v for k, v in record.items() if k != "kind"}, results_dir=results_dir)
     except Exception as err:  # noqa: BLE001 - tracking is never on the critical path of a result
@@ -652,6 +655,7 @@ def _log_evaluation(
     params: Mapping[str, Any] | None = None,
     artifacts: Iterable[str | Path] = (),
     training_run_id: str | None = None,
+    training_fingerprint: str | None = None,
     started: float | None = None,
     results_dir: str | Path = RESULTS_DIR,
 ) -> str | None:
@@ -672,6 +676,12 @@ def _log_evaluation(
                       f"logging under {base} instead")
             if parent is not None and parent.info.lifecycle_stage != "active":
                 parent = None
+        if parent is None and training_fingerprint:
+            exp_id = _experiment_id(client, experiment, Path(results_dir))
+            found = _retry(lambda: client.search_runs(
+                [exp_id], filter_string=f"tags.stage = 'train' and tags.fingerprint = {_quote(training_fingerprint)}",
+                order_by=["attributes.start_time DESC"], max_results=1))
+            parent = found[0] if found else None
         if parent is None:
             exp_id = _experiment_id(client, experiment, Path(results_dir))
             parent = _evaluate_parent(client, exp_id, base, tags, start_ms)

@@ -210,6 +210,9 @@ class GrpoTrainer:
         """Load the newest verified checkpoint of this very run; False (start over) if there is none."""
         say = log.info if self.accelerator.is_main_process else (lambda *a, **k: None)
         name = f"{self.backbone}/{self.method}"
+        if self.accelerator.is_main_process:
+            self._adopt_shared_state(say, name)
+        self.accelerator.wait_for_everyone()
         self._report_other_runs(say, name)
         for ckpt in reversed(checkpoints(self.state_dir)):
             try:
@@ -237,6 +240,16 @@ class GrpoTrainer:
             say(f"resuming {name} from {ckpt} (step {self.step}/{self.steps})")
             return True
         return False
+
+    def _adopt_shared_state(self, say: Any, name: str) -> None:
+        """Move this run's checkpoints from where older versions kept them, the shared train_state/{fingerprint}
+        beside the output (before states were keyed by the output's name), so a run killed under them resumes."""
+        shared = self.out_dir.parent / "train_state" / self.state_dir.name
+        if shared == self.state_dir or self.state_dir.exists() or not checkpoints(shared):
+            return
+        self.state_dir.parent.mkdir(parents=True, exist_ok=True)
+        shared.rename(self.state_dir)
+        say(f"{name}: moved the checkpoints of this run from {shared} (an older version's place) to {self.state_dir}")
 
     def _report_other_runs(self, say: Any, name: str) -> None:
         """Say so when train_state/ holds checkpoints of another configuration: they are not resumed."""
@@ -601,6 +614,9 @@ class GrpoTrainer:
                                                                    "train": dataclasses.asdict(self.tcfg),
                                                                    "seed": self.cfg.seed, "steps": self.steps},
                                  tags={"backbone": self.backbone, "method": self.method, "stage": "train",
+                                       # how an evaluation finds this run when run_id.txt cannot name it (a
+                                       # run created later by `tarpo track --replay`)
+                                       "fingerprint": self.state_dir.name,
                                        **({"ablation_of": self.spec.name} if self.spec.name != self.method else {})},
                                  run_id=self.run_id)
         else:
