@@ -37,6 +37,32 @@ def test_the_code_version_has_the_commit_in_a_checkout_and_the_digest_everywhere
     assert describe({"source_sha256": "ab" * 32}) == f"sources sha256 {'ab' * 6} (not a git checkout)"
 
 
+def test_the_output_being_written_is_not_an_uncommitted_change(tmp_path):
+    """Snakemake removes a job's old output before the job runs: the results page, tracked by git, is then
+    "deleted" while the page is being made, which must not mark the code it was made with as uncommitted."""
+    repo = tmp_path / "repo"
+    (repo / "docs").mkdir(parents=True)
+    (repo / "pkg").mkdir()
+    (repo / "docs" / "results.md").write_text("old page\n")
+    (repo / "pkg" / "code.py").write_text("x = 1\n")
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True,
+                       env={**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+                            "GIT_COMMITTER_EMAIL": "t@t"})
+
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "init")
+    page = repo / "docs" / "results.md"
+    page.unlink()  # what Snakemake does before the page's job
+    assert git_state(repo / "pkg")["git_dirty"] is True
+    assert git_state(repo / "pkg", ignore=(str(page),))["git_dirty"] is False
+    (repo / "pkg" / "code.py").write_text("x = 2\n")  # a real change still counts
+    assert git_state(repo / "pkg", ignore=(str(page),))["git_dirty"] is True
+    assert git_state(repo / "pkg", ignore=(str(tmp_path / "elsewhere.md"),))["git_dirty"] is True
+
+
 @pytest.mark.workflow
 def test_a_source_change_reruns_the_jobs_the_old_code_made(tmp_path):
     """A real `prepare` job, then dry runs: nothing to do, until a file of the package changes."""

@@ -31,24 +31,35 @@ def source_digest(root: str | Path = PACKAGE_DIR) -> str:
     return h.hexdigest()
 
 
-def git_state(path: str | Path = PACKAGE_DIR) -> dict[str, Any] | None:
-    """{"git_commit", "git_dirty"} of the checkout holding `path`; None outside one (or without git)."""
+def git_state(path: str | Path = PACKAGE_DIR, ignore: tuple[str, ...] = ()) -> dict[str, Any] | None:
+    """{"git_commit", "git_dirty"} of the checkout holding `path`; None outside one (or without git). Changes
+    to the files in `ignore` (e.g. the output being written, which Snakemake removes before its job runs) do
+    not count as uncommitted."""
+
     def git(*args: str) -> str:
         return subprocess.run(["git", "-C", str(path), *args], capture_output=True, text=True, check=True,
                               timeout=30).stdout.strip()
 
     try:
         commit = git("rev-parse", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+        top = Path(git("rev-parse", "--show-toplevel")).resolve()
+        excluded = []
+        for name in ignore:
+            target = Path(name).resolve()
+            if target.is_relative_to(top):
+                excluded.append(f":(top,exclude){target.relative_to(top).as_posix()}")
+        spec = ["--", ":/", *excluded] if excluded else []
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no", *spec))
     except (OSError, subprocess.SubprocessError):
         return None
     return {"git_commit": commit, "git_dirty": dirty}
 
 
-@functools.lru_cache(maxsize=1)
-def code_version() -> dict[str, Any]:
-    """This process's package code: its source digest, and its git commit and dirty flag when in a checkout."""
-    return {"source_sha256": source_digest(), **(git_state() or {})}
+@functools.lru_cache(maxsize=4)
+def code_version(ignore: tuple[str, ...] = ()) -> dict[str, Any]:
+    """This process's package code: its source digest, and its git commit and dirty flag when in a checkout
+    (changes to the files in `ignore` aside, see `git_state`)."""
+    return {"source_sha256": source_digest(), **(git_state(ignore=ignore) or {})}
 
 
 def describe(code: dict[str, Any]) -> str:

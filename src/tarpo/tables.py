@@ -814,7 +814,8 @@ def results_page(cfg: Config, results: Path, path: Path) -> str:
     lines += [f"- Evaluations ran on: {m}." for m in machines] or ["- Evaluations ran on: no record (older results)."]
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     lines += [f"- This page was generated on {platform.platform()}, {cpus} CPUs, Python "
-              f"{platform.python_version()}, torch {torch_version}, {today}, from {describe(code_version())}."]
+              f"{platform.python_version()}, torch {torch_version}, {today}, from "
+              f"{describe(code_version(ignore=(str(path),)))}."]  # the page itself is not a change of code
     made_with = sorted({describe(code) for code in _eval_codes(cfg, results)})
     lines += [f"- Evaluations were made with: {'; '.join(made_with) or 'no record (older results)'}."]
     if missing:
