@@ -191,12 +191,17 @@ def fig_router(table: pd.DataFrame, path: Path, title: str = "") -> Any:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import seaborn as sns
 
+    from tarpo.methods import method_names
     from tarpo.plots import _save, _theme, palette
 
     _theme()
     methods = list(dict.fromkeys(table.method))
-    pal = palette(methods)
+    # registered methods keep their colour; arms (several per figure) get distinct ones of their own
+    arms = [m for m in methods if m not in method_names()]
+    pal = {**palette([m for m in methods if m not in arms]),
+           **dict(zip(arms, sns.color_palette("husl", len(arms)) if arms else []))}
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), sharey=True, gridspec_kw={"width_ratios": [3, 2, 1]})
     names = {"position": "relative position in the thinking phase", "entropy": "next-token entropy (nats)",
              "correct": "sample's answer"}
