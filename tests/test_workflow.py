@@ -416,7 +416,10 @@ def test_every_job_of_the_paper_config_loads_its_slice_as_the_cli_does(workdir):
     assert proc.returncode == 0, _out(proc)
     slices = _config_jsons(proc.stdout)
     counts = _job_counts(_out(proc))
-    assert len(slices) == sum(counts.values()) - counts["all"] - counts["runtime"]  # every job that runs tarpo
+    # every job that runs tarpo on a config slice (router_figure only reads the probes' JSONs)
+    assert len(slices) == sum(counts.values()) - counts["all"] - counts["runtime"] - counts["router_figure"]
+    assert counts["router_probe"] == counts["router_figure"] * len(tconfig.load_config(
+        REPO / "config" / "paper.yaml").seeds)  # TARPO's probe per backbone and seed
     for sliced in slices:
         tconfig.load_config_json(json.dumps(sliced))
 
