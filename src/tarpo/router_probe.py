@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tarpo.summary import N_POSITION_BINS
+from tarpo.summary import N_POSITION_BINS, position_bin_index
 
 #: next-token entropy bins (nats); the last is open
 ENTROPY_EDGES = (0.0, 0.05, 0.2, 0.5, 1.0, 2.0, math.inf)
@@ -46,9 +46,8 @@ def bin_labels(variable: str) -> list[str]:
 
 def step_bins(n_thinking: int, entropy: np.ndarray, correct: bool) -> dict[str, np.ndarray]:
     """Each thinking step's bin under every variable (arrays of length n_thinking)."""
-    t = np.arange(n_thinking)
     return {
-        "position": ((2 * t + 1) * N_POSITION_BINS) // (2 * max(n_thinking, 1)),
+        "position": position_bin_index(n_thinking, max(n_thinking, 1)),
         "entropy": np.searchsorted(np.asarray(ENTROPY_EDGES[1:-1]), entropy[:n_thinking], side="right"),
         "correct": np.full(n_thinking, int(correct)),
     }

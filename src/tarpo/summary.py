@@ -423,6 +423,13 @@ def read_paired(path: Path) -> pd.DataFrame:
 # ---------------------------------------------------------------- soft ratio by position
 
 
+def position_bin_index(steps: int, n_thinking: int, n_bins: int = N_POSITION_BINS) -> np.ndarray:
+    """The position bin of thinking steps t = 0..steps-1 of a thinking phase of n_thinking steps:
+    floor((t + 1/2) / n_thinking * n_bins), in its exact integer form."""
+    t = np.arange(steps)
+    return ((2 * t + 1) * n_bins) // (2 * int(n_thinking))
+
+
 def position_bins(n_thinking: int, flags: Sequence[int], n_bins: int = N_POSITION_BINS) -> tuple[np.ndarray, np.ndarray]:
     """(soft steps, thinking steps) per relative-position bin of one sample.
 
@@ -433,9 +440,7 @@ def position_bins(n_thinking: int, flags: Sequence[int], n_bins: int = N_POSITIO
     n = min(int(n_thinking or 0), len(flags))
     if n <= 0:
         return np.zeros(n_bins), np.zeros(n_bins)
-    t = np.arange(n)
-    # exact integer form of floor((t + 0.5) / n_thinking * n_bins)
-    bins = ((2 * t + 1) * n_bins) // (2 * int(n_thinking))
+    bins = position_bin_index(n, n_thinking, n_bins)
     soft = np.asarray(flags[:n], dtype=float) != 0
     return np.bincount(bins, weights=soft, minlength=n_bins), np.bincount(bins, minlength=n_bins).astype(float)
 
