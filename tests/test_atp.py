@@ -63,6 +63,47 @@ def test_latent_tokens_are_added_once(tiny_tokenizer, tiny_model):
     assert tok.decode([mode.special_ids["<lat>"], mode.special_ids["<eol>"]], skip_special_tokens=True) == ""
 
 
+def _read_without_cache(decoder, tokenizer, pairs, max_tokens):
+    """The reading by definition: greedy, the whole prefix run again at every step, EOS after a row's end."""
+    from tarpo.rollout import model_parts
+
+    dec, head, embed = model_parts(decoder)
+    inputs, eos = pairs.clone(), tokenizer.eos_token_id
+    out = torch.empty((pairs.shape[0], 0), dtype=torch.long)
+    done = torch.zeros(pairs.shape[0], dtype=torch.bool)
+    with torch.no_grad():
+        for _ in range(max_tokens):
+            nxt = head(dec(inputs_embeds=inputs).last_hidden_state[:, -1]).argmax(-1)
+            nxt = torch.where(done, torch.full_like(nxt, eos), nxt)
+            out, done = torch.cat([out, nxt[:, None]], 1), done | (nxt == eos)
+            if bool(done.all()):
+                break
+            inputs = torch.cat([inputs, embed(nxt)[:, None]], 1)
+    return [tokenizer.decode([t for t in row if t != eos], skip_special_tokens=True).strip() for row in out.tolist()]
+
+
+def test_cached_latent_reading_equals_rerunning_the_prefix(tiny_tokenizer, tiny_model):
+    """decode_latents (HF generate on the latents, with its KV cache) reads the same text as re-running the
+    whole prefix at every step; one reading ends at once, the others run on."""
+    from tarpo.methods.atp_latent import decode_latents
+    from tarpo.rollout import model_parts
+
+    _, decoder, tok, _ = atp_parts(tiny_tokenizer, tiny_model)
+    _, head, embed = model_parts(decoder)
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, len(tiny_tokenizer), (12, 2), generator=generator)
+    with torch.no_grad():
+        pairs = embed(ids) + 0.1 * torch.randn(12, 2, embed.weight.shape[1], generator=generator)
+        # a random model never says EOS: make EOS win wherever the first row's first token would, so that
+        # the first reading ends at once (and is padded) while others run to max_tokens
+        first = int(head(decoder.model(inputs_embeds=pairs[:1]).last_hidden_state[:, -1]).argmax())
+        head.weight[tok.eos_token_id] = 1.01 * head.weight[first]
+    read = decode_latents(decoder, tok, pairs, max_tokens=10)
+    assert read == _read_without_cache(decoder, tok, pairs, 10)
+    assert read[0] == "" and sum(map(bool, read)) >= 6, read  # ended at once (then padded) / read on
+    assert decode_latents(decoder, tok, pairs[:0]) == []
+
+
 @pytest.mark.slow
 def test_vae_overfits_four_problems_until_the_decoder_reads_each_step(tiny_tokenizer, tiny_model, synthetic_records):
     """On 4 problems, SFT through the curriculum makes the latents readable: the decoder's greedy reading of
