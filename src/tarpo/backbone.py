@@ -35,7 +35,6 @@ from transformers import (
     PreTrainedTokenizerFast,
     Qwen2Config,
     Qwen2ForCausalLM,
-    get_cosine_schedule_with_warmup,
 )
 
 from tarpo.config import BackboneConfig, Config, ConfigError, TinyModelConfig, TrainConfig, WarmStartConfig
@@ -216,6 +215,8 @@ def warm_start(
     # the one no-decay rule (biases, norms and the embeddings exempt), as in RL and ATP-Latent's SFT
     optimizer = torch.optim.AdamW(decay_groups(model, cfg.learning_rate, cfg.weight_decay, "backbone"),
                                   lr=cfg.learning_rate, betas=(0.9, 0.95))
+    from transformers import get_cosine_schedule_with_warmup  # here: it imports transformers' trainer (and peft)
+
     scheduler = get_cosine_schedule_with_warmup(optimizer, max(1, math.ceil(0.05 * cfg.steps)), max(1, cfg.steps))
     model.train()
     order: list[int] = []

@@ -44,7 +44,6 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from scipy import stats as sps
 
 from tarpo.metrics import pass_at_k
 
@@ -181,7 +180,15 @@ def _mean_variance(mats: Sequence[np.ndarray]) -> tuple[float, float, float]:
     return estimate, variance, df
 
 
+def _scipy_stats():
+    """scipy.stats, imported on first use: ~1 s of every evaluation process's start, which needs none of it."""
+    from scipy import stats
+
+    return stats
+
+
 def _t(df: float, level: float = LEVEL) -> float:
+    sps = _scipy_stats()
     q = 0.5 + level / 2
     return float(sps.norm.ppf(q)) if not np.isfinite(df) else float(sps.t.ppf(q, df))
 
@@ -227,7 +234,7 @@ def ratio_ci(numerator: Any, denominator: Any, *, level: float = LEVEL) -> Inter
 def _p_value(estimate: float, variance: float, df: float) -> float:
     if variance <= 0:
         return 1.0 if estimate == 0 else 0.0
-    z = abs(estimate) / np.sqrt(variance)
+    z, sps = abs(estimate) / np.sqrt(variance), _scipy_stats()
     return float(2 * (sps.norm.sf(z) if not np.isfinite(df) else sps.t.sf(z, df)))
 
 
@@ -343,6 +350,7 @@ def components(values: Any, correct: Any = None, k: int = 0) -> Components:
 def detectable_difference(se: float, df: float, *, level: float = LEVEL, power: float = POWER) -> float:
     """The smallest true difference a two-sided test at `level` detects with probability `power`, given the
     standard error and degrees of freedom of the estimate: (t_{1 - alpha/2} + t_{power}) se."""
+    sps = _scipy_stats()
     t_power = float(sps.norm.ppf(power)) if not np.isfinite(df) else float(sps.t.ppf(power, df))
     return (_t(df, level) + t_power) * se
 
