@@ -48,6 +48,7 @@ from tarpo import stats
 from tarpo.config import AblationConfig, Config
 from tarpo.io import atomic_write_text
 from tarpo.provenance import code_version, describe
+from tarpo.sizes import size_frame
 from tarpo.summary import (
     AVERAGE,
     PAIRED_BASELINES,
@@ -867,11 +868,34 @@ def results_page(cfg: Config, results: Path, path: Path) -> str:
                   "twice the seeds. Seeds shrink the seed term, problems only the others. With one seed the "
                   "seed term is not measured (–).", "",
                   components_markdown(comps).rstrip()]
+    if len(found) > 1:
+        lines += ["", "## Across backbones: do the differences change with the model?", "",
+                  f"Each paired difference (Pass@1 points) at `{found[0]}` and at each other backbone, and its change: "
+                  "the backbone's difference minus the reference's, over the same problems, seed s of one with seed s "
+                  "of the other (independent trainings, so the interval holds the training noise of both), Holm "
+                  "over the table's changes; bold where established (`tarpo.sizes`).", "",
+                  size_markdown(size_frame(cfg, results, found)).rstrip()]
     if cfg.ablations:
         lines += ["", "## Ablations", "", ablation_section(cfg, results, list(cfg.backbones)).rstrip()]
     text = "\n".join(lines).rstrip() + "\n"
     atomic_write_text(Path(path), text)
     return text
+
+
+def size_markdown(frame: pd.DataFrame) -> str:
+    """The page's table of `tarpo.sizes.size_frame`: per difference and benchmark, its value at the reference
+    backbone and at the other, and the change with its interval (bold where established)."""
+    if frame.empty:
+        return "No difference is measured at two backbones.\n"
+    out = []
+    for _, row in frame.iterrows():
+        bench = row.benchmark if row.benchmark != AVERAGE else f"{row.split} average"
+        out.append({"Difference": f"{method_label(row.method)} − {method_label(row.baseline)}",
+                    "Benchmark": bench,
+                    row.reference: f"{100 * row.delta_reference:+.1f}",
+                    row.backbone: f"{100 * row.delta_backbone:+.1f}",
+                    f"{row.backbone} − {row.reference}": _delta(row)})
+    return to_markdown(pd.DataFrame(out).fillna(""), left=2).rstrip() + "\n"
 
 
 def ablation_section(cfg: Config, results: Path, backbones: Sequence[str]) -> str:
