@@ -26,6 +26,9 @@ from tarpo.modes import Mode
 log = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.pt"
+# A run's identity (its fingerprint, settings and code), in its train state and its final checkpoint: evaluation
+# reads the fingerprint to find the run it nests under.
+RUN_FILE = "run.json"
 KEEP_CHECKPOINTS = 2
 
 

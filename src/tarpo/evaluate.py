@@ -60,6 +60,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from tarpo.checkpoints import RUN_FILE
 from tarpo.config import Config, ConfigError, TrainConfig, _merge, from_dict, to_dict
 from tarpo.data.benchmarks import Benchmark, get_benchmark, load_benchmark
 from tarpo.io import atomic_write_text, write_json, write_jsonl
@@ -340,7 +341,7 @@ def _log_to_mlflow(cfg: Config, *, backbone: str, method: str, benchmark: str, c
         run_id = (Path(checkpoint) / "run_id.txt").read_text().strip() or None
     if checkpoint is not None and run_id is None:  # e.g. trained while the store was down, replayed since
         with contextlib.suppress(OSError, ValueError, AttributeError):
-            fingerprint = json.loads((Path(checkpoint) / "run.json").read_text()).get("fingerprint")
+            fingerprint = json.loads((Path(checkpoint) / RUN_FILE).read_text()).get("fingerprint")
     scalars = {key: float(value) for key, value in metrics.items() if key in TRACKED or key.startswith("pass@")}
     for key, (low, high) in metrics.get("ci95", {}).items():
         scalars[f"{key}_ci95_low"], scalars[f"{key}_ci95_high"] = low, high

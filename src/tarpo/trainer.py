@@ -46,6 +46,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from tarpo.checkpoints import (
+    RUN_FILE,
     STATE_FILE,
     CorruptCheckpointError,
     Preemption,
@@ -89,7 +90,6 @@ from tarpo.sampling import engine_defaults, sample_and_score
 
 log = logging.getLogger(__name__)
 
-RUN_FILE = "run.json"
 # Train settings that change how a run is logged or checkpointed, not its weights: a change resumes.
 NOT_FINGERPRINTED = ("checkpoint_every", "log_samples")
 EXIT_PREEMPTED = 143
