@@ -534,3 +534,12 @@ def test_the_ablations_config_trains_every_arm_per_seed_and_the_sizes_config_eac
     counts = _job_counts(_out(proc))
     assert counts["backbone"] == 1 and counts["train"] == 4 * 3 and "results/sizes/tiny/" not in proc.stdout
     assert "results/sizes/backbones/small" in proc.stdout
+    # the tables and the page get the backbones in the config's order (tiny, then small: the page's size
+    # comparison takes the first as its reference), where every other slice sorts its keys
+    proc = snakemake(workdir, "-n", "-p", "all", "--configfile", "config/sizes.yaml")
+    assert proc.returncode == 0, _out(proc)
+    lines = [ln for ln in proc.stdout.splitlines() if "--config-json '" in ln]
+    for flag in ("--combined", "--page"):  # rules tables and results_page
+        line = next(ln for ln in lines if "tarpo summarise --config-json" in ln and flag in ln)
+        sliced = json.loads(line.split("--config-json '", 1)[1].split("' --", 1)[0])
+        assert list(sliced["backbones"]) == ["tiny", "small"], flag

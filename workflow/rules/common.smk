@@ -455,7 +455,7 @@ def summarise_config(wildcards):
     """Figures and tables read the method list, the benchmarks and the backbone names (not training details):
     the job's backbone (rule summarise), or every backbone (rule tables, no wildcard)."""
     b = getattr(wildcards, "backbone", None)
-    names = [b] if b else BACKBONES
+    names = [b] if b else list(CFG.backbones)  # the config's order (BACKBONES is sorted)
     backbones = {}
     for name in names:
         bb = to_dict(CFG.backbones[name])
@@ -466,7 +466,23 @@ def summarise_config(wildcards):
         _slice(datasets=datasets, backbones=backbones, methods=METHODS, sections=["evaluate"], seeds=SEEDS)
     )
     sliced["baselines"] = list(CFG.baselines)
-    return json.dumps(sliced, sort_keys=True)
+    sliced["backbones"] = {name: sliced["backbones"][name] for name in names}
+    return _dumps_in_backbone_order(sliced)
+
+
+def _dumps_in_backbone_order(sliced):
+    """JSON with sorted keys, but the backbones in the config's order: the tables and the page list them in
+    that order, and the page's size comparison takes the first as its reference. With one backbone it is
+    json.dumps(sliced, sort_keys=True)."""
+
+    def ordered(value):
+        if isinstance(value, dict):
+            return {key: ordered(value[key]) for key in sorted(value)}
+        return [ordered(v) for v in value] if isinstance(value, list) else value
+
+    out = ordered(sliced)
+    out["backbones"] = {name: ordered(bb) for name, bb in sliced["backbones"].items()}
+    return json.dumps(out)
 
 
 def backbone_eval_jsons(backbone):
@@ -480,7 +496,7 @@ def results_page_config(wildcards):
     sliced["results_page"] = CFG.results_page
     if ARMS:
         sliced["ablations"] = {a: to_dict(CFG.ablations[a]) for a in ARMS}
-    return json.dumps(sliced, sort_keys=True)
+    return _dumps_in_backbone_order(sliced)
 
 
 def ablations_config(wildcards):
