@@ -297,6 +297,24 @@ def test_revision_and_split_overrides_reach_load_dataset(tmp_path, monkeypatch):
     assert kwargs["cache_dir"] == str(tmp_path / "hf" / "datasets")
 
 
+def test_an_unpinned_entry_warns_at_its_branch_and_not_at_a_given_commit(tmp_path, monkeypatch):
+    import warnings
+
+    import datasets
+
+    rows = [{"question": "Q?", "steps": ["<<2*3=6>>"], "answer": "6"}]
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: rows)
+    monkeypatch.setattr(bm, "hub_offline", lambda: False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.warns(UserWarning, match=r"'gsm8k_aug' \(whynlp/gsm8k-aug\) is loaded at revision 'main', a branch"):
+        (rec,) = bm.load_benchmark("gsm8k_aug")
+    assert rec["answer"] == "6"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        bm.load_benchmark("gsm8k_aug", overrides={"gsm8k_aug": {"revision": "0" * 40}})
+        bm.load_benchmark("gsm8k")  # pinned: no warning
+
+
 @pytest.mark.parametrize("name", ["gsm8k", "gpqa_diamond", "dapo_math_17k", "gsm_hard", "svamp", "multiarith",
                                   "gsm8k_aug"])
 def test_offline_without_a_local_copy_fails_fast_naming_the_dataset(tmp_path, monkeypatch, name):

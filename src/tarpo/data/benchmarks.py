@@ -703,7 +703,12 @@ def fetch_command(bench: Benchmark, revision: str, split: str, config: str | Non
 
 
 def load_hub_rows(bench: Benchmark, revision: str, split: str, config: str | None) -> list[dict[str, Any]]:
-    """Rows of a hub dataset via `datasets.load_dataset`, from the cache only when offline."""
+    """Rows of a hub dataset via `datasets.load_dataset`, from the cache only when offline. A registry entry
+    without a verified commit (`pinned=False`) loaded at its branch warns: the rows can change under the run."""
+    if not bench.pinned and revision == bench.revision:
+        warnings.warn(f"benchmark '{bench.name}' ({bench.repo}) is loaded at revision '{revision}', a branch, not a "
+                      f"commit: its rows can change with the hub repo and the run is not reproducible. Set "
+                      f"`benchmarks: {{{bench.name}: {{revision: <commit sha>}}}}` in the config.", stacklevel=2)
     offline = hub_offline()
     try:
         import datasets
