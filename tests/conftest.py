@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -71,6 +73,17 @@ def with_key(data: dict, dotted: str, value) -> dict:
         node = node.setdefault(part, {})
     node[leaf] = value
     return data
+
+
+def write_eval_json(results: Path, backbone: str, method: str, seed: int, bench: str, split: str, correct: list[int],
+                    k: int) -> None:
+    """An evaluation JSON as `tarpo evaluate` writes it, with only what the summaries read: correct samples (of
+    k) on problems p0, p1, ..."""
+    path = results / backbone / method / f"seed{seed}" / "eval" / f"{bench}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    per_problem = {f"p{i}": c for i, c in enumerate(correct)}
+    path.write_text(json.dumps({"benchmark": bench, "distribution": split, "k": k, "seed": seed,
+                                "pass@1": sum(correct) / (k * len(correct)), "correct_per_problem": per_problem}))
 
 
 def slurm_workdir(tmp_path):

@@ -17,6 +17,8 @@ from tarpo.ablations import ablation_frame
 from tarpo.cli import main
 from tarpo.config import ConfigError, load_config
 
+from conftest import write_eval_json
+
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())
 K = 8
@@ -101,11 +103,7 @@ def test_the_schema_knows_the_section():
 
 
 def write_eval(results: Path, method: str, seed: int, bench: str, correct: list[int]) -> None:
-    path = results / "tiny" / method / f"seed{seed}" / "eval" / f"{bench}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    per_problem = {f"p{i}": c for i, c in enumerate(correct)}
-    path.write_text(json.dumps({"benchmark": bench, "distribution": BENCHMARKS[bench], "k": K, "seed": seed,
-                                "pass@1": sum(correct) / (K * len(correct)), "correct_per_problem": per_problem}))
+    write_eval_json(results, "tiny", method, seed, bench, BENCHMARKS[bench], correct, K)
 
 
 @pytest.fixture

@@ -14,6 +14,8 @@ from scipy import stats as sps
 from tarpo.config import load_config
 from tarpo.sizes import size_frame
 
+from conftest import write_eval_json
+
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())
 K = 8
@@ -40,11 +42,7 @@ def config(**changes) -> dict:
 
 
 def write_eval(results: Path, backbone: str, method: str, seed: int, bench: str, correct: list[int]) -> None:
-    path = results / backbone / method / f"seed{seed}" / "eval" / f"{bench}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    per_problem = {f"p{i}": c for i, c in enumerate(correct)}
-    path.write_text(json.dumps({"benchmark": bench, "distribution": BENCHMARKS[bench], "k": K, "seed": seed,
-                                "pass@1": sum(correct) / (K * len(correct)), "correct_per_problem": per_problem}))
+    write_eval_json(results, backbone, method, seed, bench, BENCHMARKS[bench], correct, K)
 
 
 @pytest.fixture
