@@ -350,6 +350,21 @@ def costly_jobs():
 # ------------------------------------------------------------------ config slices
 
 
+def _dumps_in_backbone_order(sliced):
+    """JSON with sorted keys, but the backbones in the order given (the config's): the tables and the page
+    list them in that order, and the page's size comparison takes the first as its reference. With one
+    backbone it is json.dumps(sliced, sort_keys=True)."""
+
+    def ordered(value):
+        if isinstance(value, dict):
+            return {key: ordered(value[key]) for key in sorted(value)}
+        return [ordered(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+    out = ordered(sliced)
+    out["backbones"] = {name: ordered(bb) for name, bb in sliced["backbones"].items()}
+    return json.dumps(out)
+
+
 def _slice(datasets=(), backbones=None, methods=(), sections=(), seeds=None, arms=()):
     """A complete, valid config holding only the named parts: `datasets`,
     `methods` and ablation `arms` by name, `backbones` as given, whole top-level
@@ -376,7 +391,7 @@ def _slice(datasets=(), backbones=None, methods=(), sections=(), seeds=None, arm
     if registry:
         out["benchmarks"] = registry
     out.update({key: full[key] for key in sections})
-    return json.dumps(out, sort_keys=True)
+    return _dumps_in_backbone_order(out)
 
 
 def prepare_config(wildcards):
@@ -466,23 +481,7 @@ def summarise_config(wildcards):
         _slice(datasets=datasets, backbones=backbones, methods=METHODS, sections=["evaluate"], seeds=SEEDS)
     )
     sliced["baselines"] = list(CFG.baselines)
-    sliced["backbones"] = {name: sliced["backbones"][name] for name in names}
     return _dumps_in_backbone_order(sliced)
-
-
-def _dumps_in_backbone_order(sliced):
-    """JSON with sorted keys, but the backbones in the config's order: the tables and the page list them in
-    that order, and the page's size comparison takes the first as its reference. With one backbone it is
-    json.dumps(sliced, sort_keys=True)."""
-
-    def ordered(value):
-        if isinstance(value, dict):
-            return {key: ordered(value[key]) for key in sorted(value)}
-        return [ordered(v) for v in value] if isinstance(value, list) else value
-
-    out = ordered(sliced)
-    out["backbones"] = {name: ordered(bb) for name, bb in sliced["backbones"].items()}
-    return json.dumps(out)
 
 
 def backbone_eval_jsons(backbone):
